@@ -1,0 +1,290 @@
+"""The method contract and the strict registry of attention implementations.
+
+A method is a factory registered by name. Given its params dataclass and a :class:`BuildContext`, it
+builds a ``torch.nn.Module`` whose ``forward(q, k, v)`` maps ``(B, H, N, D)`` tensors to ``(B, H, N, D)``.
+Building is setup (projections, masks, compilation) and is never timed; calling the module is.
+
+Optional hooks a built module may define, all read by the harness and never required:
+
+- ``exact_reference(q, k, v) -> Tensor``: the exact attention this method approximates, when that is not
+  plain softmax attention on the same q, k, v (e.g. Reformer's shared-QK attention). Called in float64.
+- ``stats() -> dict``: extra result columns (``density``, ``compiled``, ``compile_s``, ...), read once
+  after the cell's first call.
+- ``flops(q, k, v) -> float``: forward FLOPs of one call, for achieved FLOP/s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import pkgutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+import torch
+from torch import nn
+
+Family = Literal["exact", "low_rank", "sparse", "lsh", "kernel", "landmark", "other"]
+ENTRY_POINT_GROUP = "attnbench.methods"
+ALL_DEVICES = ("cpu", "cuda")
+ALL_DTYPES = ("fp32", "fp16", "bf16")
+
+
+class Unsupported(Exception):
+    """A case a method cannot run; it becomes a result row with status ``unsupported`` and this reason."""
+
+
+class RegistryError(Exception):
+    """A registration or lookup problem: duplicate or unknown names, broken plugins."""
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """Params of a method without knobs."""
+
+
+class SharedScope:
+    """Objects shared by every layer of one model (e.g. Linformer's layerwise projection).
+
+    A multi-layer model creates one scope and hands it to the build context of each layer; a method asks
+    for a shared object by key and gets the very same object back in every layer.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[Any, Any] = {}
+
+    def get_or_create(self, key: Any, factory: Callable[[], Any]) -> Any:
+        if key not in self._items:
+            self._items[key] = factory()
+        return self._items[key]
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a factory knows when it builds a method for one cell (or one layer of a model)."""
+
+    n: int
+    heads: int
+    head_dim: int
+    dtype: torch.dtype = torch.float32
+    device: torch.device = torch.device("cpu")
+    causal: bool = False
+    seed: int = 0
+    layer: int = 0
+    num_layers: int = 1
+    scope: SharedScope = field(default_factory=SharedScope, compare=False)
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A CPU generator seeded from the cell seed, the layer and ``salt``: reproducible setup."""
+        g = torch.Generator(device="cpu")
+        g.manual_seed((self.seed * 1_000_003 + self.layer * 7919 + salt) % (2**63))
+        return g
+
+
+Constraint = Callable[[Any, "BuildContext"], "str | None"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    factory: Callable[[Any, BuildContext], nn.Module]
+    family: str
+    exact: bool
+    params: type
+    causal: bool = True
+    backward: bool = True
+    devices: tuple[str, ...] = ALL_DEVICES
+    dtypes: tuple[str, ...] = ALL_DTYPES
+    requires: tuple[str, ...] = ()
+    install_hint: str = ""
+    constraints: tuple[Constraint, ...] = ()
+    budget: str | None = None  # name of the knob that trades accuracy for cost (k, nb_features, ...)
+    description: str = ""
+    origin: str = ""
+
+    def unavailable_reason(self) -> str | None:
+        """Why this method cannot be used on this installation at all, or None."""
+        missing = [m for m in self.requires if importlib.util.find_spec(m.split(".")[0]) is None]
+        if missing:
+            hint = f" ({self.install_hint})" if self.install_hint else ""
+            return f"unavailable: {', '.join(missing)} not installed{hint}"
+        return None
+
+    def unsupported_reason(self, params: Any, ctx: BuildContext, *, backward: bool = False,
+                           dtype_name: str | None = None) -> str | None:
+        """The declared reason this case cannot run, checked before building anything."""
+        if (why := self.unavailable_reason()) is not None:
+            return why
+        if ctx.device.type not in self.devices:
+            return f"{self.name} runs on {'/'.join(self.devices)}, not {ctx.device.type}"
+        if dtype_name is not None and dtype_name not in self.dtypes:
+            return f"{self.name} supports dtypes {'/'.join(self.dtypes)}, not {dtype_name}"
+        if ctx.causal and not self.causal:
+            return f"{self.name} has no causal variant"
+        if backward and not self.backward:
+            return f"{self.name} has no backward pass"
+        for check in self.constraints:
+            if (why := check(params, ctx)) is not None:
+                return why
+        return None
+
+    def build(self, params: Any, ctx: BuildContext) -> nn.Module:
+        return self.factory(params, ctx)
+
+    def param_fields(self) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(self.params)}
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._specs: dict[str, MethodSpec] = {}
+        self._loaded_builtins = False
+        self._loaded_entry_points = False
+        self.plugin_errors: list[str] = []
+
+    def add(self, spec: MethodSpec) -> None:
+        old = self._specs.get(spec.name)
+        if old is not None:
+            raise RegistryError(
+                f"duplicate method name {spec.name!r}: defined by {old.origin} and again by {spec.origin}")
+        self._specs[spec.name] = spec
+
+    def remove(self, name: str) -> None:
+        self._specs.pop(name, None)
+
+    def ensure_loaded(self) -> None:
+        if not self._loaded_builtins:
+            self._loaded_builtins = True
+            load_builtins()
+        if not self._loaded_entry_points:
+            self._loaded_entry_points = True
+            load_entry_points(self)
+
+    def get(self, name: str) -> MethodSpec:
+        self.ensure_loaded()
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise RegistryError(unknown_name_message("method", name, self._specs)) from None
+
+    def __contains__(self, name: str) -> bool:
+        self.ensure_loaded()
+        return name in self._specs
+
+    def names(self) -> list[str]:
+        self.ensure_loaded()
+        return sorted(self._specs)
+
+    def specs(self) -> list[MethodSpec]:
+        return [self._specs[n] for n in self.names()]
+
+
+REGISTRY = Registry()
+
+
+def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return f"Unknown {kind} {name!r}.{hint} Available: {', '.join(known) or '(none)'}"
+
+
+def register_method(name: str, *, family: str, exact: bool, params: type = NoParams,
+                    causal: bool = True, backward: bool = True,
+                    devices: tuple[str, ...] = ALL_DEVICES, dtypes: tuple[str, ...] = ALL_DTYPES,
+                    requires: tuple[str, ...] = (), install_hint: str = "",
+                    constraints: tuple[Constraint, ...] = (), budget: str | None = None,
+                    description: str = "", registry: Registry | None = None):
+    """Decorator registering ``factory(params, ctx) -> nn.Module`` under ``name``."""
+    if not dataclasses.is_dataclass(params):
+        raise RegistryError(f"method {name!r}: params must be a dataclass, got {params!r}")
+
+    def wrap(factory):
+        try:
+            src = f"{inspect.getsourcefile(factory)}:{inspect.getsourcelines(factory)[1]}"
+        except (OSError, TypeError):
+            src = "<unknown file>"
+        origin = f"{factory.__module__}.{factory.__qualname__} ({src})"
+        doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+        spec = MethodSpec(name=name, factory=factory, family=family, exact=exact, params=params,
+                          causal=causal, backward=backward, devices=tuple(devices),
+                          dtypes=tuple(dtypes), requires=tuple(requires), install_hint=install_hint,
+                          constraints=tuple(constraints), budget=budget, description=doc,
+                          origin=origin)
+        (registry or REGISTRY).add(spec)
+        factory.spec = spec
+        return factory
+
+    return wrap
+
+
+def load_builtins() -> None:
+    """Import every module of ``attnbench.methods`` (the repo's top-level ``methods/`` folder)."""
+    import attnbench.methods as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+
+
+def load_entry_points(registry: Registry) -> None:
+    """Import plugins installed under the ``attnbench.methods`` entry-point group.
+
+    A broken plugin never hides the built-in methods: its error is kept in ``registry.plugin_errors``
+    and shown by ``attnbench list``.
+    """
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            if callable(obj) and not isinstance(obj, type) and not hasattr(obj, "spec"):
+                obj()  # an entry point may name a function that registers methods
+        except RegistryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin may fail in any way
+            registry.plugin_errors.append(f"entry point {ep.name} ({ep.value}): "
+                                          f"{type(exc).__name__}: {exc}")
+
+
+def load_plugin_file(path: str | Path) -> list[str]:
+    """Import a Python file that registers methods; returns the names it added."""
+    path = Path(path)
+    if not path.is_file():
+        raise RegistryError(f"--plugin {path}: no such file")
+    if path.suffix != ".py":
+        raise RegistryError(f"--plugin {path}: expected a .py file")
+    REGISTRY.ensure_loaded()
+    before = set(REGISTRY._specs)
+    mod_name = f"attnbench_plugin_{abs(hash(str(path.resolve())))}"
+    if mod_name in sys.modules:
+        return []
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except RegistryError:
+        del sys.modules[mod_name]
+        raise
+    except Exception as exc:
+        del sys.modules[mod_name]
+        raise RegistryError(f"--plugin {path}: failed to import: {type(exc).__name__}: {exc}") from exc
+    return sorted(set(REGISTRY._specs) - before)
+
+
+def get_method(name: str) -> MethodSpec:
+    return REGISTRY.get(name)
+
+
+def list_methods() -> list[MethodSpec]:
+    return REGISTRY.specs()

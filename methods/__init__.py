@@ -1,0 +1,1 @@
+"""Built-in attention methods, one family a file; installed as ``attnbench.methods``."""

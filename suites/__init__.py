@@ -1,0 +1,1 @@
+"""Built-in suite files (TOML), shipped as package data of ``attnbench.suites``."""
