@@ -1,0 +1,250 @@
+"""Linformer: Self-Attention with Linear Complexity (Wang et al., 2020). https://arxiv.org/abs/2006.04768
+
+Keys and values are projected along the sequence axis from n rows to k rows (K ↦ E·K, V ↦ F·V), and
+softmax attention then runs over those k rows, so cost and memory grow as n·k instead of n².
+
+Projections (``projection``):
+
+- ``linear``: learned E, F of shape (k, n), initialised xavier-uniform with gain 1/√2 as in the authors'
+  code; ``freeze=True`` keeps them fixed (``requires_grad=False``).
+- ``random``: a fixed Johnson–Lindenstrauss projection with N(0, 1/k) entries, never trained (a frozen
+  parameter rather than a buffer, so that ``Module.to`` keeps layerwise sharing intact).
+- ``mean_pool`` / ``max_pool``: windows of w = n/k consecutive positions, stride w; no parameters.
+- ``conv``: a learned 1-D convolution along the sequence, kernel = stride = w. One filter of length w is
+  shared by all head_dim channels (depthwise with tied weights): the projected rows stay in the key
+  space the queries live in, the filter is exactly a structured E = I_k ⊗ cᵀ (so ``conv`` is the
+  ``linear`` method with a block-diagonal E), and the filter [1] with k = n is the identity. A full
+  Conv1d over channels would also rotate the feature space, which an untrained q·k product cannot
+  follow. The filter starts as mean pooling (all 1/w), so an untrained ``conv`` equals ``mean_pool``.
+  ``freeze`` applies to it as to ``linear``.
+
+Sharing (``sharing``) of the projection parameters: ``none`` (E_i, F_i per head), ``headwise`` (one E and
+one F per layer), ``kv`` (one matrix per layer, E = F) and ``layerwise`` (one matrix for every layer,
+head, key and value, kept in the model's :class:`~attnbench.registry.SharedScope` and registered on each
+layer's module as the same Parameter). Pooling has nothing to share.
+
+Inputs shorter than the built length n' < n: ``linear``/``random`` use E[:, :n'] (the authors' code does
+the same), giving k rows still; pooling and ``conv`` keep the window w and give ceil(n'/w) rows, the last
+window covering only the positions that exist (its mean/max over those; for ``conv`` the filter's tail
+meets zeros, which is E[:, :n'] with the all-zero rows dropped). Longer inputs raise ``ValueError``.
+
+Linformer is not causal: every projected row mixes all positions, so masking after the projection does
+not hide the future. The registry says ``causal=False``; ``LinformerAttention(..., causal=True)`` builds
+the masked-after-projection variant only so tests can show that it leaks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnbench.registry import BuildContext, Unsupported, register_method
+
+Projection = Literal["linear", "random", "mean_pool", "max_pool", "conv"]
+Sharing = Literal["none", "headwise", "kv", "layerwise"]
+POOLED = ("mean_pool", "max_pool", "conv")  # windowed projections: need n divisible by k
+LEARNED = ("linear", "conv")
+
+
+@dataclass(frozen=True)
+class LinformerParams:
+    k: int = 256                       # projected length (rows of E·K and F·V)
+    projection: Projection = "linear"  # linear | random | mean_pool | max_pool | conv
+    sharing: Sharing = "headwise"      # none | headwise | kv | layerwise
+    freeze: bool = False               # linear/conv only: keep E, F fixed (requires_grad False)
+    k_schedule: tuple[int, ...] = ()   # per-layer k (layer i uses k_schedule[i]); () = k everywhere
+
+
+def layer_k(p: LinformerParams, layer: int) -> int:
+    """The projected length of ``layer``: its entry in ``k_schedule``, or ``k`` when there is none."""
+    return p.k_schedule[layer] if p.k_schedule else p.k
+
+
+def check_schedule(p: LinformerParams, ctx: BuildContext) -> str | None:
+    if not p.k_schedule:
+        return None
+    if len(p.k_schedule) != ctx.num_layers:
+        return (f"k_schedule has {len(p.k_schedule)} entries but the model has "
+                f"num_layers={ctx.num_layers}; give one k per layer")
+    if p.sharing == "layerwise" and len(set(p.k_schedule)) > 1:
+        return (f"sharing='layerwise' uses one (k, n) matrix in every layer, which cannot have the "
+                f"different k of k_schedule={p.k_schedule}")
+    return None
+
+
+def check_k(p: LinformerParams, ctx: BuildContext) -> str | None:
+    if check_schedule(p, ctx) is not None:
+        return None  # reported by check_schedule; layer_k would be meaningless
+    k = layer_k(p, ctx.layer)
+    where = f" (layer {ctx.layer} of k_schedule)" if p.k_schedule else ""
+    if k < 1:
+        return f"k={k}{where} must be positive"
+    if k >= ctx.n:
+        return f"k={k}{where} must be smaller than n={ctx.n}: projecting to k >= n saves nothing"
+    if p.projection in POOLED and ctx.n % k:
+        return (f"projection={p.projection!r} uses window = stride = n/k, so n={ctx.n} must be "
+                f"divisible by k={k}{where}")
+    return None
+
+
+CONSTRAINTS = (check_schedule, check_k)
+
+
+def _xavier(shape: tuple[int, ...], fan_in: int, fan_out: int, gain: float,
+            g: torch.Generator) -> torch.Tensor:
+    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    return (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * bound
+
+
+def _pool(x: torch.Tensor, w: int, kind: str) -> torch.Tensor:
+    """Mean or max over windows of ``w`` positions, stride ``w``; a short last window pools what it has."""
+    n = x.shape[-2]
+    full = n // w * w
+    reduce = torch.mean if kind == "mean_pool" else torch.amax
+    parts = []
+    if full:
+        parts.append(reduce(x[..., :full, :].unflatten(-2, (full // w, w)), dim=-2))  # (B, H, n/w, D)
+    if full < n:
+        parts.append(reduce(x[..., full:, :], dim=-2, keepdim=True))  # (B, H, 1, D)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+
+
+def _conv(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Tied depthwise convolution, kernel = stride = w; ``c`` is (w,) or (H, w)."""
+    w = c.shape[-1]
+    n = x.shape[-2]
+    pad = -n % w
+    if pad:
+        x = F.pad(x, (0, 0, 0, pad))  # (B, H, ceil(n/w)·w, D): the filter's tail meets zeros
+    windows = x.unflatten(-2, (x.shape[-2] // w, w))  # (B, H, k', w, D)
+    if c.dim() == 1:
+        return torch.einsum("bhjwd,w->bhjd", windows, c)  # (B, H, k', D)
+    return torch.einsum("bhjwd,hw->bhjd", windows, c)  # (B, H, k', D)
+
+
+class LinformerAttention(nn.Module):
+    """forward(q, k, v): (B, H, N, D) -> (B, H, N, D), keys/values of length ≤ the built n.
+
+    Built directly, it accepts k = n (the identity limits the tests need) and ``causal=True`` (which
+    masks after the projection and is therefore not causal; see the module docstring).
+    """
+
+    def __init__(self, p: LinformerParams, ctx: BuildContext, *, causal: bool = False):
+        super().__init__()
+        if (why := check_schedule(p, ctx)) is not None:
+            raise Unsupported(why)
+        self.k = layer_k(p, ctx.layer)
+        if not 1 <= self.k <= ctx.n:
+            raise Unsupported(f"k={self.k} must be between 1 and n={ctx.n}")
+        if p.projection in POOLED and ctx.n % self.k:
+            raise Unsupported(f"projection={p.projection!r} needs n={ctx.n} divisible by k={self.k}")
+        self.n = ctx.n
+        self.projection = p.projection
+        self.sharing = p.sharing
+        self.causal = causal
+        self.window = ctx.n // self.k
+        if p.projection in ("mean_pool", "max_pool"):
+            self.E = self.F = None
+            return
+
+        if p.sharing == "layerwise":
+            # The same matrix in every layer, whichever layer builds first: seed it as layer 0.
+            ctx0 = dataclasses.replace(ctx, layer=0)
+            key = ("linformer", "layerwise", p.projection, self.k, ctx.n, p.freeze, str(ctx.device),
+                   ctx.dtype)
+            self.E = self.F = ctx.scope.get_or_create(key, lambda: self._make_param(p, ctx0, 1, None))
+        elif p.sharing == "kv":
+            self.E = self.F = self._make_param(p, ctx, 1, None)
+        elif p.sharing == "headwise":
+            self.E, self.F = self._make_param(p, ctx, 1, None), self._make_param(p, ctx, 2, None)
+        else:
+            self.E, self.F = self._make_param(p, ctx, 1, ctx.heads), self._make_param(p, ctx, 2, ctx.heads)
+
+    def _make_param(self, p: LinformerParams, ctx: BuildContext, salt: int,
+                    heads: int | None) -> nn.Parameter:
+        """One projection (k, n) — or per-head (H, k, n) — for linear/random; a filter (w,) or (H, w)
+        for conv."""
+        g = ctx.generator(salt)
+        lead = () if heads is None else (heads,)
+        if p.projection == "linear":
+            data = _xavier(lead + (self.k, ctx.n), fan_in=ctx.n, fan_out=self.k,
+                           gain=1 / math.sqrt(2), g=g)
+        elif p.projection == "random":
+            data = torch.randn(lead + (self.k, ctx.n), generator=g, dtype=torch.float64)
+            data = data / math.sqrt(self.k)  # entries N(0, 1/k)
+        else:  # conv: start as mean pooling
+            data = torch.full(lead + (self.window,), 1.0 / self.window, dtype=torch.float64)
+        trainable = p.projection in LEARNED and not p.freeze
+        return nn.Parameter(data.to(ctx.device, ctx.dtype), requires_grad=trainable)
+
+    def _project(self, x: torch.Tensor, proj: torch.Tensor | None) -> torch.Tensor:
+        """(B, H, m, D) -> (B, H, k', D) along the sequence axis."""
+        m = x.shape[-2]
+        if self.projection in ("mean_pool", "max_pool"):
+            return _pool(x, self.window, self.projection)
+        if self.projection == "conv":
+            return _conv(x, proj)
+        # (k, m) or (H, k, m) broadcasts against (B, H, m, D); slicing columns serves m < n.
+        return proj[..., :m] @ x  # (B, H, k, D)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        m = k.shape[-2]
+        if m > self.n:
+            raise ValueError(f"Linformer was built for sequences of at most n={self.n}, got {m}; "
+                             f"build it for the longest length it will see")
+        if v.shape[-2] != m:
+            raise ValueError(f"keys have {m} positions but values have {v.shape[-2]}")
+        kp = self._project(k, self.E)  # (B, H, k, D)
+        vp = self._project(v, self.F)  # (B, H, k, D)
+        return F.scaled_dot_product_attention(q, kp, vp, is_causal=self.causal)  # (B, H, N, D)
+
+    def flops(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> float:
+        b, h, n, d = q.shape
+        m = k.shape[-2]
+        rows = self.k if self.projection in ("linear", "random") else -(-m // self.window)
+        if self.projection in ("linear", "random"):
+            project = 2 * (2.0 * b * h * rows * m * d)  # E·K and F·V
+        else:
+            project = 2 * (2.0 * b * h * m * d)  # one multiply-add (or compare) per element
+        return project + 4.0 * b * h * n * rows * d
+
+    def stats(self) -> dict:
+        return {"k": self.k, "proj_matrices": len(projection_matrices(self)),
+                "proj_params": sum(t.numel() for t in projection_matrices(self))}
+
+
+def projection_matrices(*modules: nn.Module) -> list[torch.Tensor]:
+    """The distinct projection matrices (E_i, F_i, or conv filters) of Linformer layers.
+
+    A per-head parameter (H, k, n) counts as H matrices; shared ones count once, identified by
+    storage, so a layerwise matrix registered on twelve layers is one. For a 12-layer × 12-head model
+    ``none``/``headwise``/``kv``/``layerwise`` give 288/24/12/1.
+    """
+    seen: dict[tuple, torch.Tensor] = {}
+    for module in modules:
+        for layer in module.modules():
+            if not isinstance(layer, LinformerAttention):
+                continue
+            for proj in (layer.E, layer.F):
+                if proj is None:
+                    continue
+                mats = proj.detach().unbind(0) if layer.sharing == "none" else (proj.detach(),)
+                for mat in mats:
+                    key = (mat.untyped_storage().data_ptr(), mat.storage_offset(), tuple(mat.shape))
+                    seen.setdefault(key, mat)
+    return list(seen.values())
+
+
+@register_method("linformer", family="low_rank", exact=False, params=LinformerParams, causal=False,
+                 constraints=CONSTRAINTS, budget="k")
+def build_linformer(p: LinformerParams, ctx: BuildContext) -> nn.Module:
+    """Linformer: keys and values projected along the sequence from n to k rows."""
+    for check in CONSTRAINTS:
+        if (why := check(p, ctx)) is not None:
+            raise Unsupported(why)
+    return LinformerAttention(p, ctx)
