@@ -1,0 +1,259 @@
+"""Kernel feature-map attention: Performer's FAVOR+ and elu+1 linear attention.
+
+``performer``: Rethinking Attention with Performers (Choromanski et al., 2020),
+https://arxiv.org/abs/2009.14794. The softmax kernel exp(qᵀk/√d) is written as the expectation of a
+product of random features, φ(x) = exp(ωᵀx − ‖x‖²/2)/√m with ω ~ N(0, I_d) and x scaled by d^(-1/4), so
+attention becomes φ(Q)(φ(K)ᵀV) and costs O(n·m·d) instead of O(n²·d).
+
+``linear``: Transformers are RNNs (Katharopoulos et al., 2020), https://arxiv.org/abs/2006.16236. The
+same factorisation with the deterministic feature map elu(x)+1; it is its own attention rather than an
+estimate of softmax, so its error column measures how far it lands from softmax attention.
+
+Numerics shared by both. Every query row may be scaled by its own positive constant and every key by a
+constant common to the keys a query sees: both cancel between the numerator φ(q)ᵀΣφ(k)vᵀ and the
+denominator φ(q)ᵀΣφ(k). We use that freedom so nothing overflows in fp16/bf16:
+
+- queries: the per-row maximum of the FAVOR+ exponent is subtracted before exp (largest feature 1);
+- keys, bidirectional: the maximum over all keys and features of a head is subtracted (cancels exactly);
+- keys, causal: query i uses P_i, the running maximum of the key exponents over positions j ≤ i, so
+  nothing from the future enters; key j then weighs exp(r_j − P_i) ≤ 1 where r_j is its own row maximum.
+  Chunked prefix sums carry the running state relative to P at the chunk end and rescale it when P grows,
+  as online softmax does; only (n/chunk, m, d) chunk sums exist, never an (n, m, d) tensor;
+- both feature maps are multiplied by n^(-1/2), so sums over n keys stay O(m) rather than O(n·m).
+
+The stabilising maxima are detached: the output does not depend on them, so their gradient is zero.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnbench.registry import BuildContext, register_method
+
+
+def resolve_nb_features(nb_features: int, head_dim: int) -> int:
+    """``nb_features`` = 0 means the paper's suggested m = round(d·ln d) (at least 1)."""
+    return nb_features if nb_features > 0 else max(1, round(head_dim * math.log(head_dim)))
+
+
+def draw_omega(m: int, d: int, orthogonal: bool, generator: torch.Generator) -> torch.Tensor:
+    """(m, d) projection rows, each marginally N(0, I_d), drawn on the CPU in float64.
+
+    Orthogonal: rows come in blocks of d mutually orthogonal directions (the Q of a Gaussian block's QR,
+    signs fixed so Q is Haar-distributed) and each row gets an independent chi_d length, the norm a
+    Gaussian row would have; the last block is truncated when d does not divide m.
+    """
+    if not orthogonal:
+        return torch.randn(m, d, generator=generator, dtype=torch.float64)
+    blocks = []
+    for _ in range(-(-m // d)):
+        g = torch.randn(d, d, generator=generator, dtype=torch.float64)
+        q, r = torch.linalg.qr(g)
+        blocks.append(q * torch.sign(torch.diagonal(r)))  # Haar: columns times sign(diag R)
+    directions = torch.cat(blocks, dim=0)[:m]  # (m, d), unit rows, orthogonal within a block
+    lengths = torch.randn(m, d, generator=generator, dtype=torch.float64).norm(dim=1)  # chi_d
+    return directions * lengths[:, None]
+
+
+def favor_features(x: torch.Tensor, omega: torch.Tensor, positive: bool = True) -> torch.Tensor:
+    """Unstabilised random features with E[φ(x)ᵀφ(y)] = exp(xᵀy); ``x`` is already scaled by d^(-1/4).
+
+    Positive: exp(ωᵀx − ‖x‖²/2)/√m, shape (..., m). Trigonometric: exp(‖x‖²/2)/√m·[sin ωᵀx, cos ωᵀx],
+    shape (..., 2m). For tests and for reading; attention uses the stabilised form in the module.
+    """
+    m = omega.shape[0]
+    proj = x @ omega.transpose(-1, -2)  # (..., m)
+    sq = (x * x).sum(-1, keepdim=True) / 2
+    if positive:
+        return torch.exp(proj - sq) / math.sqrt(m)
+    return torch.exp(sq) / math.sqrt(m) * torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+def kernel_attention(qf: torch.Tensor, kf: torch.Tensor, v: torch.Tensor,
+                     key_logscale: torch.Tensor | None = None, *, causal: bool = False,
+                     chunk_size: int = 128) -> torch.Tensor:
+    """Normalised linear attention Σ_j (qf_i·kf_j)·s_j·v_j / Σ_j (qf_i·kf_j)·s_j with s_j = exp(logscale_j).
+
+    ``qf``, ``kf``: (B, H, N, F) features; ``key_logscale``: (B, H, N) or None (s = 1); ``v``: (B, H, N, D).
+    A query whose weights all vanish (underflow) returns zeros instead of 0/0.
+    """
+    ones = torch.ones_like(v[..., :1])
+    vv = torch.cat([v, ones], dim=-1)  # (B, H, N, D+1): the last column accumulates the denominator
+    if not causal:
+        if key_logscale is not None:
+            shift = key_logscale.detach().amax(dim=-1, keepdim=True)  # (B, H, 1), cancels exactly
+            kf = kf * torch.exp(key_logscale - shift)[..., None]
+        kv = kf.transpose(-1, -2) @ vv  # (B, H, F, D+1)
+        out = qf @ kv  # (B, H, N, D+1)
+    else:
+        out = _causal_chunked(qf, kf, vv, key_logscale, chunk_size)
+    num, den = out[..., :-1], out[..., -1:]
+    return num / den.masked_fill(den == 0, 1.0)
+
+
+def _causal_chunked(qf, kf, vv, logscale, chunk_size):
+    """Causal Σ_{j≤i} by chunks: a masked c×c product inside each chunk plus the prefix state before it."""
+    b, h, n, f = qf.shape
+    c = max(1, min(chunk_size, n))
+    t = -(-n // c)
+    pad = t * c - n
+    if pad:
+        qf, kf, vv = (F.pad(x, (0, 0, 0, pad)) for x in (qf, kf, vv))
+        if logscale is not None:
+            logscale = F.pad(logscale, (0, pad))  # padded keys have zero features; value is moot
+    e = vv.shape[-1]
+    qc = qf.reshape(b, h, t, c, f)
+    kc = kf.reshape(b, h, t, c, f)
+    vc = vv.reshape(b, h, t, c, e)
+    tril = torch.ones(c, c, dtype=torch.bool, device=qf.device).tril()
+    scores = qc @ kc.transpose(-1, -2)  # (B, H, T, c, c)
+    if logscale is None:
+        intra = scores.masked_fill(~tril, 0.0) @ vc  # (B, H, T, c, D+1)
+        sums = kc.transpose(-1, -2) @ vc  # (B, H, T, F, D+1): each chunk's Σ φ(k) [v, 1]ᵀ
+        state = torch.cumsum(sums, dim=2) - sums  # exclusive prefix: keys of earlier chunks
+        return (intra + qc @ state).reshape(b, h, t * c, e)[:, :, :n]
+    ls = logscale.reshape(b, h, t, c)
+    run_max = torch.cummax(logscale.detach(), dim=-1).values.reshape(b, h, t, c)  # P_i, causal
+    pair = ls[..., None, :] - run_max[..., :, None]  # (B, H, T, c, c): r_j − P_i ≤ 0 for j ≤ i
+    intra = (scores * torch.exp(pair.masked_fill(~tril, float("-inf")))) @ vc
+    end = run_max[..., -1]  # (B, H, T): P at each chunk's last position
+    weighted = kc * torch.exp(ls - end[..., None])[..., None]  # (B, H, T, c, F), all ≤ its feature
+    sums = weighted.transpose(-1, -2) @ vc  # (B, H, T, F, D+1), relative to exp(end_t)
+    states = [torch.zeros_like(sums[:, :, 0])]
+    for i in range(1, t):  # state before chunk i, relative to exp(end_{i-1})
+        decay = torch.exp(end[..., i - 2] - end[..., i - 1]) if i > 1 else None
+        prev = states[-1] * decay[..., None, None] if decay is not None else states[-1]
+        states.append(prev + sums[:, :, i - 1])
+    state = torch.stack(states, dim=2)  # (B, H, T, F, D+1)
+    prev_end = torch.cat([end[..., :1], end[..., :-1]], dim=-1)  # chunk 0's state is zero anyway
+    inter = (qc @ state) * torch.exp(prev_end[..., None] - run_max)[..., None]  # (B, H, T, c, D+1)
+    return (intra + inter).reshape(b, h, t * c, e)[:, :, :n]
+
+
+@dataclass(frozen=True)
+class PerformerParams:
+    nb_features: int = 0  # m, random features; 0 = auto = round(d·ln d) (266 at d=64, 111 at d=32)
+    orthogonal: bool = True  # ω in orthogonal blocks with chi lengths (ORF); False = iid Gaussian rows
+    positive: bool = True  # FAVOR+ positive features; False = trigonometric sin/cos (2m features)
+    redraw_interval: int = 0  # training mode: redraw ω every this many forward calls; 0 = fixed by seed
+    chunk_size: int = 128  # causal: prefix sums are taken over chunks of this many positions
+
+
+@dataclass(frozen=True)
+class LinearParams:
+    chunk_size: int = 128  # causal: prefix sums are taken over chunks of this many positions
+
+
+class PerformerAttention(nn.Module):
+    """FAVOR+ attention; ω is a buffer drawn at build time from the cell's generator."""
+
+    def __init__(self, p: PerformerParams, ctx: BuildContext):
+        super().__init__()
+        self.p = p
+        self.causal = ctx.causal
+        self.m = resolve_nb_features(p.nb_features, ctx.head_dim)
+        self._redraw_gen = ctx.generator(salt=1)  # a separate stream, so redraws never repeat ω₀
+        self._calls = 0
+        omega = draw_omega(self.m, ctx.head_dim, p.orthogonal, ctx.generator(salt=0))
+        self.register_buffer("omega", omega.to(ctx.device, ctx.dtype))
+
+    @torch.no_grad()
+    def redraw(self) -> None:
+        omega = draw_omega(self.m, self.omega.shape[1], self.p.orthogonal, self._redraw_gen)
+        self.omega.copy_(omega.to(self.omega))
+
+    def features(self, q, k):
+        """Stabilised (query features, key features, key log-scales); see the module docstring."""
+        d = q.shape[-1]
+        scale = d ** -0.25
+        norm = q.shape[-2] ** -0.5  # keeps Σ over n keys O(m) in fp16
+        qs, ks = q * scale, k * scale
+        omega = self.omega.to(q.dtype)
+        q_proj = qs @ omega.t()  # (B, H, N, m)
+        k_proj = ks @ omega.t()  # (B, H, N, m)
+        if self.p.positive:
+            q_exp = q_proj - (qs * qs).sum(-1, keepdim=True) / 2
+            k_exp = k_proj - (ks * ks).sum(-1, keepdim=True) / 2
+            qf = torch.exp(q_exp - q_exp.detach().amax(-1, keepdim=True)) * norm
+            k_row_max = k_exp.detach().amax(-1)  # (B, H, N): r_j, a pure stabiliser
+            kf = torch.exp(k_exp - k_row_max[..., None]) * norm
+            return qf, kf, k_row_max
+        # trigonometric: the query factor exp(‖q‖²/2) is a per-row constant and cancels
+        qf = torch.cat([torch.sin(q_proj), torch.cos(q_proj)], dim=-1) * norm  # (B, H, N, 2m)
+        kf = torch.cat([torch.sin(k_proj), torch.cos(k_proj)], dim=-1) * norm
+        return qf, kf, (ks * ks).sum(-1) / 2
+
+    def forward(self, q, k, v):
+        if self.training and self.p.redraw_interval > 0:
+            if self._calls > 0 and self._calls % self.p.redraw_interval == 0:
+                self.redraw()
+            self._calls += 1
+        qf, kf, logscale = self.features(q, k)
+        return kernel_attention(qf, kf, v, logscale, causal=self.causal, chunk_size=self.p.chunk_size)
+
+    @torch.no_grad()
+    def attention_matrix(self, q, k) -> torch.Tensor:
+        """The implied (B, H, N, N) attention weights, for tests and plots at small n."""
+        qf, kf, logscale = self.features(q, k)
+        key_weight = torch.exp(logscale - logscale.amax(-1, keepdim=True))  # (B, H, N)
+        scores = (qf @ kf.transpose(-1, -2)) * key_weight[..., None, :]  # (B, H, N, N)
+        if self.causal:
+            scores = scores.tril()
+        return scores / scores.sum(-1, keepdim=True)
+
+    def flops(self, q, k, v):
+        b, h, n, d = q.shape
+        f = self.m * (1 if self.p.positive else 2)
+        total = 2.0 * 2 * n * self.m * d + 2.0 * 2 * n * f * (d + 1)  # projections, state, readout
+        if self.causal:
+            total += 2.0 * n * min(self.p.chunk_size, n) * (f + d + 1)  # in-chunk masked products
+        return b * h * total
+
+    def stats(self):
+        return {"nb_features_used": self.m}
+
+
+class LinearAttention(nn.Module):
+    """elu(x)+1 feature-map attention, bidirectional or causal."""
+
+    def __init__(self, p: LinearParams, ctx: BuildContext):
+        super().__init__()
+        self.p = p
+        self.causal = ctx.causal
+
+    def forward(self, q, k, v):
+        norm = q.shape[-2] ** -0.5  # keeps Σ over n keys O(d) in fp16
+        qf = (F.elu(q) + 1) * norm  # (B, H, N, D)
+        kf = (F.elu(k) + 1) * norm
+        return kernel_attention(qf, kf, v, None, causal=self.causal, chunk_size=self.p.chunk_size)
+
+    def flops(self, q, k, v):
+        b, h, n, d = q.shape
+        total = 2.0 * 2 * n * d * (d + 1)
+        if self.causal:
+            total += 2.0 * n * min(self.p.chunk_size, n) * (2 * d + 1)
+        return b * h * total
+
+
+def _positive_knobs(p, ctx):
+    bad = [f"{name}={getattr(p, name)}" for name, low in
+           (("nb_features", 0), ("redraw_interval", 0), ("chunk_size", 1)) if getattr(p, name, low) < low]
+    return f"invalid knobs: {', '.join(bad)}" if bad else None
+
+
+@register_method("performer", family="kernel", exact=False, params=PerformerParams, causal=True,
+                 constraints=(_positive_knobs,), budget="nb_features")
+def build_performer(p: PerformerParams, ctx: BuildContext) -> nn.Module:
+    """Performer FAVOR+: positive orthogonal random features, O(n·m·d)."""
+    return PerformerAttention(p, ctx)
+
+
+@register_method("linear", family="kernel", exact=False, params=LinearParams, causal=True,
+                 constraints=(_positive_knobs,))
+def build_linear(p: LinearParams, ctx: BuildContext) -> nn.Module:
+    """Linear attention with the elu(x)+1 feature map, O(n·d²)."""
+    return LinearAttention(p, ctx)
