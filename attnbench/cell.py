@@ -1,0 +1,251 @@
+"""Running one cell: build (untimed), measure time and memory, compute error. Returns a row dict.
+
+Failures never escape: an unsupported case, an out-of-memory, an exception or a non-finite output each
+becomes a row with a ``status`` and a one-line ``reason``.
+"""
+from __future__ import annotations
+
+import gc
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from attnbench.dtypes import to_torch
+from attnbench.inputs import make_hidden, make_qkv
+from attnbench.levels import build_level, count_parameters, reference_output
+from attnbench.measure import Step, Timing, live_bytes, measure_memory, time_call, time_cuda_graph
+from attnbench.reference import error_metrics
+from attnbench.registry import REGISTRY, MethodSpec, Unsupported
+from attnbench.suite import Case, Suite
+
+NOISY_IQR = 0.10  # a cell whose IQR exceeds 10% of its median is flagged noisy
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        "out of memory" in msg or "can't allocate memory" in msg or isinstance(exc, MemoryError))
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:limit]
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class CellContext:
+    """State shared by the cells of one run: the suite, device and small caches of references."""
+
+    suite: Suite
+    device: torch.device
+    cuda_graphs: bool = False
+    capacity_limit_mib: float = 0.0
+    capacity_max_batch: int = 4096
+    _refs: dict = field(default_factory=dict)
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key not in self._refs:
+            if len(self._refs) >= 4:  # references can be large: keep a few
+                self._refs.pop(next(iter(self._refs)))
+            self._refs[key] = make()
+        return self._refs[key]
+
+
+def make_inputs(case: Case, batch: int, dtype: torch.dtype, device: torch.device):
+    if case.level == "core":
+        return make_qkv(case.input_dict, batch=batch, heads=case.heads, n=case.n,
+                        head_dim=case.head_dim, dtype=dtype, device=device, seed=case.seed)
+    return (make_hidden(batch=batch, n=case.n, d_model=case.heads * case.head_dim, dtype=dtype,
+                        device=device, seed=case.seed),)
+
+
+def _build(spec: MethodSpec, params: Any, case: Case, dtype: torch.dtype, device: torch.device):
+    return build_level(spec, params, case.level, n=case.n, heads=case.heads, head_dim=case.head_dim,
+                       layers=case.layers, ffn_dim=case.ffn_dim, dtype=dtype, device=device,
+                       causal=case.causal, seed=case.seed)
+
+
+def _flops(module: torch.nn.Module, inputs) -> float | None:
+    hook = getattr(module, "flops", None)
+    if hook is None or len(inputs) != 3:
+        return None
+    try:
+        return float(hook(*inputs))
+    except Exception:  # noqa: BLE001 - a FLOP count is optional
+        return None
+
+
+def _stats(module: torch.nn.Module) -> dict:
+    hook = getattr(module, "stats", None)
+    if hook is None:
+        from attnbench.levels import attention_modules
+
+        mods = attention_modules(module)
+        hook = getattr(mods[0], "stats", None) if mods and mods[0] is not module else None
+    try:
+        return dict(hook()) if hook else {}
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def _error(ctx: CellContext, case: Case, module, inputs, dtype) -> dict:
+    """Error of this method's output against a float64 exact reference, and the baseline's own error
+    in the same dtype (so rounding is not mistaken for approximation)."""
+    out = Step(module, inputs, "fwd").forward_output()
+    if not torch.isfinite(out).all():
+        return {"_nan": True}
+    hook = getattr(module, "exact_reference", None) if case.level == "core" else None
+    ref_key = (case.level, case.n, case.batch, case.heads, case.head_dim, case.causal, case.input,
+               case.seed, case.layers, case.ffn_dim, type(module).__qualname__ if hook else None)
+    inputs32 = tuple(t.float() for t in inputs)
+    ref = ctx.cached(("ref", ref_key), lambda: reference_output(module, inputs32, case.causal))
+    row = error_metrics(out, ref)
+    if hook is None:
+        row["baseline_rel_err"] = ctx.cached(("base", ref_key, case.dtype),
+                                             lambda: _baseline_error(ctx, case, inputs, dtype, ref))
+    return row
+
+
+def _baseline_error(ctx: CellContext, case: Case, inputs, dtype, ref) -> float | None:
+    spec = REGISTRY.get(ctx.suite.baseline)
+    grids = [g for name, g in ctx.suite.methods if name == spec.name]
+    params = spec.params(**{k: v[0] for k, v in grids[0].items()}) if grids else spec.params()
+    try:
+        module = _build(spec, params, case, dtype, ctx.device)
+        out = Step(module, inputs, "fwd").forward_output()
+        return error_metrics(out, ref)["rel_err"]
+    except Exception:  # noqa: BLE001 - the baseline may not support this case
+        return None
+
+
+def _time(ctx: CellContext, step: Step) -> tuple[Timing, dict]:
+    t = ctx.suite.timing
+    kw = dict(warmup=t["warmup"], repeats=t["repeats"], max_time_s=t["max_time_s"],
+              warmup_s=t["warmup_s"])
+    timing = time_call(step, ctx.device, **kw)
+    extra: dict[str, Any] = {"timing_mode": "eager"}
+    if ctx.cuda_graphs and ctx.device.type == "cuda":
+        extra["eager_time_ms"] = timing.median
+        try:
+            timing = time_cuda_graph(step, ctx.device, **kw)
+            extra["timing_mode"] = "cuda-graph"
+        except Exception as exc:  # noqa: BLE001 - some methods can't be captured (host syncs)
+            extra["graph_error"] = one_line(exc)
+    return timing, extra
+
+
+def _fits(ctx: CellContext, spec, params, case, dtype, batch: int) -> bool:
+    """Capacity probe: one step at this batch, True unless it runs out of memory (real or simulated)."""
+    try:
+        module = _build(spec, params, case, dtype, ctx.device)
+        inputs = make_inputs(case, batch, dtype, ctx.device)
+        step = Step.make(module, inputs, case.mode, _out_shape(case, batch), torch.Generator())
+        mem = measure_memory(step, ctx.device, live=live_bytes(step.inputs, [module]))
+        ok = not ctx.capacity_limit_mib or mem["peak_mem_mib"] <= ctx.capacity_limit_mib
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        ok = False
+    free_memory(ctx.device)
+    return ok
+
+
+def find_max_batch(fits: Callable[[int], bool], max_batch: int = 4096) -> int:
+    """Largest batch b ≤ max_batch with fits(b), assuming fits is monotone: doubling, then bisection.
+    Returns 0 when even batch 1 does not fit."""
+    if not fits(1):
+        return 0
+    lo = 1
+    while lo * 2 <= max_batch and fits(lo * 2):
+        lo *= 2
+    return _bisect(fits, lo, min(lo * 2, max_batch + 1))
+
+
+def _bisect(fits, lo: int, hi: int) -> int:
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def _out_shape(case: Case, batch: int) -> tuple[int, ...]:
+    if case.level == "core":
+        return (batch, case.heads, case.n, case.head_dim)
+    return (batch, case.n, case.heads * case.head_dim)
+
+
+def run_cell(ctx: CellContext, case: Case) -> dict:
+    row: dict[str, Any] = {}
+    device = ctx.device
+    dtype = to_torch(case.dtype)
+    spec = REGISTRY.get(case.method)
+    module = inputs = step = None
+    try:
+        params = spec.params(**case.params_dict)
+        batch = case.batch
+        if case.batching == "capacity":
+            batch = find_max_batch(lambda b: _fits(ctx, spec, params, case, dtype, b),
+                                   ctx.capacity_max_batch)
+            row["max_batch"] = batch
+            if batch == 0:
+                return {**row, "status": "oom", "reason": "batch 1 does not fit in memory"}
+        t0 = time.perf_counter()
+        module = _build(spec, params, case, dtype, device)
+        row["build_s"] = time.perf_counter() - t0
+        row.update(count_parameters(module))
+        inputs = make_inputs(case, batch, dtype, device)
+        gen = torch.Generator().manual_seed(case.seed + 1)
+        step = Step.make(module, inputs, case.mode, _out_shape(case, batch), gen)
+        step()  # first call: lazy setup and compilation happen here, untimed
+        row.update(_stats(module))
+        timing, extra = _time(ctx, step)
+        row.update(extra)
+        row.update(time_ms=timing.median, time_ms_iqr=timing.iqr, time_ms_min=timing.min,
+                   time_samples_ms=list(timing.samples_ms), n_samples=len(timing.samples_ms))
+        row["noisy"] = timing.iqr > NOISY_IQR * timing.median
+        row["tokens_per_s"] = batch * case.n / (timing.median / 1e3)
+        if case.batching == "capacity":
+            row["time_per_seq_ms"] = timing.median / batch
+        flops = _flops(module, step.inputs)
+        if flops:
+            row["flops"] = flops * (3 if case.mode == "fwd_bwd" else 1)
+            row["tflops_per_s"] = row["flops"] / (timing.median / 1e3) / 1e12
+        row.update(measure_memory(step, device, live=live_bytes(step.inputs, [module])))
+        if ctx.suite.error["enabled"] and case.n <= ctx.suite.error["max_n"]:
+            err = _error(ctx, case, module, inputs, dtype)
+            if err.pop("_nan", False):
+                return {**row, "status": "nan", "reason": "non-finite values in the output"}
+            row.update(err)
+        else:
+            out = step.forward_output()
+            if not torch.isfinite(out).all():
+                return {**row, "status": "nan", "reason": "non-finite values in the output"}
+            row["error_skipped"] = "error.max_n" if ctx.suite.error["enabled"] else "error.enabled"
+        row["status"], row["reason"] = "ok", ""
+        if row.get("noisy"):
+            row["reason"] = f"noisy: IQR {timing.iqr / timing.median:.0%} of median"
+        return row
+    except Unsupported as exc:
+        return {**row, "status": "unsupported", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - any failure of a method becomes a row
+        if is_oom(exc):
+            return {**row, "status": "oom", "reason": one_line(exc, 200)}
+        tb = traceback.extract_tb(exc.__traceback__)[-3:]
+        where = "; ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in tb)
+        return {**row, "status": "error", "reason": one_line(exc), "where": where}
+    finally:
+        del module, inputs, step
+        free_memory(device)

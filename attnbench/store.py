@@ -1,0 +1,182 @@
+"""Run directories: append-only result rows, provenance, and loading them back.
+
+Layout: ``<out>/<suite>/<run-id>/`` holding ``results.jsonl`` (one JSON row per finished cell, each
+appended, flushed and fsynced at once), ``meta.json`` (provenance and run state, replaced atomically),
+``suite.toml`` (a copy of the suite as run) and a ``.lock`` held while a run writes there.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import math
+import os
+import secrets
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+RESULTS = "results.jsonl"
+META = "meta.json"
+
+
+class RunDirError(Exception):
+    """A run directory that cannot be used (missing, locked, not a run)."""
+
+
+class TornRowWarning(UserWarning):
+    """A results file whose last line was cut mid-write."""
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def new_run_dir(out: Path, suite_name: str, device_tag: str) -> Path:
+    """A fresh directory; never one that exists, so no run overwrites another."""
+    parent = Path(out) / suite_name
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run = parent / f"{stamp}-{device_tag}-{secrets.token_hex(2)}"
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+    raise RunDirError(f"could not create a new run directory under {parent}")
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so two runs can't interleave their rows."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirError(f"{self.path.parent} is in use by a running attnbench (pid {holder}); "
+                              "wait for it to finish or use another run directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(_clean(data), f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_meta(run_dir: Path) -> dict:
+    path = Path(run_dir) / META
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: not a run directory (no {META})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{path}: unreadable: {exc}") from None
+
+
+class ResultWriter:
+    """Appends rows to ``results.jsonl``; each row is on disk before the next cell starts."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / RESULTS
+        repair_torn_tail(self.path)
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def append(self, row: dict) -> None:
+        self._f.write(json.dumps(_clean(row), sort_keys=True, default=str) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def repair_torn_tail(path: Path) -> bool:
+    """Move a last line cut mid-write (no newline) to ``results.jsonl.torn``; True if there was one."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return False
+        cut = data.rfind(b"\n") + 1
+        with open(path.with_name(path.name + ".torn"), "ab") as torn:
+            torn.write(data[cut:] + b"\n")
+        f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def iter_rows(run_dir: Path) -> Iterator[dict]:
+    """Rows of a run; a torn or corrupt line is skipped with a warning (its cell is re-run on resume)."""
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                warnings.warn(f"{path}:{lineno}: skipped a torn or corrupt row "
+                              f"({line[:60].strip()!r}...); --resume re-runs its cell",
+                              TornRowWarning, stacklevel=2)
+                continue
+            if isinstance(row, dict):
+                yield row
+
+
+def done_cells(run_dir: Path) -> set[str]:
+    return {r["cell_id"] for r in iter_rows(run_dir) if "cell_id" in r}
+
+
+def load_results(run_dir) -> "pandas.DataFrame":  # noqa: F821
+    """One row per cell with units in column names; params flattened as ``param.<name>`` columns and
+    input regime params as ``input.<name>``."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    if not (run_dir / RESULTS).is_file() and not (run_dir / META).is_file():
+        raise RunDirError(f"{run_dir}: not a run directory (no {RESULTS} or {META})")
+    rows = []
+    for r in iter_rows(run_dir):
+        flat = {k: v for k, v in r.items() if k not in ("params", "input")}
+        for k, v in (r.get("params") or {}).items():
+            flat[f"param.{k}"] = tuple(v) if isinstance(v, list) else v
+        for k, v in (r.get("input") or {}).items():
+            flat[f"input.{k}"] = v
+        rows.append(flat)
+    df = pd.DataFrame(rows)
+    for col in df.columns:
+        if col.endswith(("_ms", "_mib", "_err", "_per_s", "_s", "iqr")) or col in ("cosine",):
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df

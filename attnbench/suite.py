@@ -1,0 +1,383 @@
+"""Suites: TOML files validated against the registry and expanded into cells (``Case``).
+
+Every problem is reported before anything runs, as a ``SuiteError`` naming the file, the key, the bad
+value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from attnbench.dtypes import DTYPES
+from attnbench.inputs import REGIMES
+from attnbench.registry import REGISTRY, RegistryError, unknown_name_message
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LEVELS = ("core", "layer", "model")
+MODES = ("fwd", "fwd_bwd")
+BATCHING = ("fixed", "capacity")
+DEVICE_TYPES = ("cpu", "cuda")
+TOP_KEYS = {"name", "version", "description", "baseline", "seed", "sweep", "methods", "inputs",
+            "timing", "error", "model"}
+
+
+class SuiteError(Exception):
+    """A malformed suite; the message names the file, the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One cell of a sweep: a method with fixed params on one shape, dtype, mode and input."""
+
+    method: str
+    params: tuple[tuple[str, Any], ...]
+    level: str
+    n: int
+    batch: int
+    heads: int
+    head_dim: int
+    dtype: str
+    mode: str
+    causal: bool
+    batching: str
+    input: tuple[tuple[str, Any], ...]
+    seed: int
+    layers: int = 1
+    ffn_dim: int = 0
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def input_dict(self) -> dict[str, Any]:
+        return dict(self.input)
+
+    def identity(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["params"] = self.params_dict
+        d["input"] = self.input_dict
+        return d
+
+    @property
+    def cell_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    def family_key(self) -> tuple:
+        """Everything but n: cells that differ only in n share it (used for OOM pruning)."""
+        d = self.identity()
+        d.pop("n")
+        return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in d.items()))
+
+    def label(self) -> str:
+        p = ",".join(f"{k}={_fmt(v)}" for k, v in self.params)
+        return f"{self.method}({p})" if p else self.method
+
+
+def _fmt(v: Any) -> str:
+    return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: int
+    description: str
+    baseline: str
+    path: str
+    text: str
+    sweep: dict[str, Any]
+    methods: list[tuple[str, dict[str, list[Any]]]]
+    inputs: list[dict[str, list[Any]]]
+    timing: dict[str, Any]
+    error: dict[str, Any]
+    model: dict[str, Any]
+    seed: int
+
+    @property
+    def text_hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def builtin_suites() -> dict[str, Path]:
+    root = resources.files("attnbench.suites")
+    return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".toml")}
+
+
+def resolve_suite_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists() or "/" in name_or_path:
+        if not p.is_file():
+            raise SuiteError(f"{name_or_path}: no such suite file")
+        return p
+    suites = builtin_suites()
+    if name_or_path not in suites:
+        raise SuiteError(unknown_name_message("suite", name_or_path, suites))
+    return suites[name_or_path]
+
+
+class _Checker:
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, key: str, value: Any, allowed: str) -> typing.NoReturn:
+        raise SuiteError(f"{self.file}: {key} = {value!r}: {allowed}")
+
+    def int_list(self, key, value, *, minimum=1):
+        vals = value if isinstance(value, list) else [value]
+        if not vals:
+            self.fail(key, value, f"expected a non-empty list of integers >= {minimum}")
+        for v in vals:
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                self.fail(key, value, f"expected integers >= {minimum}")
+        return vals
+
+    def choice_list(self, key, value, allowed):
+        vals = value if isinstance(value, list) else [value]
+        if not vals:
+            self.fail(key, value, f"expected a non-empty list; allowed: {', '.join(map(str, allowed))}")
+        for v in vals:
+            if isinstance(v, bool) and not all(isinstance(a, bool) for a in allowed):
+                self.fail(key, value, f"allowed: {', '.join(map(str, allowed))}")
+            if v not in allowed:
+                self.fail(key, value, f"allowed: {', '.join(map(str, allowed))}")
+        return vals
+
+    def unknown_keys(self, where: str, table: dict, known) -> None:
+        for key in table:
+            if key not in known:
+                self.fail(f"{where}{key}", table[key], f"unknown key; allowed keys: "
+                          f"{', '.join(sorted(known))}")
+
+
+SWEEP_AXES: dict[str, tuple] = {
+    "n": ("int", 1), "batch": ("int", 1), "heads": ("int", 1), "head_dim": ("int", 1),
+    "dtype": ("choice", tuple(d for d in DTYPES if d != "fp64")), "mode": ("choice", MODES),
+    "causal": ("choice", (False, True)), "level": ("choice", LEVELS),
+    "batching": ("choice", BATCHING),
+}
+SWEEP_DEFAULTS = {"batch": [1], "heads": [8], "head_dim": [64], "dtype": ["fp32"], "mode": ["fwd"],
+                  "causal": [False], "level": ["core"], "batching": ["fixed"]}
+TIMING_DEFAULTS = {"warmup": 3, "warmup_s": 0.1, "repeats": 10, "max_time_s": 2.0,
+                   "cuda_graphs": False}
+ERROR_DEFAULTS = {"enabled": True, "max_n": 16384}
+MODEL_DEFAULTS = {"layers": 12, "ffn_dim": 3072}
+
+
+def _check_axis(c: _Checker, key: str, value: Any) -> Any:
+    kind, arg = SWEEP_AXES[key]
+    if isinstance(value, dict):  # per-device values: dtype = {cpu = ["fp32"], cuda = ["bf16"]}
+        c.unknown_keys(f"sweep.{key}.", value, DEVICE_TYPES)
+        return {dev: _check_axis(c, f"{key}.{dev}", v) for dev, v in value.items()}
+    name = f"sweep.{key}"
+    return c.int_list(name, value, minimum=arg) if kind == "int" else c.choice_list(name, value, arg)
+
+
+def _type_ok(value: Any, tp: Any) -> str | None:
+    """None if ``value`` fits the annotation ``tp``, else a description of what is allowed."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        return None if value in allowed and type(value) is type(allowed[0]) else \
+            f"allowed: {', '.join(map(str, allowed))}"
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        reasons = [_type_ok(value, a) for a in get_args(tp)]
+        return None if any(r is None for r in reasons) else " or ".join(filter(None, reasons))
+    if tp is type(None):
+        return None if value is None else "expected nothing"
+    if origin in (tuple, list):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        if not isinstance(value, (list, tuple)):
+            return f"expected a list of {getattr(args[0], '__name__', args[0]) if args else 'values'}"
+        for v in value:
+            if args and (why := _type_ok(v, args[0])) is not None:
+                return why
+        return None
+    if tp is bool:
+        return None if isinstance(value, bool) else "expected true or false"
+    if tp is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "expected an integer"
+    if tp is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            else "expected a number"
+    if tp is str:
+        return None if isinstance(value, str) else "expected a string"
+    return None
+
+
+def check_params(c: _Checker, where: str, params_cls: type, table: dict) -> dict[str, list[Any]]:
+    """Validate a params table against a dataclass; every value becomes a list of grid values."""
+    hints = typing.get_type_hints(params_cls)
+    fields = {f.name for f in dataclasses.fields(params_cls)}
+    grid: dict[str, list[Any]] = {}
+    for key, value in table.items():
+        if key not in fields:
+            listing = ", ".join(f"{f}: {_type_name(hints[f])}" for f in sorted(fields)) or "(none)"
+            c.fail(f"{where}.{key}", value, f"unknown param; {where.split('.')[-1]} params are {listing}")
+        tp = hints[key]
+        is_seq = get_origin(tp) in (tuple, list)
+        # a list is a sweep over values, except for sequence params where a list of lists is
+        values = value if isinstance(value, list) and (not is_seq or all(
+            isinstance(v, list) for v in value)) and value else [value]
+        for v in values:
+            if (why := _type_ok(v, tp)) is not None:
+                c.fail(f"{where}.{key}", value, why)
+        grid[key] = [tuple(v) if isinstance(v, list) else v for v in values]
+    return grid
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "|".join(map(str, get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = resolve_suite_path(name_or_path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"{file}: cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{file}: not valid TOML: {exc}") from None
+    return parse_suite(data, file, text)
+
+
+def parse_suite(data: dict, file: str, text: str = "") -> Suite:
+    c = _Checker(file)
+    c.unknown_keys("", data, TOP_KEYS)
+    name = data.get("name")
+    if not isinstance(name, str) or not SAFE_NAME.match(name):
+        c.fail("name", name, "required; letters, digits, '_', '.', '-' (max 64), starting with a "
+                             "letter or digit")
+    version = data.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        c.fail("version", version, "expected an integer")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        c.fail("description", description, "expected a string")
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        c.fail("seed", seed, "expected an integer >= 0")
+
+    sweep_t = data.get("sweep")
+    if not isinstance(sweep_t, dict):
+        c.fail("sweep", sweep_t, "required table with at least n = [...]")
+    c.unknown_keys("sweep.", sweep_t, SWEEP_AXES)
+    if "n" not in sweep_t:
+        c.fail("sweep.n", None, "required: a list of sequence lengths")
+    sweep = {k: _check_axis(c, k, sweep_t.get(k, SWEEP_DEFAULTS.get(k))) for k in SWEEP_AXES}
+
+    methods_t = data.get("methods")
+    if not isinstance(methods_t, dict) or not methods_t:
+        c.fail("methods", methods_t, "required table with at least one [methods.NAME]")
+    try:
+        REGISTRY.ensure_loaded()
+    except RegistryError as exc:
+        raise SuiteError(f"{file}: {exc}") from None
+    methods: list[tuple[str, dict[str, list[Any]]]] = []
+    for mname, tables in methods_t.items():
+        if mname not in REGISTRY:
+            c.fail(f"methods.{mname}", tables, unknown_name_message("method", mname, REGISTRY.names()))
+        spec = REGISTRY.get(mname)
+        for i, table in enumerate(tables if isinstance(tables, list) else [tables]):
+            if not isinstance(table, dict):
+                c.fail(f"methods.{mname}", table, "expected a table of params")
+            where = f"methods.{mname}" + (f"[{i}]" if isinstance(tables, list) else "")
+            methods.append((mname, check_params(c, where, spec.params, table)))
+
+    baseline = data.get("baseline", "sdpa")
+    if not isinstance(baseline, str) or baseline not in REGISTRY:
+        c.fail("baseline", baseline, unknown_name_message("method", str(baseline), REGISTRY.names()))
+    if not REGISTRY.get(baseline).exact:
+        c.fail("baseline", baseline, "the baseline must be an exact method; exact methods: " +
+               ", ".join(s.name for s in REGISTRY.specs() if s.exact))
+
+    inputs_t = data.get("inputs", {"gaussian": {"regime": "gaussian"}})
+    if not isinstance(inputs_t, dict) or not inputs_t:
+        c.fail("inputs", inputs_t, "expected tables [inputs.LABEL] with regime = ...")
+    inputs = []
+    for label, table in inputs_t.items():
+        if not isinstance(table, dict):
+            c.fail(f"inputs.{label}", table, "expected a table with regime = ...")
+        regime = table.get("regime", "gaussian")
+        if regime not in REGIMES:
+            c.fail(f"inputs.{label}.regime", regime, f"allowed: {', '.join(REGIMES)}")
+        rest = {k: v for k, v in table.items() if k != "regime"}
+        grid = check_params(c, f"inputs.{label}", REGIMES[regime].params, rest)
+        inputs.append({"regime": [regime], **grid})
+
+    timing = _check_table(c, data, "timing", TIMING_DEFAULTS, {
+        "warmup": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "warmup_s": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+        "repeats": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "max_time_s": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+        "cuda_graphs": lambda v: isinstance(v, bool)})
+    error = _check_table(c, data, "error", ERROR_DEFAULTS, {
+        "enabled": lambda v: isinstance(v, bool),
+        "max_n": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1})
+    model = _check_table(c, data, "model", MODEL_DEFAULTS, {
+        "layers": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "ffn_dim": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1})
+    return Suite(name=name, version=version, description=description, baseline=baseline, path=file,
+                 text=text, sweep=sweep, methods=methods, inputs=inputs, timing=timing, error=error,
+                 model=model, seed=seed)
+
+
+_RULES = {"warmup": "an integer >= 0", "warmup_s": "a number >= 0", "repeats": "an integer >= 1", "max_time_s": "a number > 0",
+          "cuda_graphs": "true or false", "enabled": "true or false", "max_n": "an integer >= 1",
+          "layers": "an integer >= 1", "ffn_dim": "an integer >= 1"}
+
+
+def _check_table(c: _Checker, data: dict, key: str, defaults: dict, rules: dict) -> dict:
+    table = data.get(key, {})
+    if not isinstance(table, dict):
+        c.fail(key, table, f"expected a table with keys {', '.join(defaults)}")
+    c.unknown_keys(f"{key}.", table, defaults)
+    for k, v in table.items():
+        if not rules[k](v):
+            c.fail(f"{key}.{k}", v, f"expected {_RULES[k]}")
+    return {**defaults, **table}
+
+
+def _grid(table: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(table)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(table[k] for k in keys))]
+
+
+def _axis(suite: Suite, key: str, device_type: str) -> list[Any]:
+    v = suite.sweep[key]
+    if isinstance(v, dict):
+        return v.get(device_type, SWEEP_DEFAULTS.get(key, []))
+    return v
+
+
+def expand(suite: Suite, device_type: str = "cpu") -> list[Case]:
+    """All cells in run order: per method and params, every other axis, then n ascending (so an OOM
+    at some n can prune the larger n of the same family)."""
+    axes = {k: _axis(suite, k, device_type) for k in SWEEP_AXES}
+    ns = sorted(set(axes.pop("n")))
+    inputs = [tuple(sorted(d.items())) for t in suite.inputs for d in _grid(t)]
+    cases = []
+    for mname, grid in suite.methods:
+        for params in _grid(grid):
+            for combo in _grid({**axes, "input": inputs}):
+                for n in ns:
+                    layers = suite.model["layers"] if combo["level"] == "model" else 1
+                    ffn = suite.model["ffn_dim"] if combo["level"] == "model" else 0
+                    cases.append(Case(method=mname, params=tuple(sorted(params.items())), n=n,
+                                      seed=suite.seed, layers=layers, ffn_dim=ffn, **combo))
+    return cases
