@@ -1,0 +1,421 @@
+"""Fixed sparse attention patterns: sliding window, the Sparse Transformer's strided and fixed patterns
+(Child et al., 2019, https://arxiv.org/abs/1904.10509) and BigBird (Zaheer et al., 2020,
+https://arxiv.org/abs/2007.14062).
+
+Each query attends only to the keys a fixed, input-independent pattern allows, so cost and memory grow
+with the number of allowed pairs instead of n².
+
+A pattern is one predicate ``allowed(i, j)`` on query position ``i`` and key position ``j`` (0-based),
+the single definition behind every path: :func:`pattern_mask` evaluates it on the full (n, n) grid (tests
+and the dense masked reference), FlexAttention uses it as its ``mask_mod`` on CUDA, and the CPU kernel
+evaluates it on the pairs it gathers. In the causal variant every pattern is intersected with ``j <= i``.
+Every pattern lets each query see itself, so no row is empty.
+
+CPU kernel: each pattern is split into disjoint parts; a part groups queries (a tile, a residue class,
+all queries) and gives each group the key positions its queries may need. The kernel gathers those keys,
+scores the group densely against them under the predicate's mask and merges the parts' softmaxes with
+their log-sum-exp weights, so nothing of size n × n is ever formed. On CUDA the same predicate drives a
+compiled FlexAttention kernel whose block mask is built once, in the factory.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+from attnbench.registry import BuildContext, Unsupported, register_method
+
+Kernel = Literal["auto", "flex", "blocked"]
+Pred = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LocalParams:
+    window: int = 256  # w: query i sees keys with |i - j| < w (causal: 0 <= i - j < w)
+    kernel: Kernel = "auto"  # auto = FlexAttention on CUDA, blocked gather kernel on CPU
+
+
+@dataclass(frozen=True)
+class StridedParams:
+    stride: int = 64  # l: the previous (and next) l positions plus every l-th position; l ≈ √n
+    kernel: Kernel = "auto"
+
+
+@dataclass(frozen=True)
+class FixedParams:
+    block: int = 64  # l: query i sees its own block of l positions ...
+    c: int = 8  # ... and the last c positions of every block (the "summary" columns)
+    kernel: Kernel = "auto"
+
+
+@dataclass(frozen=True)
+class BigBirdParams:
+    block: int = 64  # b: window and random attention work on blocks of b positions
+    num_global: int = 128  # g: positions 0..g-1 are global tokens (see all, seen by all)
+    num_random: int = 3  # r: random key blocks per query block, drawn once per cell seed
+    kernel: Kernel = "auto"
+
+
+class Pattern:
+    """A sparsity pattern on n positions: ``allowed`` is the definition, ``parts`` the CPU schedule."""
+
+    def __init__(self, n: int, causal: bool):
+        self.n, self.causal = n, causal
+
+    def base(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def allowed(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        ok = self.base(i, j)
+        return ok & (j <= i) if self.causal else ok
+
+    def parts(self) -> list[tuple[torch.Tensor, torch.Tensor, Pred]]:
+        """Disjoint pieces ``(rows (G, gs), cols (G, m), pred)``: group g's queries ``rows[g]`` may see
+        keys among ``cols[g]`` (-1 = padding; duplicates allowed) where ``pred`` holds. The union of the
+        preds is ``allowed``; tests check this against :meth:`dense`."""
+        raise NotImplementedError
+
+    def dense(self) -> torch.Tensor:
+        pos = torch.arange(self.n)
+        return self.allowed(pos[:, None], pos[None, :])  # (N, N)
+
+    def to(self, device: torch.device) -> "Pattern":
+        return self
+
+    def _causal(self, pred: Pred) -> Pred:
+        return (lambda i, j: pred(i, j) & (j <= i)) if self.causal else pred
+
+
+def _divisor_at_most(n: int, target: int) -> int:
+    return max(d for d in range(1, min(n, max(target, 1)) + 1) if n % d == 0)
+
+
+def _band(n: int, lo: int, hi: int, pred: Pred) -> tuple[torch.Tensor, torch.Tensor, Pred]:
+    """Queries in tiles; each tile gets the contiguous keys covering offsets j - i in [lo, hi] for all of
+    its queries, the range slid inward at the sequence ends so every tile has the same width."""
+    tile = _divisor_at_most(n, min(128, max(16, (hi - lo) // 2)))
+    width = min(n, tile + hi - lo)
+    starts = torch.arange(0, n, tile)
+    rows = starts[:, None] + torch.arange(tile)  # (G, tile)
+    cols = (starts + lo).clamp(0, n - width)[:, None] + torch.arange(width)  # (G, width)
+    return rows, cols, pred
+
+
+class LocalPattern(Pattern):
+    """``|i - j| < window``: the query and up to window - 1 neighbours on each side (causal: behind)."""
+
+    def __init__(self, n: int, causal: bool, window: int):
+        super().__init__(n, causal)
+        self.window = window
+
+    def base(self, i, j):
+        return (i - j).abs() < self.window
+
+    def parts(self):
+        w = min(self.window, self.n)
+        return [_band(self.n, -(w - 1), 0 if self.causal else w - 1, self.allowed)]
+
+
+class StridedPattern(Pattern):
+    """Sparse Transformer "strided": ``|i - j| <= l`` (the local band, the paper's A(1)) or
+    ``(i - j) mod l == 0`` (every l-th position, A(2)). Needs n divisible by l."""
+
+    def __init__(self, n: int, causal: bool, stride: int):
+        super().__init__(n, causal)
+        self.stride = stride
+
+    def base(self, i, j):
+        d = i - j
+        return (d.abs() <= self.stride) | (d % self.stride == 0)
+
+    def parts(self):
+        n, s = self.n, min(self.stride, self.n)
+        band = _band(n, -s, 0 if self.causal else s, self._causal(lambda i, j: (i - j).abs() <= s))
+        residues = torch.arange(n).view(n // self.stride, self.stride).T  # (l, n/l): one class a row
+        far = self._causal(lambda i, j: ((i - j) % self.stride == 0) & ((i - j).abs() > s))
+        return [band, (residues, residues, far)]
+
+
+class FixedPattern(Pattern):
+    """Sparse Transformer "fixed": ``i // l == j // l`` (own block, A(1)) or ``j mod l >= l - c``
+    (the last c positions of every block, A(2)). Needs n divisible by l."""
+
+    def __init__(self, n: int, causal: bool, block: int, c: int):
+        super().__init__(n, causal)
+        self.block, self.c = block, c
+
+    def base(self, i, j):
+        return (i // self.block == j // self.block) | (j % self.block >= self.block - self.c)
+
+    def parts(self):
+        n, l, c = self.n, self.block, self.c
+        blocks = torch.arange(n).view(n // l, l)  # (n/l, l)
+        own = self._causal(lambda i, j: i // l == j // l)
+        summary = (blocks[:, l - c:]).reshape(1, -1)  # (1, c·n/l)
+        other = self._causal(lambda i, j: (j % l >= l - c) & (i // l != j // l))
+        return [(blocks, blocks, own), (torch.arange(n)[None], summary, other)]
+
+
+class BigBirdPattern(Pattern):
+    """BigBird (ITC): with blocks of b positions, ``|i//b - j//b| <= 1`` (three-block window) or
+    ``i < g`` / ``j < g`` (global tokens) or ``R[i//b, j//b]`` (r random key blocks per query block,
+    drawn outside the window and the all-global blocks; causal: among earlier blocks only). Needs n
+    divisible by b."""
+
+    def __init__(self, n: int, causal: bool, block: int, num_global: int, num_random: int,
+                 generator: torch.Generator):
+        super().__init__(n, causal)
+        self.block, self.num_global, self.num_random = block, num_global, num_random
+        nb = n // block
+        self.random_idx = torch.full((nb, num_random), -1, dtype=torch.long)  # (nb, r), -1 = none
+        for qb in range(nb):
+            cand = [kb for kb in range(nb) if abs(kb - qb) > 1 and (kb + 1) * block > num_global
+                    and (kb < qb or not causal)]
+            pick = torch.randperm(len(cand), generator=generator)[:num_random]
+            self.random_idx[qb, :len(pick)] = torch.tensor(cand, dtype=torch.long)[pick]
+        self.random_table = torch.zeros(nb, nb + 1, dtype=torch.bool)  # last column absorbs the -1s
+        self.random_table.scatter_(1, self.random_idx % (nb + 1), True)
+        self.random_table = self.random_table[:, :nb].contiguous()  # (nb, nb)
+
+    def to(self, device):
+        self.random_table = self.random_table.to(device)
+        return self
+
+    def base(self, i, j):
+        b, g = self.block, self.num_global
+        return (((i // b - j // b).abs() <= 1) | (i < g) | (j < g)
+                | self.random_table[i // b, j // b])
+
+    def parts(self):
+        n, b, g = self.n, self.block, self.num_global
+        out = []
+        if g > 0:
+            out.append((torch.arange(min(g, n))[None], torch.arange(n)[None],
+                        self._causal(lambda i, j: i < g)))
+        first = min(g, n) // b  # query blocks from here on hold a non-global query
+        if first < n // b:
+            qbs = torch.arange(first, n // b)
+            rows = qbs[:, None] * b + torch.arange(b)  # (G, b)
+            width = min(n, 2 * b if self.causal else 3 * b)
+            window = ((qbs - 1) * b).clamp(0, n - width)[:, None] + torch.arange(width)  # (G, width)
+            rnd = self.random_idx[qbs]  # (G, r)
+            rnd = torch.where(rnd[..., None] >= 0, rnd[..., None] * b + torch.arange(b), -1)
+            cols = torch.cat([window, rnd.flatten(1), torch.arange(g).expand(len(qbs), g)], dim=1)
+            rest = self._causal(lambda i, j: (i >= g) & (((i // b - j // b).abs() <= 1) | (j < g)
+                                                         | self.random_table[i // b, j // b]))
+            out.append((rows, cols, rest))
+        return out
+
+
+@dataclass
+class _Part:
+    rows: torch.Tensor  # (G, gs) query positions
+    cols: torch.Tensor  # (G, m) key positions, padding clamped to 0
+    mask: torch.Tensor  # (G, gs, m) which gathered pairs are scored
+    whole: bool = False  # rows are all positions in order: the part alone is the answer
+
+
+def plan(pattern: Pattern) -> list[_Part]:
+    """The CPU kernel's schedule: gathered key lists deduplicated, masks evaluated once."""
+    out = []
+    for rows, cols, pred in pattern.parts():
+        cols = cols.sort(dim=-1).values
+        fresh = torch.ones_like(cols, dtype=torch.bool)
+        fresh[:, 1:] = cols[:, 1:] != cols[:, :-1]
+        valid = fresh & (cols >= 0)  # (G, m)
+        cols = cols.clamp_min(0)
+        mask = pred(rows[:, :, None], cols[:, None, :]) & valid[:, None, :]  # (G, gs, m)
+        if mask.any():
+            out.append(_Part(rows, cols, mask))
+    if len(out) == 1:
+        out[0].whole = bool(torch.equal(out[0].rows.flatten(), torch.arange(pattern.n)))
+    return out
+
+
+def blocked_attention(q, k, v, parts: list[_Part], scale: float) -> torch.Tensor:
+    """Softmax attention restricted to the parts' pairs, merged across parts by log-sum-exp weights."""
+    b, h, n, d = q.shape
+    maxes, sums, outs = [], [], []
+    for p in parts:
+        g, gs = p.rows.shape
+        qg = q.index_select(2, p.rows.flatten()).view(b, h, g, gs, d)
+        kg = k.index_select(2, p.cols.flatten()).view(b, h, g, -1, d)  # (B, H, G, m, D)
+        vg = v.index_select(2, p.cols.flatten()).view(b, h, g, -1, d)
+        s = (qg @ kg.transpose(-1, -2)).float() * scale  # (B, H, G, gs, m)
+        s = s.masked_fill(~p.mask, float("-inf"))
+        mx = s.detach().amax(-1, keepdim=True)  # (B, H, G, gs, 1); -inf for rows with no pair here
+        e = torch.exp(s - torch.where(mx.isinf(), 0.0, mx))
+        o = (e.to(v.dtype) @ vg).float()  # (B, H, G, gs, D)
+        if p.whole:
+            return (o / e.sum(-1, keepdim=True)).view(b, h, n, d).to(q.dtype)
+        idx = p.rows.flatten()
+        maxes.append(torch.full((b, h, n), float("-inf"), device=q.device).index_copy(
+            2, idx, mx.view(b, h, -1)))
+        sums.append(q.new_zeros((b, h, n), dtype=torch.float32).index_copy(
+            2, idx, e.sum(-1).view(b, h, -1)))
+        outs.append(q.new_zeros((b, h, n, d), dtype=torch.float32).index_copy(
+            2, idx, o.view(b, h, -1, d)))
+    top = torch.stack(maxes).amax(0)  # (B, H, N)
+    num = torch.zeros_like(outs[0])
+    den = torch.zeros_like(sums[0])
+    for mx, l, o in zip(maxes, sums, outs):
+        w = torch.exp(mx - top)  # (B, H, N): 0 where this part holds nothing for the query
+        num = num + w[..., None] * o
+        den = den + w * l
+    return (num / den.clamp_min(torch.finfo(torch.float32).tiny)[..., None]).to(q.dtype)
+
+
+def flex_block_mask(pattern: Pattern, device: torch.device):
+    """FlexAttention block mask of ``pattern`` (its predicate as the mask_mod)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    pattern.to(device)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return pattern.allowed(q_idx, kv_idx)
+
+    return create_block_mask(mask_mod, None, None, pattern.n, pattern.n, device=device,
+                             _compile=device.type == "cuda")
+
+
+class SparseAttention(nn.Module):
+    """Attention under a fixed pattern, on FlexAttention (compiled once here) or the blocked kernel."""
+
+    def __init__(self, pattern: Pattern, ctx: BuildContext, kernel: str):
+        super().__init__()
+        self.pattern = pattern
+        self.kernel = ("flex" if ctx.device.type == "cuda" else "blocked") if kernel == "auto" else kernel
+        self._stats: dict = {"kernel": self.kernel, "compiled": False}
+        parts = plan(pattern)  # CPU, cheap: O(allowed pairs); also gives the exact density
+        allowed = sum(int(p.mask.sum()) for p in parts)
+        self._stats["density"] = allowed / ctx.n**2
+        if self.kernel == "blocked":
+            self.parts = [_Part(p.rows.to(ctx.device), p.cols.to(ctx.device), p.mask.to(ctx.device),
+                                p.whole) for p in parts]
+            scored = sum(p.mask.numel() for p in parts)
+        else:
+            self._init_flex(ctx)
+            scored = (1 - self.block_mask.sparsity() / 100) * ctx.n**2
+        self._stats["kernel_density"] = scored / ctx.n**2  # share of the n×n scores evaluated
+
+    def _init_flex(self, ctx: BuildContext):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        try:
+            import torch._dynamo.config as dynamo_config
+
+            # every cell compiles its own mask_mod; dynamo's default of 8 would drop later cells to
+            # the eager, fully materialising flex_attention
+            for knob in ("recompile_limit", "cache_size_limit"):
+                if hasattr(dynamo_config, knob):
+                    setattr(dynamo_config, knob, max(getattr(dynamo_config, knob), 1024))
+            self.block_mask = flex_block_mask(self.pattern, ctx.device)
+            self.flex = torch.compile(flex_attention)
+            shape = (1, ctx.heads, ctx.n, ctx.head_dim)
+            q, k, v = (torch.randn(shape, device=ctx.device, dtype=ctx.dtype) for _ in range(3))
+            t0 = time.perf_counter()
+            self.flex(q, k, v, block_mask=self.block_mask)
+            _sync(ctx.device)
+            t1 = time.perf_counter()
+            q, k, v = (t.requires_grad_() for t in (q, k, v))
+            self.flex(q, k, v, block_mask=self.block_mask).sum().backward()
+            _sync(ctx.device)
+        except Exception as exc:  # noqa: BLE001 - inductor/triton fail in many ways
+            raise Unsupported(f"FlexAttention failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from exc
+        self._stats.update(compiled=True, compile_s=t1 - t0, compile_bwd_s=time.perf_counter() - t1)
+
+    def forward(self, q, k, v):
+        if self.kernel == "flex":
+            return self.flex(q, k, v, block_mask=self.block_mask)
+        return blocked_attention(q, k, v, self.parts, 1.0 / math.sqrt(q.shape[-1]))
+
+    def stats(self) -> dict:
+        return dict(self._stats)
+
+    def flops(self, q, k, v) -> float:
+        b, h, n, d = q.shape
+        return 4.0 * b * h * self._stats["kernel_density"] * n * n * d
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_pattern(name: str, p, ctx: BuildContext) -> Pattern:
+    """The pattern ``name`` with params ``p`` for the cell ``ctx`` (n, causal, seed)."""
+    if name == "local":
+        return LocalPattern(ctx.n, ctx.causal, p.window)
+    if name == "strided":
+        return StridedPattern(ctx.n, ctx.causal, p.stride)
+    if name == "fixed":
+        return FixedPattern(ctx.n, ctx.causal, p.block, p.c)
+    if name == "bigbird":
+        return BigBirdPattern(ctx.n, ctx.causal, p.block, p.num_global, p.num_random,
+                              ctx.generator(salt=0xB16B))
+    raise ValueError(f"unknown sparse pattern {name!r}")
+
+
+def pattern_mask(name: str, p, ctx: BuildContext) -> torch.Tensor:
+    """The boolean (n, n) pattern, True where query i may attend to key j (causal applied)."""
+    return build_pattern(name, p, ctx).dense()
+
+
+def _positive(*fields: str):
+    def check(p, ctx):
+        bad = [f"{f}={getattr(p, f)}" for f in fields if getattr(p, f) < 1]
+        return f"{', '.join(bad)} must be >= 1" if bad else None
+    return check
+
+
+def _divides(field: str):
+    def check(p, ctx):
+        size = getattr(p, field)
+        return None if size >= 1 and ctx.n % size == 0 else f"n={ctx.n} must be divisible by {field}={size}"
+    return check
+
+
+def _fixed_c(p, ctx):
+    return None if 1 <= p.c <= p.block else f"c={p.c} must be in 1..block={p.block}"
+
+
+def _bigbird_counts(p, ctx):
+    if not 0 <= p.num_global <= ctx.n:
+        return f"num_global={p.num_global} must be in 0..n={ctx.n}"
+    return None if p.num_random >= 0 else f"num_random={p.num_random} must be >= 0"
+
+
+_COMMON = dict(family="sparse", exact=False, causal=True, backward=True)
+
+
+@register_method("local", params=LocalParams, budget="window", constraints=(_positive("window"),),
+                 **_COMMON)
+def build_local(p: LocalParams, ctx: BuildContext) -> nn.Module:
+    """Sliding-window attention: each query sees the keys within `window` positions."""
+    return SparseAttention(build_pattern("local", p, ctx), ctx, p.kernel)
+
+
+@register_method("strided", params=StridedParams, budget="stride",
+                 constraints=(_positive("stride"), _divides("stride")), **_COMMON)
+def build_strided(p: StridedParams, ctx: BuildContext) -> nn.Module:
+    """Sparse Transformer strided pattern: local band of `stride` plus every `stride`-th key."""
+    return SparseAttention(build_pattern("strided", p, ctx), ctx, p.kernel)
+
+
+@register_method("fixed", params=FixedParams, budget="c", constraints=(_divides("block"), _fixed_c),
+                 **_COMMON)
+def build_fixed(p: FixedParams, ctx: BuildContext) -> nn.Module:
+    """Sparse Transformer fixed pattern: own block plus the last `c` positions of every block."""
+    return SparseAttention(build_pattern("fixed", p, ctx), ctx, p.kernel)
+
+
+@register_method("bigbird", params=BigBirdParams, budget="num_random",
+                 constraints=(_divides("block"), _bigbird_counts), **_COMMON)
+def build_bigbird(p: BigBirdParams, ctx: BuildContext) -> nn.Module:
+    """BigBird: three-block window, global tokens and random key blocks."""
+    return SparseAttention(build_pattern("bigbird", p, ctx), ctx, p.kernel)
