@@ -115,16 +115,23 @@ def _pool(x: torch.Tensor, w: int, kind: str) -> torch.Tensor:
 
 
 def _conv(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Tied depthwise convolution, kernel = stride = w; ``c`` is (w,) or (H, w)."""
+    """Tied depthwise convolution along the sequence, kernel = stride = w; ``c`` is (w,) or (H, w).
+
+    Written as a matmul over window views, not einsum or padding, which would copy all of ``x``. An
+    input shorter than the built n with a partial last window still copies its full windows once.
+    """
     w = c.shape[-1]
     n = x.shape[-2]
-    pad = -n % w
-    if pad:
-        x = F.pad(x, (0, 0, 0, pad))  # (B, H, ceil(n/w)·w, D): the filter's tail meets zeros
-    windows = x.unflatten(-2, (x.shape[-2] // w, w))  # (B, H, k', w, D)
-    if c.dim() == 1:
-        return torch.einsum("bhjwd,w->bhjd", windows, c)  # (B, H, k', D)
-    return torch.einsum("bhjwd,hw->bhjd", windows, c)  # (B, H, k', D)
+    full = n // w * w
+    filt = c.reshape(-1, 1, 1, w)  # (1 or H, 1, 1, w), broadcast over (B, H, n/w, w, D)
+    parts = []
+    if full:
+        windows = x[..., :full, :].unflatten(-2, (full // w, w))  # (B, H, n/w, w, D)
+        parts.append((filt @ windows).squeeze(-2))  # (B, H, n/w, D)
+    if full < n:
+        # A short last window: the filter's tail would meet zeros, so only its head is used.
+        parts.append(filt[:, 0, :, : n - full] @ x[..., full:, :])  # (B, H, 1, D)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
 
 
 class LinformerAttention(nn.Module):
@@ -189,8 +196,13 @@ class LinformerAttention(nn.Module):
             return _pool(x, self.window, self.projection)
         if self.projection == "conv":
             return _conv(x, proj)
-        # (k, m) or (H, k, m) broadcasts against (B, H, m, D); slicing columns serves m < n.
-        return proj[..., :m] @ x  # (B, H, k, D)
+        proj = proj[..., :m]  # slicing columns serves m < n
+        # Layouts chosen so the forward copies neither E nor x: a plain (k, m) @ (B, H, m, D) with a
+        # trainable E copies x (matmul folds it), and (H, k, m) against (B, H, m, D) copies E to
+        # (B, H, k, m); a (1, 1, k, m) view and a loop over the batch each run as one strided bmm.
+        if proj.dim() == 2:
+            return proj[None, None] @ x  # (B, H, k, D)
+        return torch.stack([proj @ xb for xb in x.unbind(0)])  # (B, H, k, D)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         m = k.shape[-2]

@@ -181,8 +181,9 @@ def test_constraints_name_the_numbers():
 @pytest.mark.parametrize("projection,freeze,trained", [
     ("linear", False, True), ("linear", True, False), ("conv", False, True), ("conv", True, False),
     ("random", False, False), ("random", True, False)])
-def test_gradients_reach_learned_projections_only(projection, freeze, trained):
-    m = direct(64, k=16, projection=projection, freeze=freeze, sharing="headwise")
+@pytest.mark.parametrize("sharing", ["none", "headwise"])
+def test_gradients_reach_learned_projections_only(projection, freeze, trained, sharing):
+    m = direct(64, k=16, projection=projection, freeze=freeze, sharing=sharing)
     q, k, v = (t.requires_grad_() for t in qkv(64))
     m(q, k, v).square().sum().backward()
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (q, k, v))
@@ -291,6 +292,44 @@ def test_flops_grow_linearly_in_n():
     assert direct(256, k=32, projection="mean_pool").flops(q, k, v) < flops(256)
 
 
+
+@pytest.mark.parametrize("projection", ["linear", "mean_pool"])
+def test_extra_memory_grows_linearly_in_n(projection):
+    from attnbench.measure import measure_memory
+
+    def extra(n, module):
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, 4, n, 32, generator=g) for _ in range(3))
+        with torch.no_grad():
+            return measure_memory(lambda: module(q, k, v), "cpu")["extra_mem_mib"]
+
+    def linformer(n):
+        return LinformerAttention(LinformerParams(k=32, projection=projection),
+                                  BuildContext(n=n, heads=4, head_dim=32))
+
+    lin_growth = extra(2048, linformer(2048)) / extra(512, linformer(512))
+    naive_growth = extra(2048, NaiveAttention(False)) / extra(512, NaiveAttention(False))
+    assert naive_growth > 12  # the n×n scores: 16× for 4× n, so the measurement sees growth
+    assert lin_growth < 6  # (n, k) scores and (k, D) projections: 4× for 4× n
+
+
+
+@pytest.mark.parametrize("projection,sharing", [("linear", "headwise"), ("linear", "none"),
+                                                ("conv", "headwise"), ("conv", "none")])
+def test_projection_copies_neither_inputs_nor_projection(projection, sharing):
+    """The projection's forward allocates about its (B, H, k, D) output, not a copy of K or of E."""
+    from attnbench.measure import measure_memory
+
+    b, h, n, k_, d = 4, 8, 2048, 64, 32
+    m = LinformerAttention(LinformerParams(k=k_, projection=projection, sharing=sharing),
+                           BuildContext(n=n, heads=h, head_dim=d))
+    x = torch.randn(b, h, n, d)
+    with torch.no_grad():
+        extra = measure_memory(lambda: m._project(x, m.E), "cpu")["extra_mem_mib"]
+    out_mib = b * h * k_ * d * 4 / 2**20  # 0.25 MiB; a copy of x is 8 MiB, of E per batch 16 MiB
+    assert extra <= 3 * out_mib
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -324,3 +363,21 @@ def test_cuda_identity_limit_and_layerwise_sharing():
     assert rel_err(m(q, k, v), q, k, v) < 1e-5
     mods = nn.ModuleList(build_stack(LinformerParams(k=16, sharing="layerwise"))).to(dev)
     assert all(layer.E is mods[0].E and layer.E.is_cuda for layer in mods)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("sharing", ["headwise", "none"])
+def test_cuda_projection_copies_neither_inputs_nor_projection(sharing):
+    from attnbench.measure import measure_memory
+
+    dev = torch.device("cuda")
+    b, h, n, k_, d = 8, 12, 4096, 256, 64
+    m = LinformerAttention(LinformerParams(k=k_, sharing=sharing),
+                           BuildContext(n=n, heads=h, head_dim=d, dtype=torch.float16, device=dev))
+    x = torch.randn(b, h, n, d, device=dev, dtype=torch.float16)
+    with torch.no_grad():
+        m._project(x, m.E)  # cuBLAS workspace and handles come from the first call
+        extra = measure_memory(lambda: m._project(x, m.E), dev)["extra_mem_mib"]
+    x_mib = x.numel() * 2 / 2**20  # 48 MiB; the output is 3 MiB, a per-batch copy of E 192 MiB
+    assert extra < 0.25 * x_mib
