@@ -179,9 +179,15 @@ class RealModel:
     windows: torch.Tensor | None = None  # token windows, filled on first use
 
 
-@functools.lru_cache(maxsize=4)
 def load_model(device: str = "cpu") -> RealModel:
-    """Load MiniLM-L6 from the model package's own directory, offline, in fp32 and eval mode."""
+    """MiniLM-L6 from the model package's own directory, offline, in fp32 and eval mode; loaded once
+    per device. Raises :class:`MissingExtra` whenever the extra cannot be imported."""
+    _require_extra()
+    return _load_model(str(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(device: str) -> RealModel:
     transformers, package = _require_extra()
     model_dir = str(package.get_model_path())
     previous = transformers.logging.get_verbosity()
