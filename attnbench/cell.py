@@ -38,8 +38,12 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return first[:limit]
 
 
-def free_memory(device: torch.device) -> None:
-    gc.collect()
+def free_memory(device: torch.device, collect: bool = False) -> None:
+    """Release a cell's memory. Tensors go with their last reference; a full ``gc.collect`` (a third
+    of a second with torch's object graph loaded) is only worth it after a failure, whose traceback
+    frames may keep tensors alive."""
+    if collect:
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
@@ -159,7 +163,7 @@ def _fits(ctx: CellContext, spec, params, case, dtype, batch: int) -> bool:
         if not is_oom(exc):
             raise
         ok = False
-    free_memory(ctx.device)
+    free_memory(ctx.device, collect=not ok)
     return ok
 
 
@@ -193,6 +197,7 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
     dtype = to_torch(case.dtype)
     spec = REGISTRY.get(case.method)
     module = inputs = step = None
+    failed = False
     try:
         params = spec.params(**case.params_dict)
         batch = case.batch
@@ -241,6 +246,7 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
     except Unsupported as exc:
         return {**row, "status": "unsupported", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any failure of a method becomes a row
+        failed = True
         if is_oom(exc):
             return {**row, "status": "oom", "reason": one_line(exc, 200)}
         tb = traceback.extract_tb(exc.__traceback__)[-3:]
@@ -248,4 +254,4 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
         return {**row, "status": "error", "reason": one_line(exc), "where": where}
     finally:
         del module, inputs, step
-        free_memory(device)
+        free_memory(device, collect=failed)

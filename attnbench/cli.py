@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 200)  # pipes and logs: keep tables readable
     err = Console(stderr=True)
     try:
         for path in args.plugin:

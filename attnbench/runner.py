@@ -156,6 +156,7 @@ def run_suite(suite: Suite | str | Path, device: str | torch.device = "cpu", *,
 
 def _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_limit_mib, on_row,
            resumed):
+    writer = ResultWriter(run_dir)  # sets a torn last line aside before the rows are read
     existing = list(iter_rows(run_dir))
     done = {r["cell_id"] for r in existing}
     oom_at: dict[tuple, int] = {}
@@ -174,7 +175,6 @@ def _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_
     counts: dict[str, int] = {}
     for r in existing:
         counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
-    writer = ResultWriter(run_dir)
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in old:
         signal.signal(s, _raise_interrupt)

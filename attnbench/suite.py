@@ -146,10 +146,9 @@ class _Checker:
         vals = value if isinstance(value, list) else [value]
         if not vals:
             self.fail(key, value, f"expected a non-empty list; allowed: {', '.join(map(str, allowed))}")
+        want_bool = all(isinstance(a, bool) for a in allowed)
         for v in vals:
-            if isinstance(v, bool) and not all(isinstance(a, bool) for a in allowed):
-                self.fail(key, value, f"allowed: {', '.join(map(str, allowed))}")
-            if v not in allowed:
+            if isinstance(v, bool) != want_bool or v not in allowed:
                 self.fail(key, value, f"allowed: {', '.join(map(str, allowed))}")
         return vals
 
@@ -174,12 +173,12 @@ ERROR_DEFAULTS = {"enabled": True, "max_n": 16384}
 MODEL_DEFAULTS = {"layers": 12, "ffn_dim": 3072}
 
 
-def _check_axis(c: _Checker, key: str, value: Any) -> Any:
+def _check_axis(c: _Checker, key: str, value: Any, device: str | None = None) -> Any:
     kind, arg = SWEEP_AXES[key]
-    if isinstance(value, dict):  # per-device values: dtype = {cpu = ["fp32"], cuda = ["bf16"]}
+    if isinstance(value, dict) and device is None:  # per device: dtype = {cpu = [..], cuda = [..]}
         c.unknown_keys(f"sweep.{key}.", value, DEVICE_TYPES)
-        return {dev: _check_axis(c, f"{key}.{dev}", v) for dev, v in value.items()}
-    name = f"sweep.{key}"
+        return {dev: _check_axis(c, key, v, dev) for dev, v in value.items()}
+    name = f"sweep.{key}" + (f".{device}" if device else "")
     return c.int_list(name, value, minimum=arg) if kind == "int" else c.choice_list(name, value, arg)
 
 

@@ -1,0 +1,74 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+PLUGINS = TESTS / "plugins"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def faulty_plugin():
+    """Register the test plugin's failing methods (once per process) and return its path."""
+    from attnbench.registry import REGISTRY, load_plugin_file
+
+    path = PLUGINS / "faulty.py"
+    if "t_boom" not in REGISTRY:
+        load_plugin_file(path)
+    return path
+
+
+@pytest.fixture
+def write_suite(tmp_path):
+    def write(text: str, name: str = "suite.toml") -> Path:
+        p = tmp_path / name
+        p.write_text(text)
+        return p
+
+    return write
+
+
+TINY = """
+name = "tiny"
+baseline = "sdpa"
+[sweep]
+n = [64, 128]
+batch = [1]
+heads = [2]
+head_dim = [16]
+mode = ["fwd"]
+[timing]
+warmup = 1
+warmup_s = 0.0
+repeats = 2
+"""
+
+
+@pytest.fixture
+def tiny_suite(write_suite):
+    def make(methods: str, extra: str = "") -> Path:
+        return write_suite(TINY + extra + "\n" + methods)
+
+    return make
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def cli_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "attnbench.cli", *args]

@@ -1,0 +1,175 @@
+"""The sweep never loses a result: error, OOM, NaN rows; resume after SIGKILL; capacity search."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from attnbench import load_results, run_suite
+from attnbench.cell import find_max_batch
+from attnbench.cli import main
+from attnbench.store import done_cells, iter_rows
+from conftest import PLUGINS, cli_cmd, cli_env
+
+
+def run_dir_of(out):
+    (suite_dir,) = list(out.iterdir())
+    (run_dir,) = list(suite_dir.iterdir())
+    return run_dir
+
+
+def test_method_that_raises_gives_error_row_and_sweep_finishes(tiny_suite, tmp_path, faulty_plugin):
+    suite = tiny_suite("[methods.t_boom]\nn_fail = [128]\n[methods.sdpa]\n")
+    out = tmp_path / "out"
+    rc = main(["run", str(suite), "--out", str(out), "--no-progress", "--no-table"])
+    assert rc == 1  # cells failed with error
+    df = load_results(run_dir_of(out))
+    boom = df[df.method == "t_boom"].set_index("n")
+    assert boom.loc[64, "status"] == "ok"
+    assert boom.loc[128, "status"] == "error"
+    assert "boom at n=128" in boom.loc[128, "reason"]
+    assert (df[df.method == "sdpa"].status == "ok").all() and len(df) == 4
+
+
+def test_simulated_oom_gives_oom_then_pruned(tiny_suite, tmp_path, faulty_plugin):
+    suite = tiny_suite("[methods.t_oom]\nn_fail = [128]\n[methods.sdpa]\n",
+                       extra="").read_text().replace("n = [64, 128]", "n = [64, 128, 256, 512]")
+    path = tmp_path / "oom.toml"
+    path.write_text(suite)
+    outcome = run_suite(str(path), "cpu", out=tmp_path / "out", progress=False)
+    df = load_results(outcome.run_dir)
+    oom = df[df.method == "t_oom"].set_index("n")["status"].to_dict()
+    assert oom == {64: "ok", 128: "oom", 256: "oom-pruned", 512: "oom-pruned"}
+    assert (df[df.method == "sdpa"].status == "ok").all()
+    assert outcome.exit_code == 0  # oom is a finding, not a failure of the harness
+
+
+def test_nan_output_gives_nan_row(tiny_suite, tmp_path, faulty_plugin):
+    outcome = run_suite(str(tiny_suite("[methods.t_nan]\n")), "cpu", out=tmp_path / "o",
+                        progress=False)
+    df = load_results(outcome.run_dir)
+    assert set(df.status) == {"nan"}
+
+
+def test_unsupported_rows_are_written_not_dropped(tiny_suite, tmp_path):
+    outcome = run_suite(str(tiny_suite("[methods.xformers]\n[methods.sdpa]\nbackend=['flash']\n")),
+                        "cpu", out=tmp_path / "o", progress=False)
+    df = load_results(outcome.run_dir)
+    assert len(df) == 4 and set(df.status) == {"unsupported"}
+    assert df.reason.str.len().min() > 10
+
+
+def test_rows_have_units_and_provenance(tiny_suite, tmp_path):
+    outcome = run_suite(str(tiny_suite("[methods.sdpa]\n[methods.naive]\n")), "cpu",
+                        out=tmp_path / "o", progress=False)
+    df = load_results(outcome.run_dir)
+    for col in ("time_ms", "time_ms_iqr", "peak_mem_mib", "extra_mem_mib", "rel_err", "max_abs_err",
+                "cosine", "baseline_rel_err", "tokens_per_s", "status", "reason", "n_samples"):
+        assert col in df.columns, col
+    assert (df.extra_mem_mib > 0).all() and (df.time_ms > 0).all()
+    naive = df[df.method == "naive"].set_index("n")
+    # naive holds (B, H, n, n) scores and probabilities: at least 2·H·n²·4 bytes
+    assert naive.loc[128, "extra_mem_mib"] >= 2 * 2 * 128 * 128 * 4 / 2**20
+    meta = json.loads((outcome.run_dir / "meta.json").read_text())
+    prov = meta["provenance"]
+    for key in ("attnbench_version", "torch", "device_name", "cpu", "git_commit", "git_dirty"):
+        assert key in prov
+    assert meta["suite_sha256"] and meta["state"] == "complete" and meta["command"]
+
+
+def test_run_ids_never_overwrite(tiny_suite, tmp_path):
+    suite = str(tiny_suite("[methods.sdpa]\n"))
+    a = run_suite(suite, "cpu", out=tmp_path / "o", progress=False).run_dir
+    b = run_suite(suite, "cpu", out=tmp_path / "o", progress=False).run_dir
+    assert a != b and (a / "results.jsonl").is_file() and (b / "results.jsonl").is_file()
+
+
+def test_resume_after_sigkill_every_cell_exactly_once(tmp_path, write_suite):
+    suite = write_suite("""
+name = "killme"
+[sweep]
+n = [16, 32, 48, 64, 80, 96]
+heads = [1]
+head_dim = [8]
+mode = ["fwd", "fwd_bwd"]
+[timing]
+warmup = 1
+warmup_s = 0.0
+repeats = 3
+[error]
+enabled = false
+[methods.t_slow]
+""")
+    out = tmp_path / "out"
+    env = {**cli_env(), "ATTNBENCH_TEST_SLEEP": "0.08"}
+    plugin = str(PLUGINS / "faulty.py")
+    proc = subprocess.Popen(cli_cmd("--plugin", plugin, "run", str(suite), "--out", str(out),
+                                    "--no-progress", "--no-table"), env=env)
+    deadline = time.time() + 60
+    results = None
+    while time.time() < deadline:
+        found = list(out.glob("killme/*/results.jsonl"))
+        if found and sum(1 for _ in open(found[0])) >= 4:
+            results = found[0]
+            break
+        time.sleep(0.05)
+    assert results is not None, "the run never wrote rows"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    run_dir = results.parent
+    before = len(list(iter_rows(run_dir)))
+    assert 4 <= before < 12
+    rc = subprocess.run(cli_cmd("--plugin", plugin, "run", "--resume", str(run_dir),
+                                "--no-progress", "--no-table"), env=env, timeout=120).returncode
+    assert rc == 0
+    rows = list(iter_rows(run_dir))
+    ids = [r["cell_id"] for r in rows]
+    assert len(ids) == 12 and len(set(ids)) == 12
+    assert {r["status"] for r in rows} == {"ok"}
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["state"] == "complete" and meta["resumes"] == 1
+
+
+def test_torn_last_line_is_set_aside_and_its_cell_rerun(tiny_suite, tmp_path):
+    suite = str(tiny_suite("[methods.sdpa]\n[methods.naive]\n"))
+    run_dir = run_suite(suite, "cpu", out=tmp_path / "o", progress=False).run_dir
+    path = run_dir / "results.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    with pytest.warns(UserWarning, match="torn"):
+        assert len(load_results(run_dir)) == 3
+    run_suite(suite, "cpu", resume=run_dir, progress=False)
+    rows = list(iter_rows(run_dir))
+    assert len(rows) == 4 and len(done_cells(run_dir)) == 4
+    assert (run_dir / "results.jsonl.torn").is_file()
+
+
+def test_capacity_search_finds_max_batch_under_simulated_limit():
+    for limit in (1, 2, 3, 7, 8, 9, 100, 4096):
+        calls = []
+
+        def fits(b, limit=limit):
+            calls.append(b)
+            return b <= limit
+
+        assert find_max_batch(fits, max_batch=4096) == limit
+        assert len(calls) < 30
+    assert find_max_batch(lambda b: False) == 0
+    assert find_max_batch(lambda b: True, max_batch=100) == 100
+
+
+def test_capacity_mode_with_memory_limit(tiny_suite, tmp_path):
+    """At a fixed memory limit, naive attention (n² memory) fits fewer sequences than sdpa."""
+    suite = tiny_suite("[methods.sdpa]\n[methods.naive]\n").read_text().replace(
+        'mode = ["fwd"]', 'mode = ["fwd"]\nbatching = ["capacity"]').replace("n = [64, 128]", "n = [256]")
+    path = tmp_path / "cap.toml"
+    path.write_text(suite)
+    outcome = run_suite(str(path), "cpu", out=tmp_path / "o", progress=False, capacity_limit_mib=8.0)
+    df = load_results(outcome.run_dir).set_index("method")
+    assert df.loc["naive", "max_batch"] >= 1
+    assert df.loc["sdpa", "max_batch"] > df.loc["naive", "max_batch"]
+    assert df.loc["naive", "peak_mem_mib"] <= 8.0
+    assert df.loc["sdpa", "time_per_seq_ms"] > 0
