@@ -136,4 +136,4 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     """Distinct parameters (shared ones counted once) in total and inside the attention methods."""
     total = sum(p.numel() for p in model.parameters())
     attn_params = {id(p): p.numel() for a in attention_modules(model) for p in a.parameters()}
-    return {"params": total, "attn_params": sum(attn_params.values())}
+    return {"n_params": total, "n_attn_params": sum(attn_params.values())}

@@ -9,19 +9,24 @@ attention becomes φ(Q)(φ(K)ᵀV) and costs O(n·m·d) instead of O(n²·d).
 same factorisation with the deterministic feature map elu(x)+1; it is its own attention rather than an
 estimate of softmax, so its error column measures how far it lands from softmax attention.
 
-Numerics shared by both. Every query row may be scaled by its own positive constant and every key by a
-constant common to the keys a query sees: both cancel between the numerator φ(q)ᵀΣφ(k)vᵀ and the
-denominator φ(q)ᵀΣφ(k). We use that freedom so nothing overflows in fp16/bf16:
+Numerics. A positive constant common to the keys a query sees, and any positive constant per query row,
+cancel between the numerator φ(q)ᵀΣφ(k)vᵀ and the denominator φ(q)ᵀΣφ(k); so does a per-feature factor
+moved from the keys to the queries. FAVOR+ uses that freedom so fp16/bf16 neither overflow nor lose the
+keys that matter to a query:
 
-- queries: the per-row maximum of the FAVOR+ exponent is subtracted before exp (largest feature 1);
-- keys, bidirectional: the maximum over all keys and features of a head is subtracted (cancels exactly);
-- keys, causal: query i uses P_i, the running maximum of the key exponents over positions j ≤ i, so
-  nothing from the future enters; key j then weighs exp(r_j − P_i) ≤ 1 where r_j is its own row maximum.
-  Chunked prefix sums carry the running state relative to P at the chunk end and rescale it when P grows,
-  as online softmax does; only (n/chunk, m, d) chunk sums exist, never an (n, m, d) tensor;
-- both feature maps are multiplied by n^(-1/2), so sums over n keys stay O(m) rather than O(n·m).
+- bidirectional: each key feature column is divided by its sum over keys (a logsumexp shift c_l), the
+  queries are multiplied by exp(c_l) instead and then divided by their row maximum. Key features are
+  ≤ 1 and sum to 1 per column, query features are ≤ 1 with a 1 in every row, so the denominator lies in
+  [1, m], and whatever underflows is negligible next to that query's own largest term;
+- causal, earlier chunks: the running state keeps the same per-feature frame, now the logsumexp over
+  the keys of all earlier chunks only, rescaled as later chunks extend it (as online softmax does);
+- causal, inside a chunk: a masked c×c product in which key j weighs exp(r_j − P_i) ≤ 1, r_j its row
+  maximum and P_i the running maximum of r over positions ≤ i. Nothing from the future enters any
+  output; only (n/chunk, m, d) chunk sums exist, never an (n, m, d) tensor.
 
-The stabilising maxima are detached: the output does not depend on them, so their gradient is zero.
+Trigonometric features and elu+1 are handled by the same chunked sums with one log-scale per key
+(exp(‖k‖²/2) for the former) and both feature maps multiplied by n^(-1/2), so sums over n keys stay
+O(features). The stabilising shifts are detached: the output does not depend on them.
 """
 from __future__ import annotations
 
@@ -134,6 +139,72 @@ def _causal_chunked(qf, kf, vv, logscale, chunk_size):
     return (intra + inter).reshape(b, h, t * c, e)[:, :, :n]
 
 
+def _lse(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """logsumexp in the input dtype, keepdim; only its range matters (it is a cancelling shift)."""
+    top = x.amax(dim=dim, keepdim=True)
+    return top + torch.log(torch.exp(x - top).sum(dim=dim, keepdim=True))
+
+
+def favor_positive_attention(q_exp: torch.Tensor, k_exp: torch.Tensor, v: torch.Tensor, *,
+                             causal: bool = False, chunk_size: int = 128) -> torch.Tensor:
+    """Σ_j φ(q_i)ᵀφ(k_j) v_j / Σ_j φ(q_i)ᵀφ(k_j) with φ = exp(exponent), from (B, H, N, m) exponents
+    ωᵀx − ‖x‖²/2, evaluated in the stabilised form the module docstring describes."""
+    vv = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, N, D+1): last column = denominator
+    if not causal:
+        shift = _lse(k_exp.detach(), dim=-2)  # (B, H, 1, m): per-feature log column sum
+        kf = torch.exp(k_exp - shift)  # (B, H, N, m), columns sum to 1
+        q_shifted = q_exp + shift
+        qf = torch.exp(q_shifted - q_shifted.detach().amax(-1, keepdim=True))  # (B, H, N, m)
+        out = qf @ (kf.transpose(-1, -2) @ vv)  # (B, H, N, D+1)
+    else:
+        out = _positive_causal(q_exp, k_exp, vv, chunk_size)
+    num, den = out[..., :-1], out[..., -1:]
+    return num / den.masked_fill(den == 0, 1.0)
+
+
+def _positive_causal(q_exp, k_exp, vv, chunk_size):
+    b, h, n, m = q_exp.shape
+    c = max(1, min(chunk_size, n))
+    t = -(-n // c)
+    pad = t * c - n
+    if pad:  # padded keys come after every real query and carry zero values
+        q_exp, k_exp, vv = (F.pad(x, (0, 0, 0, pad)) for x in (q_exp, k_exp, vv))
+    e = vv.shape[-1]
+    aq = q_exp.reshape(b, h, t, c, m)
+    ak = k_exp.reshape(b, h, t, c, m)
+    vc = vv.reshape(b, h, t, c, e)
+    tril = torch.ones(c, c, dtype=torch.bool, device=vv.device).tril()
+
+    # inside a chunk: scalar frames, exactly causal
+    rho = aq.detach().amax(-1)  # (B, H, T, c): query row maxima
+    r = ak.detach().amax(-1)  # (B, H, T, c): key row maxima
+    run_max = torch.cummax(r.reshape(b, h, t * c), dim=-1).values.reshape(b, h, t, c)  # P_i
+    pair = (r[..., None, :] - run_max[..., :, None]).masked_fill(~tril, float("-inf"))  # (B, H, T, c, c)
+    scores = torch.exp(aq - rho[..., None]) @ torch.exp(ak - r[..., None]).transpose(-1, -2)
+    intra = (scores * torch.exp(pair)) @ vc  # (B, H, T, c, D+1), scaled by exp(−rho − P)
+
+    # earlier chunks: per-feature frames E_t = logsumexp of the keys up to chunk t's end
+    chunk_lse = _lse(ak.detach(), dim=-2).squeeze(-2)  # (B, H, T, m)
+    frame = torch.logcumsumexp(chunk_lse.float(), dim=2).to(ak.dtype)  # (B, H, T, m)
+    sums = torch.exp(ak - frame[..., None, :]).transpose(-1, -2) @ vc  # (B, H, T, m, D+1)
+    states = [torch.zeros_like(sums[:, :, 0])]
+    for i in range(1, t):  # state before chunk i, in frame i−1
+        prev = states[-1] * torch.exp(frame[:, :, i - 2] - frame[:, :, i - 1])[..., None] if i > 1 \
+            else states[-1]
+        states.append(prev + sums[:, :, i - 1])
+    state = torch.stack(states, dim=2)  # (B, H, T, m, D+1)
+    prev_frame = torch.cat([torch.zeros_like(frame[:, :, :1]), frame[:, :, :-1]], dim=2)
+    q_shifted = aq + prev_frame[..., None, :]  # (B, H, T, c, m)
+    beta = q_shifted.detach().amax(-1)  # (B, H, T, c)
+    inter = torch.exp(q_shifted - beta[..., None]) @ state  # (B, H, T, c, D+1), scaled by exp(−beta)
+    beta = torch.cat([torch.full_like(beta[:, :, :1], float("-inf")), beta[:, :, 1:]], dim=2)
+
+    alpha = rho + run_max
+    top = torch.maximum(alpha, beta)  # per query: the larger of the two parts' scales
+    out = intra * torch.exp(alpha - top)[..., None] + inter * torch.exp(beta - top)[..., None]
+    return out.reshape(b, h, t * c, e)[:, :, :n]
+
+
 @dataclass(frozen=True)
 class PerformerParams:
     nb_features: int = 0  # m, random features; 0 = auto = round(d·ln d) (266 at d=64, 111 at d=32)
@@ -166,24 +237,24 @@ class PerformerAttention(nn.Module):
         omega = draw_omega(self.m, self.omega.shape[1], self.p.orthogonal, self._redraw_gen)
         self.omega.copy_(omega.to(self.omega))
 
-    def features(self, q, k):
-        """Stabilised (query features, key features, key log-scales); see the module docstring."""
-        d = q.shape[-1]
-        scale = d ** -0.25
-        norm = q.shape[-2] ** -0.5  # keeps Σ over n keys O(m) in fp16
+    def exponents(self, q, k):
+        """FAVOR+ exponents ωᵀx − ‖x‖²/2 of the scaled queries and keys, each (B, H, N, m)."""
+        scale = q.shape[-1] ** -0.25
         qs, ks = q * scale, k * scale
         omega = self.omega.to(q.dtype)
-        q_proj = qs @ omega.t()  # (B, H, N, m)
-        k_proj = ks @ omega.t()  # (B, H, N, m)
-        if self.p.positive:
-            q_exp = q_proj - (qs * qs).sum(-1, keepdim=True) / 2
-            k_exp = k_proj - (ks * ks).sum(-1, keepdim=True) / 2
-            qf = torch.exp(q_exp - q_exp.detach().amax(-1, keepdim=True)) * norm
-            k_row_max = k_exp.detach().amax(-1)  # (B, H, N): r_j, a pure stabiliser
-            kf = torch.exp(k_exp - k_row_max[..., None]) * norm
-            return qf, kf, k_row_max
-        # trigonometric: the query factor exp(‖q‖²/2) is a per-row constant and cancels
-        qf = torch.cat([torch.sin(q_proj), torch.cos(q_proj)], dim=-1) * norm  # (B, H, N, 2m)
+        q_exp = qs @ omega.t() - (qs * qs).sum(-1, keepdim=True) / 2  # (B, H, N, m)
+        k_exp = ks @ omega.t() - (ks * ks).sum(-1, keepdim=True) / 2  # (B, H, N, m)
+        return q_exp, k_exp
+
+    def trig_features(self, q, k):
+        """[sin, cos] features (B, H, N, 2m) and the key log-scales ‖k‖²/2 (B, H, N); the query factor
+        exp(‖q‖²/2) is a per-row constant and cancels."""
+        scale = q.shape[-1] ** -0.25
+        qs, ks = q * scale, k * scale
+        omega = self.omega.to(q.dtype)
+        norm = q.shape[-2] ** -0.5  # keeps Σ over n keys O(m) in fp16
+        q_proj, k_proj = qs @ omega.t(), ks @ omega.t()  # (B, H, N, m)
+        qf = torch.cat([torch.sin(q_proj), torch.cos(q_proj)], dim=-1) * norm
         kf = torch.cat([torch.sin(k_proj), torch.cos(k_proj)], dim=-1) * norm
         return qf, kf, (ks * ks).sum(-1) / 2
 
@@ -192,15 +263,25 @@ class PerformerAttention(nn.Module):
             if self._calls > 0 and self._calls % self.p.redraw_interval == 0:
                 self.redraw()
             self._calls += 1
-        qf, kf, logscale = self.features(q, k)
+        if self.p.positive:
+            q_exp, k_exp = self.exponents(q, k)
+            return favor_positive_attention(q_exp, k_exp, v, causal=self.causal,
+                                            chunk_size=self.p.chunk_size)
+        qf, kf, logscale = self.trig_features(q, k)
         return kernel_attention(qf, kf, v, logscale, causal=self.causal, chunk_size=self.p.chunk_size)
 
     @torch.no_grad()
     def attention_matrix(self, q, k) -> torch.Tensor:
-        """The implied (B, H, N, N) attention weights, for tests and plots at small n."""
-        qf, kf, logscale = self.features(q, k)
-        key_weight = torch.exp(logscale - logscale.amax(-1, keepdim=True))  # (B, H, N)
-        scores = (qf @ kf.transpose(-1, -2)) * key_weight[..., None, :]  # (B, H, N, N)
+        """The implied (B, H, N, N) attention weights, materialised without the stabilised sums: for
+        tests and plots at small n (use float64 inputs)."""
+        if self.p.positive:
+            q_exp, k_exp = self.exponents(q, k)
+            log_scores = torch.logsumexp(q_exp[..., :, None, :] + k_exp[..., None, :, :], dim=-1)
+            scores = torch.exp(log_scores - log_scores.amax(-1, keepdim=True))  # (B, H, N, N)
+        else:
+            qf, kf, logscale = self.trig_features(q, k)
+            key_weight = torch.exp(logscale - logscale.amax(-1, keepdim=True))  # (B, H, N)
+            scores = (qf @ kf.transpose(-1, -2)) * key_weight[..., None, :]  # (B, H, N, N)
         if self.causal:
             scores = scores.tril()
         return scores / scores.sum(-1, keepdim=True)

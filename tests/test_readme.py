@@ -32,5 +32,5 @@ def test_documented_columns_are_produced(tiny_suite, tmp_path):
     cols = set(load_results(outcome.run_dir).columns)
     for col in ("time_ms", "time_ms_iqr", "peak_mem_mib", "extra_mem_mib", "rel_err",
                 "baseline_rel_err", "tokens_per_s", "status", "reason", "time_ms_min", "n_samples",
-                "max_abs_err", "cosine", "params", "build_s"):
+                "max_abs_err", "cosine", "n_params", "build_s", "param.backend"):
         assert col in cols, col
