@@ -80,8 +80,19 @@ class Case:
         return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in d.items()))
 
     def label(self) -> str:
-        p = ",".join(f"{k}={_fmt(v)}" for k, v in self.params)
+        """Method name with the params that differ from its defaults (and its budget knob)."""
+        shown = self.params
+        if self.method in REGISTRY:
+            spec = REGISTRY.get(self.method)
+            defaults = dataclasses.asdict(spec.params())
+            shown = tuple((k, v) for k, v in self.params if k == spec.budget or
+                          _norm(defaults.get(k, object())) != _norm(v))
+        p = ",".join(f"{k}={_fmt(v)}" for k, v in shown)
         return f"{self.method}({p})" if p else self.method
+
+
+def _norm(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
 
 
 def _fmt(v: Any) -> str:
@@ -369,10 +380,13 @@ def expand(suite: Suite, device_type: str = "cpu") -> list[Case]:
     at some n can prune the larger n of the same family)."""
     axes = {k: _axis(suite, k, device_type) for k in SWEEP_AXES}
     ns = sorted(set(axes.pop("n")))
-    inputs = [tuple(sorted(d.items())) for t in suite.inputs for d in _grid(t)]
+    inputs = [tuple(sorted({**dataclasses.asdict(REGIMES[d["regime"]].params()), **d}.items()))
+              for t in suite.inputs for d in _grid(t)]
     cases = []
     for mname, grid in suite.methods:
-        for params in _grid(grid):
+        defaults = dataclasses.asdict(REGISTRY.get(mname).params())
+        for given in _grid(grid):
+            params = {**defaults, **given}  # rows carry every param, defaults included
             for combo in _grid({**axes, "input": inputs}):
                 for n in ns:
                     layers = suite.model["layers"] if combo["level"] == "model" else 1
