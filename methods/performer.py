@@ -21,8 +21,9 @@ keys that matter to a query:
 - causal, earlier chunks: the running state keeps the same per-feature frame, now the logsumexp over
   the keys of all earlier chunks only, rescaled as later chunks extend it (as online softmax does);
 - causal, inside a chunk: a masked c×c product in which key j weighs exp(r_j − P_i) ≤ 1, r_j its row
-  maximum and P_i the running maximum of r over positions ≤ i. Nothing from the future enters any
-  output; only (n/chunk, m, d) chunk sums exist, never an (n, m, d) tensor.
+  maximum and P_i the running maximum of r over positions ≤ i; these weights and the c×c reduction are
+  taken in fp32, whose range they need. Nothing from the future enters any output; only
+  (n/chunk, m, d) chunk sums exist, never an (n, m, d) tensor.
 
 Trigonometric features and elu+1 are handled by the same chunked sums with one log-scale per key
 (exp(‖k‖²/2) for the former) and both feature maps multiplied by n^(-1/2), so sums over n keys stay
@@ -159,7 +160,7 @@ def favor_positive_attention(q_exp: torch.Tensor, k_exp: torch.Tensor, v: torch.
     else:
         out = _positive_causal(q_exp, k_exp, vv, chunk_size)
     num, den = out[..., :-1], out[..., -1:]
-    return num / den.masked_fill(den == 0, 1.0)
+    return (num / den.masked_fill(den == 0, 1.0)).to(v.dtype)
 
 
 def _positive_causal(q_exp, k_exp, vv, chunk_size):
@@ -175,13 +176,16 @@ def _positive_causal(q_exp, k_exp, vv, chunk_size):
     vc = vv.reshape(b, h, t, c, e)
     tril = torch.ones(c, c, dtype=torch.bool, device=vv.device).tril()
 
-    # inside a chunk: scalar frames, exactly causal
-    rho = aq.detach().amax(-1)  # (B, H, T, c): query row maxima
+    # inside a chunk: scalar frames, exactly causal. The pair weights exp(r_j − P_i) span more range
+    # than fp16 has, so they and the c×c reduction are taken in (at least) fp32
+    acc = torch.promote_types(vv.dtype, torch.float32)
+    rho = aq.detach().amax(-1).to(acc)  # (B, H, T, c): query row maxima
     r = ak.detach().amax(-1)  # (B, H, T, c): key row maxima
+    scores = torch.exp(aq - rho[..., None].to(aq.dtype)) @ torch.exp(ak - r[..., None]).transpose(-1, -2)
+    r = r.to(acc)
     run_max = torch.cummax(r.reshape(b, h, t * c), dim=-1).values.reshape(b, h, t, c)  # P_i
     pair = (r[..., None, :] - run_max[..., :, None]).masked_fill(~tril, float("-inf"))  # (B, H, T, c, c)
-    scores = torch.exp(aq - rho[..., None]) @ torch.exp(ak - r[..., None]).transpose(-1, -2)
-    intra = (scores * torch.exp(pair)) @ vc  # (B, H, T, c, D+1), scaled by exp(−rho − P)
+    intra = (scores.to(acc) * torch.exp(pair)) @ vc.to(acc)  # (B, H, T, c, D+1), times exp(−rho − P)
 
     # earlier chunks: per-feature frames E_t = logsumexp of the keys up to chunk t's end
     chunk_lse = _lse(ak.detach(), dim=-2).squeeze(-2)  # (B, H, T, m)
@@ -196,13 +200,14 @@ def _positive_causal(q_exp, k_exp, vv, chunk_size):
     prev_frame = torch.cat([torch.zeros_like(frame[:, :, :1]), frame[:, :, :-1]], dim=2)
     q_shifted = aq + prev_frame[..., None, :]  # (B, H, T, c, m)
     beta = q_shifted.detach().amax(-1)  # (B, H, T, c)
-    inter = torch.exp(q_shifted - beta[..., None]) @ state  # (B, H, T, c, D+1), scaled by exp(−beta)
+    inter = torch.exp(q_shifted - beta[..., None]) @ state  # (B, H, T, c, D+1), times exp(−beta)
+    beta = beta.to(acc)
     beta = torch.cat([torch.full_like(beta[:, :, :1], float("-inf")), beta[:, :, 1:]], dim=2)
 
     alpha = rho + run_max
     top = torch.maximum(alpha, beta)  # per query: the larger of the two parts' scales
-    out = intra * torch.exp(alpha - top)[..., None] + inter * torch.exp(beta - top)[..., None]
-    return out.reshape(b, h, t * c, e)[:, :, :n]
+    out = intra * torch.exp(alpha - top)[..., None] + inter.to(acc) * torch.exp(beta - top)[..., None]
+    return out.reshape(b, h, t * c, e)[:, :, :n]  # in acc; the caller divides and casts back
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,307 @@
+"""Performer FAVOR+ and linear attention: unbiased kernel, error against m, ORF, positivity,
+low-precision stability, chunked causal prefix sums, gradients, redraws, memory."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attnbench.methods.full import NaiveAttention
+from attnbench.methods.performer import (LinearAttention, LinearParams, PerformerAttention,
+                                         PerformerParams, draw_omega, favor_features,
+                                         resolve_nb_features)
+from attnbench.reference import error_metrics, is_causal, reference_attention
+from attnbench.registry import BuildContext, get_method
+
+D = 32
+
+
+def qkv(n, seed=0, scale=1.0, batch=1, heads=2, d=D, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, n, d, generator=g) for _ in range(3))
+    return (q * scale).to(dtype), (k * scale).to(dtype), v.to(dtype)
+
+
+def performer(n, causal=False, seed=0, heads=2, d=D, dtype=torch.float32, **params):
+    ctx = BuildContext(n=n, heads=heads, head_dim=d, causal=causal, seed=seed, dtype=dtype)
+    return get_method("performer").build(PerformerParams(**params), ctx)
+
+
+def linear(n, causal=False, **params):
+    return get_method("linear").build(LinearParams(**params), BuildContext(n=n, heads=2, head_dim=D,
+                                                                           causal=causal))
+
+
+def rel_err(out, q, k, v, causal=False) -> float:
+    return error_metrics(out, reference_attention(q, k, v, causal=causal))["rel_err"]
+
+
+# The random-feature estimate itself
+
+def scaled_pair(d):
+    """Two already-scaled vectors of norm 0.6: small enough that 2000 draws pin the mean to ~2%."""
+    u = torch.randn(2, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return tuple(0.6 * t / t.norm() for t in u)
+
+
+@pytest.mark.parametrize("positive", [True, False])
+@pytest.mark.parametrize("orthogonal", [True, False])
+def test_kernel_estimate_is_unbiased(positive, orthogonal):
+    d, m, draws = 16, 16, 2000
+    x, y = scaled_pair(d)
+    target = math.exp(float(x @ y))  # exp(qᵀk/√d) for q = x·d^(1/4), k = y·d^(1/4)
+    gen = torch.Generator().manual_seed(1)
+    est = torch.stack([favor_features(x, w, positive) @ favor_features(y, w, positive)
+                       for w in (draw_omega(m, d, orthogonal, gen) for _ in range(draws))])
+    tol = 4 * float(est.std()) / math.sqrt(draws)  # four standard errors of the mean
+    assert tol < 0.05 * target  # enough draws to see a 5% bias
+    assert abs(float(est.mean()) - target) < tol
+
+
+def test_dropping_the_norm_term_is_caught_by_the_unbiasedness_check():
+    d, m, draws = 16, 16, 2000
+    x, y = scaled_pair(d)
+    target = math.exp(float(x @ y))
+    gen = torch.Generator().manual_seed(1)
+    ws = [draw_omega(m, d, True, gen) for _ in range(draws)]
+    est = torch.stack([torch.exp(x @ w.t()) @ torch.exp(y @ w.t()) / m for w in ws])
+    assert abs(float(est.mean()) - target) > 4 * float(est.std()) / math.sqrt(draws)
+
+
+def test_orthogonal_draw_has_orthogonal_blocks_and_chi_lengths():
+    d, m = 8, 20  # two full blocks and a truncated third
+    w = draw_omega(m, d, True, torch.Generator().manual_seed(0))
+    assert w.shape == (m, d)
+    for start in (0, 8, 16):
+        block = w[start:start + d]
+        unit = block / block.norm(dim=1, keepdim=True)
+        gram = unit @ unit.t()
+        assert torch.allclose(gram, torch.eye(len(block), dtype=gram.dtype), atol=1e-10)
+    lengths = torch.cat([draw_omega(64, d, True, torch.Generator().manual_seed(s)).norm(dim=1)
+                         for s in range(50)])
+    assert float((lengths ** 2).mean()) == pytest.approx(d, rel=0.05)  # E‖ω‖² = d for chi_d
+
+
+def test_auto_nb_features_is_d_ln_d():
+    assert resolve_nb_features(0, 64) == 266 and resolve_nb_features(0, 32) == 111
+    assert resolve_nb_features(40, 64) == 40
+    m = performer(64, d=32)
+    assert m.omega.shape == (111, 32) and m.stats()["nb_features_used"] == 111
+
+
+# Error against exact softmax attention
+
+# With q, k ~ N(0, 1) and head_dim 32, softmax attention is sharp and FAVOR+'s variance (which grows
+# with exp(‖q‖²+‖k‖²)) is larger than the signal: the error is worse than uniform attention and barely
+# moves with m. Scaling q and k by 0.35..0.5 keeps attention informative and the estimator in range.
+@pytest.mark.parametrize("causal", [False, True])
+def test_error_falls_as_nb_features_grows(causal):
+    n, seeds = 256, 6
+    errs = []
+    for m in (16, 64, 256):
+        errs.append(sum(rel_err(performer(n, causal, seed=s, nb_features=m)(*qkv(n, 100 + s, 0.5)),
+                                *qkv(n, 100 + s, 0.5), causal=causal) for s in range(seeds)) / seeds)
+    assert errs[1] < 0.8 * errs[0] and errs[2] < 0.8 * errs[1], errs
+
+
+def test_orthogonal_features_beat_iid_at_equal_m():
+    n, m, seeds = 128, 32, 30
+    q, k, v = qkv(n, seed=7, scale=0.35, heads=4)  # scaled for the reason given above
+    ref = reference_attention(q, k, v)
+
+    def mean_err(orthogonal):
+        return sum(error_metrics(performer(n, seed=s, heads=4, nb_features=m,
+                                           orthogonal=orthogonal)(q, k, v), ref)["rel_err"]
+                   for s in range(seeds)) / seeds
+
+    orth, iid = mean_err(True), mean_err(False)
+    assert orth < 0.95 * iid, (orth, iid)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_positive_features_never_give_negative_weights(causal):
+    n = 96
+    q, k, _ = qkv(n, seed=3, scale=2.0)  # large norms: where trigonometric features go negative
+    a = performer(n, causal, nb_features=16).attention_matrix(q.double(), k.double())
+    assert (a >= 0).all()
+    assert torch.allclose(a.sum(-1), torch.ones(a.shape[:-1], dtype=a.dtype))
+    trig = performer(n, causal, nb_features=16, positive=False).attention_matrix(q.double(), k.double())
+    assert (trig < 0).any()  # the contrast the paper draws; shows the check can fail
+
+
+# Exact identities of the implementation
+
+@pytest.mark.parametrize("positive", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("chunk_size", [1, 16, 48, 500])
+def test_forward_equals_implied_attention_matrix(positive, causal, chunk_size):
+    n = 100  # 48 does not divide it: the last chunk is padded
+    q, k, v = qkv(n, seed=2, scale=0.7)
+    ramp = torch.linspace(0.2, 2.5, n)[:, None]  # growing key norms: the running max moves a lot
+    q, k, v = q.double(), (k * ramp).double(), v.double()
+    m = performer(n, causal, nb_features=24, positive=positive, chunk_size=chunk_size)
+    want = m.attention_matrix(q, k) @ v  # (B, H, N, D), the n×n weights materialised
+    assert error_metrics(m(q, k, v), want)["rel_err"] < 1e-10
+    if positive:  # trigonometric denominators cancel and amplify fp32 rounding; positive ones do not
+        assert error_metrics(m(q.float(), k.float(), v.float()), want)["rel_err"] < 1e-5
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_linear_matches_its_definition(causal):
+    n = 90
+    q, k, v = qkv(n, seed=4)
+    qf, kf = (torch.nn.functional.elu(x.double()) + 1 for x in (q, k))
+    scores = qf @ kf.transpose(-1, -2)  # (B, H, N, N)
+    if causal:
+        scores = scores.tril()
+    want = (scores / scores.sum(-1, keepdim=True)) @ v.double()
+    assert error_metrics(linear(n, causal, chunk_size=32)(q, k, v), want)["rel_err"] < 1e-5
+
+
+@pytest.mark.parametrize("name,params", [("performer", {}), ("performer", {"positive": False}),
+                                         ("linear", {})])
+@pytest.mark.parametrize("chunk_size", [16, 128])
+def test_causal_variants_are_causal(name, params, chunk_size):
+    n = 100
+    q, k, v = qkv(n, seed=5, scale=0.8)
+    ctx = BuildContext(n=n, heads=2, head_dim=D, causal=True)
+    spec = get_method(name)
+    m = spec.build(spec.params(**params, chunk_size=chunk_size), ctx)
+    assert is_causal(m, q, k, v)
+
+
+def test_bidirectional_is_not_causal():
+    q, k, v = qkv(64, seed=5)
+    assert not is_causal(performer(64), q, k, v) and not is_causal(linear(64), q, k, v)
+
+
+@pytest.mark.parametrize("name,params", [("performer", {"chunk_size": 4}),
+                                         ("performer", {"chunk_size": 4, "positive": False}),
+                                         ("linear", {"chunk_size": 4})])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradients_match_finite_differences(name, params, causal):
+    spec = get_method(name)
+    ctx = BuildContext(n=10, heads=1, head_dim=4, causal=causal, dtype=torch.float64)
+    m = spec.build(spec.params(**params), ctx)
+    g = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randn(1, 1, 10, 4, generator=g, dtype=torch.float64).requires_grad_()
+                   for _ in range(3))
+    assert torch.autograd.gradcheck(m, inputs)
+
+
+# Low precision
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["performer", "linear"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_low_precision_stays_finite_at_n8192(dtype, name, causal):
+    """Rows of q and k have norms up to 3√d (three times a standard normal row's): random directions
+    with norms uniform in [0, 3√d], plus 64 keys and queries lying on rows of ω (norm ≈ 2.4√d), where
+    the unstabilised FAVOR+ exponent ωᵀx − ‖x‖²/2 peaks at ‖ω‖²/2 ≈ d/2 and overflows fp16."""
+    n, d = 8192, 32
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 1, 1, n, d, generator=g)
+    radius = torch.rand(2, 1, 1, n, 1, generator=g) * 3 * math.sqrt(d)
+    q, k = (x[i] / x[i].norm(dim=-1, keepdim=True) * radius[i] for i in range(2))
+    v = x[2]
+    omega = performer(n, d=d, heads=1).omega[:64]  # the ω every default build of this cell draws
+    aligned = omega * d ** 0.25  # scaled inputs x·d^(-1/4) = ω
+    aligned = aligned * (3 * math.sqrt(d) / aligned.norm(dim=-1, keepdim=True)).clamp(max=1.0)
+    q[..., ::128, :], k[..., ::128, :] = aligned, aligned
+    assert not torch.isfinite(favor_features((k * d ** -0.25).half(), omega.half())).all()
+
+    spec = get_method(name)
+    low = spec.build(spec.params(), BuildContext(n=n, heads=1, head_dim=d, causal=causal, dtype=dtype))
+    full = spec.build(spec.params(), BuildContext(n=n, heads=1, head_dim=d, causal=causal))
+    out = low(q.to(dtype), k.to(dtype), v.to(dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    tol = 0.05 if dtype == torch.float16 else 0.1
+    err = error_metrics(out, full(q, k, v))["rel_err"]
+    assert err < tol, err  # same ω: only rounding differs
+
+
+# Training-time redraws and reproducibility
+
+def test_features_are_fixed_by_seed_and_redrawn_only_in_training():
+    assert torch.equal(performer(32, seed=3).omega, performer(32, seed=3).omega)
+    assert not torch.equal(performer(32, seed=3).omega, performer(32, seed=4).omega)
+    q, k, v = qkv(32)
+    fixed = performer(32, seed=3)
+    first = fixed.omega.clone()
+    for _ in range(5):
+        fixed(q, k, v)
+    assert torch.equal(fixed.omega, first)  # redraw_interval = 0: never
+    m = performer(32, seed=3, redraw_interval=2)
+    seen = []
+    for _ in range(5):
+        m(q, k, v)
+        seen.append(m.omega.clone())
+    assert torch.equal(seen[0], first) and torch.equal(seen[1], first)
+    assert not torch.equal(seen[2], first) and torch.equal(seen[2], seen[3])
+    assert not torch.equal(seen[4], seen[3])
+    m.eval()
+    frozen = m.omega.clone()
+    for _ in range(4):
+        m(q, k, v)
+    assert torch.equal(m.omega, frozen)
+
+
+def test_invalid_knobs_are_declared_unsupported():
+    spec = get_method("performer")
+    ctx = BuildContext(n=64, heads=1, head_dim=D)
+    assert spec.unsupported_reason(PerformerParams(nb_features=-1), ctx) is not None
+    assert spec.unsupported_reason(PerformerParams(chunk_size=0), ctx) is not None
+    assert spec.unsupported_reason(PerformerParams(), ctx) is None
+
+
+# Cost
+
+def test_extra_memory_grows_linearly_in_n():
+    from attnbench.measure import measure_memory
+
+    def extra(n, module):
+        q, k, v = qkv(n, heads=4)
+        with torch.no_grad():
+            return measure_memory(lambda: module(q, k, v), "cpu")["extra_mem_mib"]
+
+    naive_growth = extra(2048, NaiveAttention(True)) / extra(512, NaiveAttention(True))
+    assert naive_growth > 12  # the n×n scores: 16× for 4× n, so the measurement sees growth
+    for causal in (False, True):
+        mk = lambda n: PerformerAttention(PerformerParams(nb_features=64),  # noqa: E731
+                                          BuildContext(n=n, heads=4, head_dim=D, causal=causal))
+        assert extra(2048, mk(2048)) / extra(512, mk(512)) < 6
+        lin = lambda n: LinearAttention(LinearParams(), BuildContext(n=n, heads=4, head_dim=D,  # noqa: E731
+                                                                     causal=causal))
+        assert extra(2048, lin(2048)) / extra(512, lin(512)) < 6
+
+
+def test_flops_are_linear_in_n():
+    for causal in (False, True):
+        m = performer(64, causal, nb_features=32)
+        assert m.flops(*qkv(1024)) == pytest.approx(2 * m.flops(*qkv(512)))
+
+
+# GPU
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name,params", [("performer", {}), ("linear", {})])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_low_precision_close_to_float64(dtype, name, params, causal):
+    dev, n, d = torch.device("cuda"), 1024, 64
+    spec = get_method(name)
+    gpu = spec.build(spec.params(**params), BuildContext(n=n, heads=4, head_dim=d, causal=causal,
+                                                        dtype=dtype, device=dev))
+    ref = spec.build(spec.params(**params), BuildContext(n=n, heads=4, head_dim=d, causal=causal,
+                                                        dtype=torch.float64))
+    q, k, v = qkv(n, seed=0, scale=0.5, batch=2, heads=4, d=d)
+    qd, kd, vd = (t.to(dev, dtype).requires_grad_() for t in (q, k, v))
+    out = gpu(qd, kd, vd)
+    out.float().square().sum().backward()
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert all(torch.isfinite(t.grad).all() for t in (qd, kd, vd))
+    tol = 2e-2 if dtype == torch.float16 else 5e-2
+    want = ref(q.double(), k.double(), v.double())  # same seed, same ω, in float64 on the CPU
+    assert error_metrics(out.cpu(), want)["rel_err"] < tol
