@@ -3,6 +3,8 @@ input (a malformed suite, an unknown method, a missing file), 130 when interrupt
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -57,11 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-table", action="store_true", help="don't print the results table")
 
-    p = sub.add_parser("report", help="tables from a finished run (never measures)")
-    p.add_argument("run_dir")
-    p.add_argument("--out", help="where to write report.md / report.csv (default: the run dir)")
-
     sub.add_parser("env", help="versions, device and git state that runs record")
+    for name in VERB_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).add_cli(sub)
     return ap
 
 
@@ -159,15 +160,6 @@ def cmd_run(args, console) -> int:
     return outcome.exit_code
 
 
-def cmd_report(args, console) -> int:
-    from attnbench.report import render_terminal, write_reports
-
-    render_terminal(args.run_dir, console)
-    for path in write_reports(args.run_dir, args.out):
-        console.print(f"wrote {path}")
-    return 0
-
-
 def cmd_env(args, console) -> int:
     import torch
 
@@ -178,8 +170,10 @@ def cmd_env(args, console) -> int:
     return 0
 
 
-VERBS = {"list": cmd_list, "validate": cmd_validate, "run": cmd_run, "report": cmd_report,
-         "env": cmd_env}
+VERBS = {"list": cmd_list, "validate": cmd_validate, "run": cmd_run, "env": cmd_env}
+# Modules that add their own verbs: each defines ``add_cli(subparsers)`` and sets ``func`` on its parser
+# (``set_defaults(func=cmd)`` with ``cmd(args, console) -> int``); heavy imports stay inside ``cmd``.
+VERB_MODULES = ("attnbench.report", "attnbench.plots", "attnbench.compare")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in args.plugin:
             load_plugin_file(path)
-        return VERBS[args.verb](args, console)
+        func = getattr(args, "func", None) or VERBS[args.verb]
+        return func(args, console)
     except (BadInput, SuiteError, RegistryError, RunDirError) as exc:
         from rich.markup import escape
 

@@ -191,6 +191,7 @@ def _load_model(device: str) -> RealModel:
     transformers, package = _require_extra()
     model_dir = str(package.get_model_path())
     previous = transformers.logging.get_verbosity()
+    bar_was_on = transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     try:
@@ -200,7 +201,8 @@ def _load_model(device: str) -> RealModel:
                                                        attn_implementation="eager")
     finally:
         transformers.logging.set_verbosity(previous)
-        transformers.logging.enable_progress_bar()
+        if bar_was_on:
+            transformers.logging.enable_progress_bar()
     cfg = model.config
     if (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads) \
             != (NUM_LAYERS, HEADS, HEAD_DIM):

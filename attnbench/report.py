@@ -138,3 +138,17 @@ def write_reports(run_dir: str | Path, out_dir: str | Path | None = None) -> lis
     md.write_text(to_markdown(run_dir), encoding="utf-8")
     df.drop(columns=[c for c in ("time_samples_ms",) if c in df.columns]).to_csv(csv, index=False)
     return [md, csv]
+
+
+def cmd_report(args, console) -> int:
+    render_terminal(args.run_dir, console)
+    for path in write_reports(args.run_dir, args.out):
+        console.print(f"wrote {path}")
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("report", help="tables from a finished run (never measures)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="where to write report.md / report.csv (default: the run dir)")
+    p.set_defaults(func=cmd_report)
