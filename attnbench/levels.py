@@ -78,10 +78,30 @@ class ExactStandIn(nn.Module):
         return reference_attention(q, k, v, causal=self.causal)
 
 
+class HiddenExactStandIn(nn.Module):
+    """The exact counterpart of a whole self-attention module (its ``exact_reference(x)`` hook)."""
+
+    def __init__(self, original: nn.Module):
+        super().__init__()
+        self.hook = getattr(original, "exact_reference", None)
+        if self.hook is None:
+            raise NoExactCounterpart(f"{type(original).__name__} has no exact_reference(x) hook")
+
+    def forward(self, x):
+        return self.hook(x.double()).double()
+
+
+class NoExactCounterpart(Exception):
+    """The method's output has no exact reference to compare with (error is left out)."""
+
+
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The method's attention modules inside a core module, layer or model, in layer order."""
-    if isinstance(model, (SelfAttention, Encoder)):
-        return [m.attn for m in model.modules() if isinstance(m, SelfAttention)]
+    if isinstance(model, Encoder):
+        return [layer.attn.attn if isinstance(layer.attn, SelfAttention) else layer.attn
+                for layer in model.layers]
+    if isinstance(model, SelfAttention):
+        return [model.attn]
     return [model]
 
 
@@ -99,6 +119,8 @@ def build_level(spec: MethodSpec, params: Any, level: str, *, n: int, heads: int
 
     if level == "core":
         return attn(0)
+    if spec.takes_hidden and level == "layer":
+        return attn(0)
     d_model = heads * head_dim
     attns = [attn(i) for i in range(num_layers)]
     with torch.random.fork_rng(devices=[]):
@@ -109,6 +131,10 @@ def build_level(spec: MethodSpec, params: Any, level: str, *, n: int, heads: int
             wrapper = Encoder([EncoderLayer(d_model, heads, ffn_dim, nn.Identity())
                                for _ in range(num_layers)])
     wrapper = wrapper.to(device=device, dtype=dtype)
+    if spec.takes_hidden:  # the method is the whole self-attention of each encoder layer
+        for layer, a in zip(wrapper.layers, attns):
+            layer.attn = a
+        return wrapper
     selfattns = [m for m in wrapper.modules() if isinstance(m, SelfAttention)]
     for sa, a in zip(selfattns, attns):
         sa.attn = a
@@ -121,10 +147,15 @@ def reference_output(model: nn.Module, inputs: tuple[torch.Tensor, ...], causal:
         hook = getattr(model, "exact_reference", None)
         if hook is not None:
             return hook(*(t.double() for t in inputs)).double()
+        if len(inputs) != 3:
+            raise NoExactCounterpart(f"{type(model).__name__} has no exact_reference(x) hook")
         return reference_attention(*inputs, causal=causal)
     originals = attention_modules(model)
     memo = {id(a): nn.Identity() for a in originals}  # don't copy the method's own state
     ref = copy.deepcopy(model, memo)
+    if isinstance(ref, Encoder) and not isinstance(ref.layers[0].attn, SelfAttention):
+        for layer, original in zip(ref.layers, originals):
+            layer.attn = HiddenExactStandIn(original)
     for sa, original in zip([m for m in ref.modules() if isinstance(m, SelfAttention)], originals):
         sa.attn = ExactStandIn(original, causal)
     ref = ref.double()

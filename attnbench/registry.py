@@ -11,6 +11,10 @@ Optional hooks a built module may define, all read by the harness and never requ
 - ``stats() -> dict``: extra result columns (``density``, ``compiled``, ``compile_s``, ...), read once
   after the cell's first call.
 - ``flops(q, k, v) -> float``: forward FLOPs of one call, for achieved FLOP/s.
+
+A method registered with ``levels=("layer", "model")`` (no core level) is a whole self-attention layer
+instead: ``forward(x)`` on (B, N, d_model), d_model = heads · head_dim, with its own projections; its
+``exact_reference(x)`` hook, if any, is the same layer with exact attention.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ Family = Literal["exact", "low_rank", "sparse", "lsh", "kernel", "landmark", "ot
 ENTRY_POINT_GROUP = "attnbench.methods"
 ALL_DEVICES = ("cpu", "cuda")
 ALL_DTYPES = ("fp32", "fp16", "bf16")
+ALL_LEVELS = ("core", "layer", "model")
 
 
 class Unsupported(Exception):
@@ -112,6 +117,13 @@ class MethodSpec:
     budget: str | None = None  # name of the knob that trades accuracy for cost (k, nb_features, ...)
     description: str = ""
     origin: str = ""
+    levels: tuple[str, ...] = ALL_LEVELS
+
+    @property
+    def takes_hidden(self) -> bool:
+        """A method without a core level is a whole self-attention layer: ``forward(x)`` on
+        (B, N, d_model) with its own input and output projections (e.g. a community module)."""
+        return "core" not in self.levels
 
     def unavailable_reason(self) -> str | None:
         """Why this method cannot be used on this installation at all, or None."""
@@ -122,10 +134,14 @@ class MethodSpec:
         return None
 
     def unsupported_reason(self, params: Any, ctx: BuildContext, *, backward: bool = False,
-                           dtype_name: str | None = None) -> str | None:
+                           dtype_name: str | None = None, level: str | None = None) -> str | None:
         """The declared reason this case cannot run, checked before building anything."""
         if (why := self.unavailable_reason()) is not None:
             return why
+        if level is not None and level not in self.levels:
+            return (f"{self.name} runs at level {'/'.join(self.levels)}, not {level}" +
+                    (" (it is a whole self-attention layer taking hidden states)"
+                     if self.takes_hidden else ""))
         if ctx.device.type not in self.devices:
             return f"{self.name} runs on {'/'.join(self.devices)}, not {ctx.device.type}"
         if dtype_name is not None and dtype_name not in self.dtypes:
@@ -205,7 +221,8 @@ def register_method(name: str, *, family: str, exact: bool, params: type = NoPar
                     devices: tuple[str, ...] = ALL_DEVICES, dtypes: tuple[str, ...] = ALL_DTYPES,
                     requires: tuple[str, ...] = (), install_hint: str = "",
                     constraints: tuple[Constraint, ...] = (), budget: str | None = None,
-                    description: str = "", registry: Registry | None = None):
+                    description: str = "", levels: tuple[str, ...] = ALL_LEVELS,
+                    registry: Registry | None = None):
     """Decorator registering ``factory(params, ctx) -> nn.Module`` under ``name``."""
     if not dataclasses.is_dataclass(params):
         raise RegistryError(f"method {name!r}: params must be a dataclass, got {params!r}")
@@ -221,7 +238,7 @@ def register_method(name: str, *, family: str, exact: bool, params: type = NoPar
                           causal=causal, backward=backward, devices=tuple(devices),
                           dtypes=tuple(dtypes), requires=tuple(requires), install_hint=install_hint,
                           constraints=tuple(constraints), budget=budget, description=doc,
-                          origin=origin)
+                          origin=origin, levels=tuple(levels))
         (registry or REGISTRY).add(spec)
         factory.spec = spec
         return factory

@@ -92,7 +92,7 @@ def plan(suite: Suite, device: torch.device, only=None, skip=None) -> list[Plann
         try:
             params = spec.params(**case.params_dict)
             why = spec.unsupported_reason(params, ctx, backward=case.mode == "fwd_bwd",
-                                          dtype_name=case.dtype)
+                                          dtype_name=case.dtype, level=case.level)
         except Exception as exc:  # noqa: BLE001 - a constraint that crashes is reported, not fatal
             why = f"constraint check failed: {type(exc).__name__}: {exc}"
         cells.append(PlannedCell(case, why))

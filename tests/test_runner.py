@@ -173,3 +173,18 @@ def test_capacity_mode_with_memory_limit(tiny_suite, tmp_path):
     assert df.loc["sdpa", "max_batch"] > df.loc["naive", "max_batch"]
     assert df.loc["naive", "peak_mem_mib"] <= 8.0
     assert df.loc["sdpa", "time_per_seq_ms"] > 0
+
+
+def test_levels_layer_and_model_run_with_errors_against_exact_weights(tiny_suite, tmp_path):
+    suite = tiny_suite("[methods.sdpa]\n[methods.naive]\n", extra="[model]\nlayers = 2\nffn_dim = 32\n")
+    text = suite.read_text().replace('mode = ["fwd"]', 'mode = ["fwd", "fwd_bwd"]\nlevel = ["layer", "model"]')
+    suite.write_text(text)
+    outcome = run_suite(str(suite), "cpu", out=tmp_path / "o", progress=False)
+    df = load_results(outcome.run_dir)
+    assert len(df) == 16 and set(df.status) == {"ok"}
+    assert (df.rel_err < 1e-5).all()  # exact attention inside the same weights
+    model = df[(df.level == "model") & (df.method == "sdpa")].iloc[0]
+    layer = df[(df.level == "layer") & (df.method == "sdpa")].iloc[0]
+    d = 2 * 16
+    assert layer.n_params == 4 * d * d + 4 * d
+    assert model.n_params == 2 * (4 * d * d + 4 * d + 2 * d * 32 + 32 + d + 4 * d)
