@@ -97,7 +97,8 @@ class LSHAttention(nn.Module):
         b, h, n, d = q.shape
         rounds, c = self.n_hashes, self.bucket_size
         nc = n // c
-        key = shared_keys(q.float())
+        acc = torch.promote_types(q.dtype, torch.float32)  # softmax precision: fp32 or better
+        key = shared_keys(q.to(acc))
         buckets = self.hash(key)  # (B, H, R, N)
         pos = torch.arange(n, device=q.device)
         order = (buckets * n + pos).argsort(dim=-1)  # (B, H, R, N): token at each sorted slot
@@ -114,7 +115,7 @@ class LSHAttention(nn.Module):
         qs, ks, vs = sort(q), with_previous(sort(key.to(q.dtype))), with_previous(sort(v))
         q_tok = order.view(b, h, rounds, nc, c)  # (B, H, R, nc, c)
         k_tok = with_previous(q_tok)  # (B, H, R, nc, c or 2c)
-        s = (qs @ ks.transpose(-1, -2)).float() * (1.0 / math.sqrt(d))  # (B, H, R, nc, c, 2c)
+        s = (qs @ ks.transpose(-1, -2)).to(acc) * (1.0 / math.sqrt(d))  # (B, H, R, nc, c, 2c)
         itself = torch.eye(c, ks.shape[-2], dtype=torch.bool, device=q.device)  # slot t is key t
         s = s.masked_fill(itself, SELF_SCORE)
         if self.causal:
@@ -125,13 +126,13 @@ class LSHAttention(nn.Module):
                                 q_bkt[..., :, None], with_previous(q_bkt)[..., None, :])
             s = s.masked_fill(~reach, float("-inf"))
         if rounds > 1:
-            s = s - torch.log(self._count(slot, buckets, q_tok, k_tok).clamp_min(1))
+            s = s - torch.log(self._count(slot, buckets, q_tok, k_tok, acc).clamp_min(1))
         lse = s.logsumexp(dim=-1)  # (B, H, R, nc, c); finite: every query is its own candidate
         o = torch.exp(s - lse[..., None]).to(v.dtype) @ vs  # (B, H, R, nc, c, D)
         o = o.view(b, h, rounds, n, d).gather(3, slot[..., None].expand(b, h, rounds, n, d))
         lse = lse.view(b, h, rounds, n).gather(3, slot)  # (B, H, R, N) in token order
         weights = torch.softmax(lse, dim=2)  # each round's share of the union's total mass
-        return (weights[..., None] * o.float()).sum(dim=2).to(q.dtype)
+        return (weights[..., None] * o.to(acc)).sum(dim=2).to(q.dtype)
 
     def _reach(self, q_slot, k_slot, q_bkt, k_bkt):
         """Causal candidates: same bucket, 0..bucket_size slots back."""
@@ -139,11 +140,11 @@ class LSHAttention(nn.Module):
         return (q_bkt == k_bkt) & (back >= 0) & (back <= self.bucket_size)
 
     @torch.no_grad()
-    def _count(self, slot, buckets, q_tok, k_tok):
+    def _count(self, slot, buckets, q_tok, k_tok, dtype):
         """N_ij: in how many rounds key j is a candidate of query i, for the gathered pairs."""
         b, h, rounds, n = slot.shape
         nc = n // self.bucket_size
-        count = torch.zeros(q_tok.shape + k_tok.shape[-1:], device=slot.device)
+        count = torch.zeros(q_tok.shape + k_tok.shape[-1:], device=slot.device, dtype=dtype)
         if not self.causal and nc <= 2:
             return count.fill_(rounds)  # every key is a candidate in every round
         at_q, at_k = q_tok.reshape(b, h, -1), k_tok.reshape(b, h, -1)

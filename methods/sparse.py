@@ -239,25 +239,26 @@ def plan(pattern: Pattern) -> list[_Part]:
 def blocked_attention(q, k, v, parts: list[_Part], scale: float) -> torch.Tensor:
     """Softmax attention restricted to the parts' pairs, merged across parts by log-sum-exp weights."""
     b, h, n, d = q.shape
+    acc = torch.promote_types(q.dtype, torch.float32)  # softmax precision: fp32 or better
     maxes, sums, outs = [], [], []
     for p in parts:
         g, gs = p.rows.shape
         qg = q.index_select(2, p.rows.flatten()).view(b, h, g, gs, d)
         kg = k.index_select(2, p.cols.flatten()).view(b, h, g, -1, d)  # (B, H, G, m, D)
         vg = v.index_select(2, p.cols.flatten()).view(b, h, g, -1, d)
-        s = (qg @ kg.transpose(-1, -2)).float() * scale  # (B, H, G, gs, m)
+        s = (qg @ kg.transpose(-1, -2)).to(acc) * scale  # (B, H, G, gs, m)
         s = s.masked_fill(~p.mask, float("-inf"))
         mx = s.detach().amax(-1, keepdim=True)  # (B, H, G, gs, 1); -inf for rows with no pair here
         e = torch.exp(s - torch.where(mx.isinf(), 0.0, mx))
-        o = (e.to(v.dtype) @ vg).float()  # (B, H, G, gs, D)
+        o = (e.to(v.dtype) @ vg).to(acc)  # (B, H, G, gs, D)
         if p.whole:
             return (o / e.sum(-1, keepdim=True)).view(b, h, n, d).to(q.dtype)
         idx = p.rows.flatten()
-        maxes.append(torch.full((b, h, n), float("-inf"), device=q.device).index_copy(
+        maxes.append(torch.full((b, h, n), float("-inf"), device=q.device, dtype=acc).index_copy(
             2, idx, mx.view(b, h, -1)))
-        sums.append(q.new_zeros((b, h, n), dtype=torch.float32).index_copy(
+        sums.append(q.new_zeros((b, h, n), dtype=acc).index_copy(
             2, idx, e.sum(-1).view(b, h, -1)))
-        outs.append(q.new_zeros((b, h, n, d), dtype=torch.float32).index_copy(
+        outs.append(q.new_zeros((b, h, n, d), dtype=acc).index_copy(
             2, idx, o.view(b, h, -1, d)))
     top = torch.stack(maxes).amax(0)  # (B, H, N)
     num = torch.zeros_like(outs[0])
@@ -266,7 +267,7 @@ def blocked_attention(q, k, v, parts: list[_Part], scale: float) -> torch.Tensor
         w = torch.exp(mx - top)  # (B, H, N): 0 where this part holds nothing for the query
         num = num + w[..., None] * o
         den = den + w * l
-    return (num / den.clamp_min(torch.finfo(torch.float32).tiny)[..., None]).to(q.dtype)
+    return (num / den.clamp_min(torch.finfo(acc).tiny)[..., None]).to(q.dtype)
 
 
 def flex_block_mask(pattern: Pattern, device: torch.device):
