@@ -1,0 +1,97 @@
+"""Nyströmformer (Xiong et al., 2021). https://arxiv.org/abs/2102.03902
+
+Softmax attention is approximated by the Nyström method with m landmarks, the means of m contiguous
+segments of the queries and of the keys: softmax(QK̃ᵀ)·pinv(softmax(Q̃K̃ᵀ))·softmax(Q̃Kᵀ)·V, where the
+m×m pseudo-inverse comes from the paper's iteration rather than an SVD.
+
+Choices and omissions, all deliberate:
+
+- n must be divisible by ``num_landmarks`` (a declared constraint, so such a cell becomes an
+  ``unsupported`` row); we do not pad, because padded positions would change the segment means.
+- The pseudo-inverse iteration is Razavi et al.'s, which the paper uses, started from
+  Z₀ = Aᵀ/(‖A‖₁‖A‖∞) with the norms of each head's own m×m matrix (the official code takes one maximum
+  over the whole batch). ``pinv = "exact"`` swaps in ``torch.linalg.pinv`` for ablations.
+- The m×m landmark kernel, its pseudo-inverse and the m×d product it multiplies are computed in fp32
+  (at least), so fp16/bf16 inputs work; the n×m and m×n parts stay in the input dtype.
+- The official code adds a depthwise convolution of V along the sequence to the output; that is a
+  residual branch, not attention, and is left out. There is no causal variant: landmarks average over
+  the whole sequence.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from attnbench.registry import BuildContext, register_method
+
+
+def iterative_pinv(a: torch.Tensor, iters: int) -> torch.Tensor:
+    """Approximate Moore–Penrose inverse of a batch of (m, m) matrices by the paper's iteration
+    Z ← ¼Z(13I − AZ(15I − AZ(7I − AZ)))."""
+    abs_a = a.abs()
+    norm_1 = abs_a.sum(-2).amax(-1)  # max column sum, (B, H)
+    norm_inf = abs_a.sum(-1).amax(-1)  # max row sum, (B, H)
+    z = a.transpose(-1, -2) / (norm_1 * norm_inf)[..., None, None]
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    for _ in range(iters):
+        az = a @ z  # (B, H, m, m)
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+@dataclass(frozen=True)
+class NystromParams:
+    num_landmarks: int = 64  # m, segment-mean landmarks; n must be a multiple of m
+    pinv_iters: int = 6  # iterations of the pseudo-inverse approximation (the paper uses 6)
+    pinv: Literal["iterative", "exact"] = "iterative"  # exact = torch.linalg.pinv, for ablations
+
+
+class NystromAttention(nn.Module):
+    def __init__(self, p: NystromParams, ctx: BuildContext):
+        super().__init__()
+        self.p = p
+
+    def landmarks(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        b, h, n, d = x.shape
+        m = self.p.num_landmarks
+        return x.reshape(b, h, m, n // m, d).mean(-2, dtype=dtype)  # (B, H, m, D) segment means
+
+    def forward(self, q, k, v):
+        d = q.shape[-1]
+        scale = 1.0 / math.sqrt(d)
+        acc = torch.promote_types(q.dtype, torch.float32)
+        q_land, k_land = self.landmarks(q, acc), self.landmarks(k, acc)
+        kernel = torch.softmax((q_land @ k_land.transpose(-1, -2)) * scale, dim=-1)  # (B, H, m, m)
+        if self.p.pinv == "exact":
+            inv = torch.linalg.pinv(kernel)
+        else:
+            inv = iterative_pinv(kernel, self.p.pinv_iters)
+        left = torch.softmax((q @ k_land.to(q.dtype).transpose(-1, -2)) * scale, dim=-1)  # (B, H, N, m)
+        right = torch.softmax((q_land.to(q.dtype) @ k.transpose(-1, -2)) * scale, dim=-1)  # (B, H, m, N)
+        middle = inv @ (right @ v).to(acc)  # (B, H, m, D)
+        return left @ middle.to(q.dtype)  # (B, H, N, D)
+
+    def flops(self, q, k, v):
+        b, h, n, d = q.shape
+        m = self.p.num_landmarks
+        pinv = 0 if self.p.pinv == "exact" else self.p.pinv_iters * 4 * 2 * m ** 3
+        return b * h * (4 * 2.0 * n * m * d + 2.0 * m * m * (d + m) + pinv)
+
+
+def _landmark_constraint(p: NystromParams, ctx: BuildContext) -> str | None:
+    if p.num_landmarks < 1 or p.pinv_iters < 0:
+        return f"invalid knobs: num_landmarks={p.num_landmarks}, pinv_iters={p.pinv_iters}"
+    if p.num_landmarks > ctx.n or ctx.n % p.num_landmarks:
+        return f"n={ctx.n} must be a multiple of num_landmarks={p.num_landmarks} (no padding)"
+    return None
+
+
+@register_method("nystrom", family="landmark", exact=False, params=NystromParams, causal=False,
+                 constraints=(_landmark_constraint,), budget="num_landmarks")
+def build_nystrom(p: NystromParams, ctx: BuildContext) -> nn.Module:
+    """Nyströmformer: segment-mean landmarks and an iterative pseudo-inverse, O(n·m·d)."""
+    return NystromAttention(p, ctx)
