@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from attnbench.capacity import CapacityProbe, max_batch
 from attnbench.dtypes import to_torch
 from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import NoExactCounterpart, build_level, count_parameters, reference_output
@@ -56,8 +57,7 @@ class CellContext:
     suite: Suite
     device: torch.device
     cuda_graphs: bool = False
-    capacity_limit_mib: float = 0.0
-    capacity_max_batch: int = 4096
+    capacity_limit_mib: float = 0.0  # overrides the suite's [capacity] limit_mib when set
     _refs: dict = field(default_factory=dict)
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
@@ -158,40 +158,6 @@ def _time(ctx: CellContext, step: Step) -> tuple[Timing, dict]:
     return timing, extra
 
 
-def _fits(ctx: CellContext, spec, params, case, dtype, batch: int) -> bool:
-    """Capacity probe: one step at this batch, True unless it runs out of memory (real or simulated)."""
-    try:
-        module = _build(spec, params, case, dtype, ctx.device)
-        inputs = make_inputs(case, batch, dtype, ctx.device)
-        step = Step.make(module, inputs, case.mode, _out_shape(case, batch), torch.Generator())
-        mem = measure_memory(step, ctx.device, live=live_bytes(step.inputs, [module]))
-        ok = not ctx.capacity_limit_mib or mem["peak_mem_mib"] <= ctx.capacity_limit_mib
-    except Exception as exc:
-        if not is_oom(exc):
-            raise
-        ok = False
-    free_memory(ctx.device, collect=not ok)
-    return ok
-
-
-def find_max_batch(fits: Callable[[int], bool], max_batch: int = 4096) -> int:
-    """Largest batch b ≤ max_batch with fits(b), assuming fits is monotone: doubling, then bisection.
-    Returns 0 when even batch 1 does not fit."""
-    if not fits(1):
-        return 0
-    lo = 1
-    while lo * 2 <= max_batch and fits(lo * 2):
-        lo *= 2
-    return _bisect(fits, lo, min(lo * 2, max_batch + 1))
-
-
-def _bisect(fits, lo: int, hi: int) -> int:
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
-
-
 def _out_shape(case: Case, batch: int) -> tuple[int, ...]:
     if case.level == "core":
         return (batch, case.heads, case.n, case.head_dim)
@@ -208,15 +174,22 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
     try:
         params = spec.params(**case.params_dict)
         batch = case.batch
-        if case.batching == "capacity":
-            batch = find_max_batch(lambda b: _fits(ctx, spec, params, case, dtype, b),
-                                   ctx.capacity_max_batch)
-            row["max_batch"] = batch
-            if batch == 0:
-                return {**row, "status": "oom", "reason": "batch 1 does not fit in memory"}
         t0 = time.perf_counter()
         module = _build(spec, params, case, dtype, device)
         row["build_s"] = time.perf_counter() - t0
+        if case.batching == "capacity":
+            if device.type == "cpu" and not (ctx.capacity_limit_mib or ctx.suite.capacity["limit_mib"]):
+                raise Unsupported("capacity mode on CPU needs a memory limit "
+                                  "(attnbench run ... --capacity-limit-mib MIB)")
+            cap = ctx.suite.capacity
+            limit = ctx.capacity_limit_mib or cap["limit_mib"]
+            probe = CapacityProbe(module, lambda b: make_inputs(case, b, dtype, device),
+                                  lambda b: _out_shape(case, b), case.mode, device, limit, is_oom)
+            batch = max_batch(probe, device, limit, cap["max_batch"], cap["rel_tol"])
+            row.update(max_batch=batch, capacity_probes=probe.probes,
+                       capacity_rel_tol=cap["rel_tol"], capacity_limit_mib=limit or None)
+            if batch == 0:
+                return {**row, "status": "oom", "reason": "batch 1 does not fit in memory"}
         row.update(count_parameters(module))
         inputs = make_inputs(case, batch, dtype, device)
         gen = torch.Generator().manual_seed(case.seed + 1)

@@ -27,7 +27,7 @@ MODES = ("fwd", "fwd_bwd")
 BATCHING = ("fixed", "capacity")
 DEVICE_TYPES = ("cpu", "cuda")
 TOP_KEYS = {"name", "version", "description", "baseline", "seed", "sweep", "methods", "inputs",
-            "timing", "error", "model"}
+            "timing", "error", "model", "capacity"}
 
 
 class SuiteError(Exception):
@@ -114,6 +114,7 @@ class Suite:
     error: dict[str, Any]
     model: dict[str, Any]
     seed: int
+    capacity: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(CAPACITY_DEFAULTS))
 
     @property
     def text_hash(self) -> str:
@@ -182,6 +183,7 @@ TIMING_DEFAULTS = {"warmup": 3, "warmup_s": 0.1, "repeats": 10, "max_time_s": 2.
                    "cuda_graphs": False}
 ERROR_DEFAULTS = {"enabled": True, "max_n": 16384}
 MODEL_DEFAULTS = {"layers": 12, "ffn_dim": 3072}
+CAPACITY_DEFAULTS = {"max_batch": 1 << 16, "rel_tol": 0.0, "limit_mib": 0.0}
 
 
 def _check_axis(c: _Checker, key: str, value: Any, device: str | None = None) -> Any:
@@ -342,14 +344,19 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
     model = _check_table(c, data, "model", MODEL_DEFAULTS, {
         "layers": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
         "ffn_dim": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1})
+    capacity = _check_table(c, data, "capacity", CAPACITY_DEFAULTS, {
+        "max_batch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "rel_tol": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+        "limit_mib": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0})
     return Suite(name=name, version=version, description=description, baseline=baseline, path=file,
                  text=text, sweep=sweep, methods=methods, inputs=inputs, timing=timing, error=error,
-                 model=model, seed=seed)
+                 model=model, seed=seed, capacity=capacity)
 
 
 _RULES = {"warmup": "an integer >= 0", "warmup_s": "a number >= 0", "repeats": "an integer >= 1", "max_time_s": "a number > 0",
           "cuda_graphs": "true or false", "enabled": "true or false", "max_n": "an integer >= 1",
-          "layers": "an integer >= 1", "ffn_dim": "an integer >= 1"}
+          "layers": "an integer >= 1", "ffn_dim": "an integer >= 1", "max_batch": "an integer >= 1",
+          "rel_tol": "a number in [0, 1)", "limit_mib": "a number >= 0 (MiB; 0 = the device's)"}
 
 
 def _check_table(c: _Checker, data: dict, key: str, defaults: dict, rules: dict) -> dict:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnbench import load_results, run_suite
-from attnbench.cell import find_max_batch
+from attnbench.capacity import find_max_batch
 from attnbench.cli import main
 from attnbench.store import done_cells, iter_rows
 from conftest import PLUGINS, cli_cmd, cli_env
@@ -155,10 +155,13 @@ def test_capacity_search_finds_max_batch_under_simulated_limit():
             calls.append(b)
             return b <= limit
 
-        assert find_max_batch(fits, max_batch=4096) == limit
-        assert len(calls) < 30
+        for guess in (1, 5, 64, 5000):
+            calls.clear()
+            assert find_max_batch(fits, max_batch=4096, guess=guess) == limit
+            assert len(calls) < 30
     assert find_max_batch(lambda b: False) == 0
     assert find_max_batch(lambda b: True, max_batch=100) == 100
+    assert find_max_batch(lambda b: b <= 1000, max_batch=4096, guess=900, rel_tol=0.02) >= 980
 
 
 def test_capacity_mode_with_memory_limit(tiny_suite, tmp_path):
