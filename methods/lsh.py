@@ -115,24 +115,28 @@ class LSHAttention(nn.Module):
         qs, ks, vs = sort(q), with_previous(sort(key.to(q.dtype))), with_previous(sort(v))
         q_tok = order.view(b, h, rounds, nc, c)  # (B, H, R, nc, c)
         k_tok = with_previous(q_tok)  # (B, H, R, nc, c or 2c)
-        s = (qs @ ks.transpose(-1, -2)).to(acc) * (1.0 / math.sqrt(d))  # (B, H, R, nc, c, 2c)
+        # in place from here on: one score-sized buffer, none of these ops saves its input
+        s = (qs @ ks.transpose(-1, -2)).to(acc).mul_(1.0 / math.sqrt(d))  # (B, H, R, nc, c, 2c)
         itself = torch.eye(c, ks.shape[-2], dtype=torch.bool, device=q.device)  # slot t is key t
-        s = s.masked_fill(itself, SELF_SCORE)
+        s.masked_fill_(itself, SELF_SCORE)
         if self.causal:
             sorted_slot = pos.view(nc, c)
             q_slot, k_slot = sorted_slot, with_previous(sorted_slot[None, None, None])[0, 0, 0]
             q_bkt = buckets.gather(3, order).view(b, h, rounds, nc, c)
             reach = self._reach(q_slot[..., :, None], k_slot[..., None, :],
                                 q_bkt[..., :, None], with_previous(q_bkt)[..., None, :])
-            s = s.masked_fill(~reach, float("-inf"))
+            s.masked_fill_(~reach, float("-inf"))
         if rounds > 1:
-            s = s - torch.log(self._count(slot, buckets, q_tok, k_tok, acc).clamp_min(1))
-        lse = s.logsumexp(dim=-1)  # (B, H, R, nc, c); finite: every query is its own candidate
-        o = torch.exp(s - lse[..., None]).to(v.dtype) @ vs  # (B, H, R, nc, c, D)
+            s.sub_(self._count(slot, buckets, q_tok, k_tok, acc).clamp_min_(1).log_())
+        mx = s.detach().amax(dim=-1, keepdim=True)  # finite: every query is its own candidate
+        e = s.sub_(mx).exp_()  # (B, H, R, nc, c, 2c)
+        total = e.sum(dim=-1)  # (B, H, R, nc, c)
+        lse = total.log() + mx[..., 0]
+        o = (e.to(v.dtype) @ vs).to(acc) / total[..., None]  # (B, H, R, nc, c, D)
         o = o.view(b, h, rounds, n, d).gather(3, slot[..., None].expand(b, h, rounds, n, d))
         lse = lse.view(b, h, rounds, n).gather(3, slot)  # (B, H, R, N) in token order
         weights = torch.softmax(lse, dim=2)  # each round's share of the union's total mass
-        return (weights[..., None] * o.to(acc)).sum(dim=2).to(q.dtype)
+        return (weights[..., None] * o).sum(dim=2).to(q.dtype)
 
     def _reach(self, q_slot, k_slot, q_bkt, k_bkt):
         """Causal candidates: same bucket, 0..bucket_size slots back."""

@@ -129,14 +129,14 @@ class StridedPattern(Pattern):
         self.stride = stride
 
     def base(self, i, j):
-        d = i - j
-        return (d.abs() <= self.stride) | (d % self.stride == 0)
+        # i ≡ j (mod l) rather than (i - j) % l == 0: no remainder of a negative number, in any kernel
+        return ((i - j).abs() <= self.stride) | (i % self.stride == j % self.stride)
 
     def parts(self):
         n, s = self.n, min(self.stride, self.n)
         band = _band(n, -s, 0 if self.causal else s, self._causal(lambda i, j: (i - j).abs() <= s))
         residues = torch.arange(n).view(n // self.stride, self.stride).T  # (l, n/l): one class a row
-        far = self._causal(lambda i, j: ((i - j) % self.stride == 0) & ((i - j).abs() > s))
+        far = self._causal(lambda i, j: (i % self.stride == j % self.stride) & ((i - j).abs() > s))
         return [band, (residues, residues, far)]
 
 
@@ -246,10 +246,11 @@ def blocked_attention(q, k, v, parts: list[_Part], scale: float) -> torch.Tensor
         qg = q.index_select(2, p.rows.flatten()).view(b, h, g, gs, d)
         kg = k.index_select(2, p.cols.flatten()).view(b, h, g, -1, d)  # (B, H, G, m, D)
         vg = v.index_select(2, p.cols.flatten()).view(b, h, g, -1, d)
-        s = (qg @ kg.transpose(-1, -2)).to(acc) * scale  # (B, H, G, gs, m)
-        s = s.masked_fill(~p.mask, float("-inf"))
+        # in place from here on: one score-sized buffer, none of these ops saves its input
+        s = (qg @ kg.transpose(-1, -2)).to(acc).mul_(scale)  # (B, H, G, gs, m)
+        s.masked_fill_(~p.mask, float("-inf"))
         mx = s.detach().amax(-1, keepdim=True)  # (B, H, G, gs, 1); -inf for rows with no pair here
-        e = torch.exp(s - torch.where(mx.isinf(), 0.0, mx))
+        e = s.sub_(torch.where(mx.isinf(), 0.0, mx)).exp_()
         o = (e.to(v.dtype) @ vg).to(acc)  # (B, H, G, gs, D)
         if p.whole:
             return (o / e.sum(-1, keepdim=True)).view(b, h, n, d).to(q.dtype)
