@@ -19,6 +19,7 @@ from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import NoExactCounterpart, build_level, count_parameters, reference_output
 from attnbench.measure import Step, Timing, live_bytes, measure_memory, time_call, time_cuda_graph
 from attnbench.reference import error_metrics
+from attnbench.roofline import copy_bandwidth_gbs, matmul_tflops, roofline_columns
 from attnbench.registry import REGISTRY, MethodSpec, Unsupported
 from attnbench.suite import Case, Suite
 
@@ -208,6 +209,11 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
         if flops:
             row["flops"] = flops * (3 if case.mode == "fwd_bwd" else 1)
             row["tflops_per_s"] = row["flops"] / (timing.median / 1e3) / 1e12
+        if device.type == "cuda":
+            rates = ctx.cached(("rates", case.dtype), lambda: {
+                "copy_gbs": copy_bandwidth_gbs(device), "matmul_tflops": matmul_tflops(device, dtype)})
+            row.update(roofline_columns(rates, step, _out_shape(case, batch), timing.median,
+                                        row.get("flops")))
         row.update(measure_memory(step, device, live=live_bytes(step.inputs, [module])))
         if ctx.suite.error["enabled"] and case.n <= ctx.suite.error["max_n"]:
             err = _error(ctx, case, module, inputs, dtype)
