@@ -1,0 +1,116 @@
+"""Crossover ("efficiency length"): the smallest n at which an approximate method beats an exact baseline.
+
+For each approximate method (with its params) and each setting of the other axes, the ratio
+method cost / baseline cost is taken at every n where both ran; the first change from "not winning"
+(ratio >= 1) to "winning" (ratio < 1) is located by linear interpolation of log ratio against log n,
+which is exact when both costs are power laws of n. Nothing is extrapolated: a method that already wins
+at the smallest measured n reads "< n_min", one that never wins reads "> n_max".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+
+from attnbench.report import baseline_mask, cell_key_columns, fmt_n, time_cost, varying
+
+FAILED = ("oom", "oom-pruned")
+
+
+@dataclass(frozen=True)
+class Crossing:
+    kind: Literal["cross", "always", "never", "none"]
+    n: float | None  # the interpolated n (kind "cross"), else None
+    text: str        # what a table shows: "1.4k", "< 256", "> 4096", "—"
+    note: str = ""   # e.g. "loses again at n=8192", "baseline OOM from n=16384"
+
+
+def crossing(ns: list[float], ratios: list[float]) -> Crossing:
+    """The smallest n where ``ratio = method / baseline`` drops below 1, given ratios at measured n."""
+    pts = sorted((n, r) for n, r in zip(ns, ratios) if n > 0 and r is not None and r == r and r > 0)
+    if not pts:
+        return Crossing("none", None, "—")
+    wins = [r < 1 for _, r in pts]
+    first = wins.index(True) if True in wins else None
+    note = ""
+    if first is not None and not all(wins[first:]):
+        again = next(n for (n, _), w in zip(pts[first:], wins[first:]) if not w)
+        note = f"loses again at n={fmt_n(again)}"
+    if first is None:
+        return Crossing("never", None, f"> {fmt_n(pts[-1][0])}")
+    if first == 0:
+        return Crossing("always", None, f"< {fmt_n(pts[0][0])}", note)
+    (n0, r0), (n1, r1) = pts[first - 1], pts[first]
+    x0, x1, y0, y1 = math.log(n0), math.log(n1), math.log(r0), math.log(r1)
+    x = x0 if y1 == y0 else x0 + (0.0 - y0) * (x1 - x0) / (y1 - y0)
+    n_star = math.exp(x)
+    return Crossing("cross", n_star, fmt_n(n_star), note)
+
+
+def _cost(df: pd.DataFrame, metric: str) -> pd.Series:
+    """Lower is better. Time: median ms (per sequence in capacity mode). Memory: peak MiB, or in
+    capacity mode 1 / max_batch, so that "fits more sequences" counts as using less memory."""
+    if metric == "time":
+        return time_cost(df)
+    peak = pd.to_numeric(df.get("peak_mem_mib", pd.Series(math.nan, index=df.index)), errors="coerce")
+    if "batching" in df and "max_batch" in df:
+        cap = df["batching"] == "capacity"
+        peak = peak.where(~cap, 1.0 / pd.to_numeric(df["max_batch"], errors="coerce"))
+    return peak
+
+
+def crossover_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """One row per approximate method label and setting of the other axes: the time and memory
+    crossovers against ``baseline``, the n range both were measured on, and the speed-up there."""
+    cols = ["method", "time_crossover", "mem_crossover", "measured_n", "speedup_at_max_n", "note",
+            "time_crossover_n", "mem_crossover_n"]
+    if df.empty or "n" not in df or "status" not in df:
+        return pd.DataFrame(columns=cols)
+    base_rows = df[baseline_mask(df, baseline)]
+    keys = [c for c in cell_key_columns(df) if c not in ("n", "seed")]
+    others = df[~df.index.isin(base_rows.index)]
+    if "exact" in others:
+        others = others[others["exact"].astype(str).str.lower() != "true"]
+    label = "label" if "label" in df else "method"
+    if base_rows.empty or others.empty:
+        return pd.DataFrame(columns=cols)
+
+    def per_n(frame: pd.DataFrame) -> pd.DataFrame:
+        ok = frame[frame["status"] == "ok"].assign(_t=_cost(frame, "time"), _m=_cost(frame, "memory"))
+        return ok.groupby("n")[["_t", "_m"]].median()
+
+    base_groups = {k if isinstance(k, tuple) else (k,): g
+                   for k, g in base_rows.groupby(keys, dropna=False)} if keys else {(): base_rows}
+    out = []
+    groups = others.groupby([label, *keys], dropna=False) if keys else others.groupby([label])
+    for key, frame in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        base = base_groups.get(tuple(key[1:]))
+        if base is None:
+            continue
+        b, m = per_n(base), per_n(frame)
+        common = b.index.intersection(m.index).sort_values()
+        ns = [float(n) for n in common]
+        t = crossing(ns, [m.at[n, "_t"] / b.at[n, "_t"] for n in common])
+        mem = crossing(ns, [m.at[n, "_m"] / b.at[n, "_m"] for n in common])
+        notes = [f"time: {t.note}"] if t.note else []
+        notes += [f"memory: {mem.note}"] if mem.note else []
+        base_failed = base[base["status"].isin(FAILED)]["n"]
+        ran = set(frame.loc[frame["status"] == "ok", "n"])
+        beyond = sorted(n for n in base_failed if n in ran and (not ns or n > ns[-1]))
+        if beyond:
+            notes.append(f"baseline OOM from n={fmt_n(beyond[0])}, where this method runs")
+        row = dict(zip([label, *keys], key))
+        row.update(method=key[0], time_crossover=t.text, mem_crossover=mem.text,
+                   measured_n=f"{fmt_n(ns[0])}–{fmt_n(ns[-1])}" if ns else "—",
+                   speedup_at_max_n=(b.at[common[-1], "_t"] / m.at[common[-1], "_t"]) if ns
+                   else math.nan,
+                   note="; ".join(notes), time_crossover_n=t.n, mem_crossover_n=mem.n)
+        out.append(row)
+    res = pd.DataFrame(out)
+    if res.empty:
+        return pd.DataFrame(columns=cols)
+    shown = varying(res, keys)
+    return res[cols[:1] + shown + cols[1:]].reset_index(drop=True)

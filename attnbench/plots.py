@@ -1,0 +1,467 @@
+"""Plots of a finished run (matplotlib; PNG and SVG): scaling, memory, error, pareto, grid, entropy.
+
+Each ``plot_<kind>(df, meta, ...)`` returns ``{file stem: Figure}`` so tests can inspect the figures.
+A method label keeps one colour and marker in every plot of a run (colour by method, darker shade for
+a larger budget); the exact baseline is drawn in black. Runs that mix dtypes, levels, batch sizes or
+inputs get one figure per combination; forward and forward+backward sit side by side as panels.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from attnbench.report import baseline_mask, fmt_n, time_cost
+
+KINDS = ("scaling", "memory", "error", "pareto", "grid", "entropy")
+SPLIT = ["level", "dtype", "batch", "heads", "head_dim", "causal", "batching", "layers", "ffn_dim"]
+FAILED = {"oom": "x", "oom-pruned": "x", "unsupported": "|", "error": "X", "nan": "X",
+          "timeout": "X", "crashed": "X"}
+MARKERS = "osD^vP*h<>pX"
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+           "#bcbd22", "#7f7f7f"]
+MODE_NAMES = {"fwd": "forward", "fwd_bwd": "forward + backward"}
+
+
+class NothingToPlot(Exception):
+    """The run has no rows this kind of plot can use (the message says which columns are missing)."""
+
+
+def _label(df: pd.DataFrame) -> pd.Series:
+    return df["label"] if "label" in df else df["method"]
+
+
+def style_map(df: pd.DataFrame, baseline: str | None) -> dict[str, dict]:
+    """label -> matplotlib style, fixed for the whole run so every plot agrees."""
+    labels = _label(df).astype(str)
+    base = set(labels[baseline_mask(df, baseline)]) if baseline else set()
+    budget = pd.to_numeric(df.get("budget_value", pd.Series(math.nan, index=df.index)),
+                           errors="coerce")
+    order = pd.DataFrame({"m": df["method"].astype(str), "l": labels, "b": budget})
+    methods = sorted(set(order["m"]) - {m for m in order.loc[order["l"].isin(base), "m"]})
+    styles = {}
+    for i, m in enumerate(methods):
+        rgb = _hex(PALETTE[i % len(PALETTE)])
+        variants = order[order["m"] == m].groupby("l")["b"].max().reset_index() \
+            .sort_values(["b", "l"], na_position="first")["l"].tolist()
+        for j, lab in enumerate(variants):
+            light = 0.55 * (1 - j / max(len(variants) - 1, 1)) if len(variants) > 1 else 0.0
+            styles[lab] = dict(color=tuple(c + (1 - c) * light for c in rgb),
+                               marker=MARKERS[i % len(MARKERS)], linestyle="-", linewidth=1.5,
+                               markersize=5, zorder=3)
+    for lab in base:
+        styles[lab] = dict(color="black", marker="o", linestyle="-", linewidth=2.8, markersize=6,
+                           zorder=5)
+    return styles
+
+
+def _hex(h: str) -> tuple[float, float, float]:
+    return tuple(int(h[i:i + 2], 16) / 255 for i in (1, 3, 5))
+
+
+def _split(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
+    cols = [c for c in SPLIT + sorted(c for c in df if c.startswith("input."))
+            if c in df and df[c].astype(str).nunique() > 1]
+    if not cols:
+        return [({}, df)]
+    return [(dict(zip(cols, k if isinstance(k, tuple) else (k,))), g)
+            for k, g in df.groupby(cols, dropna=False, sort=True)]
+
+
+def _stem(kind: str, fixed: dict) -> str:
+    parts = [kind, *(f"{k.removeprefix('input.')}={v}" for k, v in fixed.items())]
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(parts))
+
+
+def _title(what: str, df: pd.DataFrame, meta: dict, extra: str = "") -> str:
+    prov = meta.get("provenance") or {}
+    device = prov.get("device_name") or meta.get("device_type") or "?"
+    dev_type = meta.get("device_type") or (df["device"].iloc[0] if "device" in df and len(df) else "")
+    fixed = [f"{c}={df[c].iloc[0]}" for c in ("dtype", "level", "batch", "heads", "head_dim",
+                                             "causal", "batching") if c in df and len(df)
+             and df[c].astype(str).nunique() == 1]
+    inputs = [f"{c[6:]}={df[c].iloc[0]}" for c in sorted(df) if c.startswith("input.") and len(df)
+              and df[c].astype(str).nunique() == 1 and c != "input.regime"]
+    head = f"{what} · {meta.get('suite', '')} on {device} ({dev_type})"
+    return head + "\n" + " · ".join(fixed + inputs) + (f"\n{extra}" if extra else "")
+
+
+def _figure(npanels: int, width: float = 5.2, height: float = 4.2):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * npanels + 2.6, height + 0.9), layout="constrained")
+    axes = fig.subplots(1, npanels, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _n_axis(ax, ns) -> None:
+    ax.set_xscale("log", base=2)
+    ns = sorted(set(int(n) for n in ns))
+    ax.set_xticks(ns, [fmt_n(n) for n in ns])
+    ax.minorticks_off()
+    ax.set_xlabel("sequence length n (tokens)")
+
+
+def _log_y(ax) -> None:
+    """Log y axis labelled with plain numbers at 1-2-5 steps (short ranges get readable ticks)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    subs = (1.0, 2.0, 5.0) if hi / max(lo, 1e-300) < 1e3 else (1.0,)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _legend(fig, axes, notes: list[tuple[str, str]] = ()) -> None:
+    from matplotlib.lines import Line2D
+
+    handles, labels = {}, []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    proxies = [Line2D([], [], color="0.3", marker=m, linestyle="none", markersize=7, label=t)
+               for m, t in notes]
+    if handles or proxies:
+        fig.legend([handles[lab] for lab in labels] + proxies, labels + [p.get_label() for p in proxies],
+                   loc="outside right upper", fontsize=8, frameon=False)
+
+
+def plot_scaling(df: pd.DataFrame, meta: dict, baseline: str | None = None,
+                 metric: str = "time") -> dict:
+    """Time (or peak memory) against n, log-log, one line per method label; fwd and fwd_bwd panels.
+    Cells that did not run are marked along the top edge of the panel at their n."""
+    baseline = baseline or meta.get("baseline")
+    df = df.assign(_y=time_cost(df) if metric == "time"
+                   else pd.to_numeric(df.get("peak_mem_mib"), errors="coerce"))
+    if not (df["status"].eq("ok") & df["_y"].notna()).any():
+        raise NothingToPlot(f"no ok rows with {'time_ms' if metric == 'time' else 'peak_mem_mib'}")
+    styles = style_map(df, baseline)
+    capacity = "batching" in df and (df["batching"] == "capacity").any()
+    ylabel = ("time per sequence (ms)" if capacity else "time per call (ms, median)") \
+        if metric == "time" else "peak memory (MiB)"
+    what = "time vs n" if metric == "time" else "peak memory vs n"
+    out = {}
+    for fixed, part in _split(df):
+        modes = sorted(part["mode"].unique(), key=lambda m: (m != "fwd", m))
+        fig, axes = _figure(len(modes))
+        notes: dict[str, str] = {}
+        for ax, mode in zip(axes, modes):
+            rows = part[part["mode"] == mode]
+            ok = rows[(rows["status"] == "ok") & rows["_y"].notna()]
+            bad = rows[rows["status"].isin(FAILED)]
+            for lab, g in ok.groupby(_label(ok), sort=True):
+                g = g.groupby("n")["_y"].median()
+                ax.plot(g.index, g.values, label=lab, **styles[lab])
+            _log_y(ax)
+            _n_axis(ax, rows["n"])
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"mode: {MODE_NAMES.get(mode, mode)}", fontsize=10)
+            ax.grid(True, which="major", alpha=0.3)
+            if not bad.empty:
+                lo, hi = ax.get_ylim() if not ok.empty else (1, 10)
+                order = sorted(set(_label(bad)))
+                span = 0.06 * len(order) + 0.04  # a band above the data for the markers
+                ax.set_ylim(lo, hi * (hi / lo) ** (span / (1 - span)))
+                trans = ax.get_xaxis_transform()
+                for i, lab in enumerate(order):
+                    g = bad[_label(bad) == lab]
+                    for status, gg in g.groupby("status"):
+                        ax.scatter(gg["n"], [0.97 - 0.06 * i] * len(gg), transform=trans,
+                                   marker=FAILED[status], s=40, color=styles[lab]["color"],
+                                   clip_on=False, zorder=6,
+                                   label=lab if lab not in set(_label(ok)) else None)
+                        notes[FAILED[status]] = {"x": "OOM (top edge)", "|": "unsupported (top edge)"} \
+                            .get(FAILED[status], "error / NaN (top edge)")
+        fig.suptitle(_title(what, part, meta, f"black: exact baseline {baseline}"), fontsize=10)
+        _legend(fig, axes, sorted(notes.items()))
+        out[_stem("scaling" if metric == "time" else "memory", fixed)] = fig
+    return out
+
+
+def plot_memory(df: pd.DataFrame, meta: dict, baseline: str | None = None) -> dict:
+    return plot_scaling(df, meta, baseline, metric="memory")
+
+
+def _error_rows(df: pd.DataFrame, need: tuple[str, ...]) -> pd.DataFrame:
+    for col in need:
+        if col not in df:
+            raise NothingToPlot(f"no {col} column in this run")
+    ok = df[(df["status"] == "ok") & df["rel_err"].notna()]
+    if "exact" in ok:
+        ok = ok[ok["exact"].astype(str).str.lower() != "true"]
+    if "mode" in ok and (ok["mode"] == "fwd").any():
+        ok = ok[ok["mode"] == "fwd"]  # the backward pass does not change the output's error
+    return ok
+
+
+def plot_error(df: pd.DataFrame, meta: dict, baseline: str | None = None) -> dict:
+    """Relative error against each method's budget knob: mean over seeds, band min..max over seeds,
+    one line per n (darker = longer) and per setting of the method's other params."""
+    ok = _error_rows(df, ("rel_err", "budget_value"))
+    ok = ok[pd.to_numeric(ok["budget_value"], errors="coerce").notna()]
+    if ok.empty:
+        raise NothingToPlot("no ok rows of an approximate method with a budget knob and rel_err")
+    styles = style_map(df, baseline or meta.get("baseline"))
+    seeds = ok["seed"].nunique() if "seed" in ok else 1
+    out = {}
+    for fixed, part in _split(ok):
+        methods = sorted(part["method"].unique())
+        fig, axes = _figure(len(methods), width=4.4)
+        for ax, m in zip(axes, methods):
+            rows = part[part["method"] == m].assign(_b=lambda f: pd.to_numeric(f["budget_value"]))
+            other = [c for c in rows if c.startswith("param.") and c != f"param.{rows['budget'].iloc[0]}"
+                     and rows[c].astype(str).nunique() > 1]
+            first = _label(rows).iloc[0]
+            ns = sorted(rows["n"].unique())
+            dashes = ["-", "--", ":", "-."]
+            for si, (sk, srows) in enumerate(rows.groupby(other) if other else [((), rows)]):
+                sk = sk if isinstance(sk, tuple) else (sk,)
+                tag = ",".join(f"{c[6:]}={v}" for c, v in zip(other, sk))
+                for ni, n in enumerate(ns):
+                    g = srows[srows["n"] == n].groupby("_b")["rel_err"].agg(["mean", "min", "max"])
+                    if g.empty:
+                        continue
+                    shade = 0.6 * (1 - ni / max(len(ns) - 1, 1)) if len(ns) > 1 else 0.0
+                    col = tuple(c + (1 - c) * shade for c in styles.get(first, {"color": (0, 0, 0)})["color"])
+                    ax.plot(g.index, g["mean"], color=col, marker=styles.get(first, {}).get("marker", "o"),
+                            linestyle=dashes[si % 4], markersize=4,
+                            label=f"{m} n={fmt_n(n)}" + (f" {tag}" if tag else ""))
+                    if seeds > 1:
+                        ax.fill_between(g.index, g["min"], g["max"], color=col, alpha=0.2, lw=0)
+            for col_name, style, text in (("uniform_rel_err", ":", "uniform (mean of V)"),
+                                          ("svd_rel_err", "--", "best rank-k (SVD)")):
+                if col_name in rows and rows[col_name].notna().any():
+                    for ni, n in enumerate(ns):
+                        g = rows[rows["n"] == n].groupby("_b")[col_name].mean().dropna()
+                        if col_name == "uniform_rel_err" and not g.empty:
+                            ax.axhline(g.mean(), color="0.4", linestyle=style, lw=1,
+                                       label=text if ni == 0 else None)
+                        elif not g.empty:
+                            ax.plot(g.index, g.values, color="0.2", linestyle=style, lw=1,
+                                    label=text if ni == 0 else None)
+            b = rows["_b"]
+            if b.max() / max(b.min(), 1e-12) >= 4:
+                ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(f"{m}: {rows['budget'].iloc[0]} (budget knob)")
+            ax.set_ylabel("relative error ‖O − O_exact‖ / ‖O_exact‖")
+            ax.set_title(m, fontsize=10)
+            ax.grid(True, which="major", alpha=0.3)
+        band = f"mean over {seeds} seeds, band min–max" if seeds > 1 else "one seed (no band)"
+        fig.suptitle(_title("approximation error vs budget", part, meta, band), fontsize=10)
+        _legend(fig, axes)
+        out[_stem("error", fixed)] = fig
+    return out
+
+
+def _dominated(points: list[tuple[float, float]]) -> list[bool]:
+    return [any(t2 <= t and e2 <= e and (t2, e2) != (t, e) for t2, e2 in points) for t, e in points]
+
+
+def plot_pareto(df: pd.DataFrame, meta: dict, baseline: str | None = None, n: int | None = None) -> dict:
+    """Error against time at one n: a hollow marker is dominated (another method is both faster and
+    more accurate there), so that method at that setting is never worth it."""
+    if "rel_err" not in df:
+        raise NothingToPlot("no rel_err column in this run")
+    ok = df[(df["status"] == "ok") & df["rel_err"].notna()].assign(_t=time_cost)
+    ok = ok[ok["_t"].notna()]
+    if ok.empty:
+        raise NothingToPlot("no ok rows with both time and rel_err")
+    avail = sorted(ok["n"].unique())
+    n = n if n is not None else int(avail[-1])
+    if n not in avail:
+        raise NothingToPlot(f"no rows with error and time at n={n}; measured n: "
+                            f"{', '.join(str(int(x)) for x in avail)}")
+    styles = style_map(df, baseline or meta.get("baseline"))
+    out = {}
+    for fixed, part in _split(ok[ok["n"] == n]):
+        modes = sorted(part["mode"].unique(), key=lambda m: (m != "fwd", m))
+        fig, axes = _figure(len(modes))
+        for ax, mode in zip(axes, modes):
+            pts = part[part["mode"] == mode].groupby(_label(part[part["mode"] == mode])) \
+                .agg(t=("_t", "median"), e=("rel_err", "mean"))
+            dom = _dominated(list(zip(pts["t"], pts["e"])))
+            for (lab, r), d in zip(pts.iterrows(), dom):
+                st = styles[lab]
+                ax.plot([r["t"]], [r["e"]], linestyle="none", marker=st["marker"], markersize=8,
+                        color=st["color"], markerfacecolor="none" if d else st["color"],
+                        alpha=0.6 if d else 1.0, label=lab, zorder=st["zorder"])
+            front = pts[[not d for d in dom]].sort_values("t")
+            if len(front) > 1:
+                ax.step(front["t"], front["e"], where="post", color="0.5", lw=1, zorder=1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("time per call (ms, median)" if "batching" not in part or
+                          (part["batching"] != "capacity").all() else "time per sequence (ms)")
+            ax.set_ylabel("relative error vs float64 exact")
+            ax.set_title(f"mode: {MODE_NAMES.get(mode, mode)}", fontsize=10)
+            ax.grid(True, which="major", alpha=0.3)
+        fig.suptitle(_title(f"error vs time at n={fmt_n(n)}", part, meta,
+                            "hollow = dominated (another is faster and more accurate); grey: frontier"),
+                     fontsize=10)
+        _legend(fig, axes)
+        out[_stem(f"pareto-n{n}", fixed)] = fig
+    return out
+
+
+def plot_entropy(df: pd.DataFrame, meta: dict, baseline: str | None = None) -> dict:
+    """Error against the exact attention's normalised entropy, one line per method label, with the
+    error of the uniform answer (every query returns the mean of V) in black."""
+    ok = _error_rows(df, ("rel_err", "entropy"))
+    ok = ok[pd.to_numeric(ok["entropy"], errors="coerce").notna()]
+    if ok.empty:
+        raise NothingToPlot("no ok rows with entropy and rel_err")
+    styles = style_map(df, baseline or meta.get("baseline"))
+    inputs = sorted(c for c in ok if c.startswith("input."))
+    split = [(f, p) for f, p in _split(ok.drop(columns=inputs))]
+    out = {}
+    for fixed, part in split:
+        part = ok.loc[part.index]
+        ns = sorted(part["n"].unique())
+        fig, axes = _figure(len(ns), width=4.8)
+        for ax, n in zip(axes, ns):
+            rows = part[part["n"] == n]
+            key = inputs or ["entropy"]
+            for lab, g in rows.groupby(_label(rows), sort=True):
+                g = g.groupby(key, dropna=False)[["entropy", "rel_err"]].mean().sort_values("entropy")
+                ax.plot(g["entropy"], g["rel_err"], label=lab, **styles[lab])
+            if "uniform_rel_err" in rows and rows["uniform_rel_err"].notna().any():
+                u = rows.groupby(key, dropna=False)[["entropy", "uniform_rel_err"]].mean() \
+                    .sort_values("entropy")
+                ax.plot(u["entropy"], u["uniform_rel_err"], color="black", linestyle="--", lw=2,
+                        label="uniform: every query returns mean(V)")
+            ax.set_yscale("log")
+            ax.set_xlabel("normalised attention entropy (1 = uniform, 0 = one key)")
+            ax.set_ylabel("relative error vs float64 exact")
+            ax.set_title(f"n={fmt_n(n)}", fontsize=10)
+            ax.grid(True, which="major", alpha=0.3)
+        fig.suptitle(_title("approximation error vs attention entropy", part, meta), fontsize=10)
+        _legend(fig, axes)
+        out[_stem("entropy", fixed)] = fig
+    return out
+
+
+def grid_figure(g, meta: dict):
+    """Heatmap of one ``grid.Grid``: colour = log2 of the ratio (blue: the method wins), the measured
+    value in each cell and the paper's in brackets."""
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    vals = np.array([[math.log2(g.values[(r, c)]) if (r, c) in g.values else np.nan for c in g.cols]
+                     for r in g.rows], dtype=float)
+    fig = Figure(figsize=(1.3 * len(g.cols) + 3, 0.55 * len(g.rows) + 2.2), layout="constrained")
+    ax = fig.subplots()
+    span = max(1.0, float(np.nanmax(np.abs(vals)))) if np.isfinite(vals).any() else 1.0
+    cmap = __import__("matplotlib").colormaps["RdBu"].with_extremes(bad="0.88")
+    im = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, aspect="auto",
+                   norm=TwoSlopeNorm(0.0, -span, span))
+    for i, r in enumerate(g.rows):
+        for j, c in enumerate(g.cols):
+            text = g.cell_text(r, c, with_paper=False)
+            if (r, c) in g.paper:
+                text += f"\n({g.paper[(r, c)]:g}×)"
+            dark = np.isfinite(vals[i, j]) and abs(vals[i, j]) > 0.6 * span
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
+    ax.set_xticks(range(len(g.cols)), [str(c) for c in g.cols])
+    ax.set_yticks(range(len(g.rows)), [fmt_n(r) if g.row_name == "n" else str(r) for r in g.rows])
+    ax.set_xlabel(g.col_name)
+    ax.set_ylabel(g.row_name + (" (tokens)" if g.row_name == "n" else ""))
+    cb = fig.colorbar(im, ax=ax, shrink=0.8)
+    cb.set_label("log2 ratio (>0: method better)")
+    note = "(paper value in brackets)" if g.paper else ""
+    ax.set_title(_title(g.title, pd.DataFrame(), meta, note).replace("\n\n", "\n"), fontsize=9)
+    return fig
+
+
+def plot_grid(df: pd.DataFrame, meta: dict, baseline: str | None = None, rows: str = "n",
+              cols: str | None = None) -> dict:
+    from attnbench.grid import grids
+
+    baseline = baseline or meta.get("baseline")
+    found = [g for kind in ("speedup", "memory") for g in grids(df, meta, kind, baseline, rows, cols)]
+    if not found:
+        raise NothingToPlot(f"no approximate method with a param {cols or '(budget knob)'} and a "
+                            f"baseline {baseline} row on the same cells")
+    return {f"grid-{g.slug}": grid_figure(g, meta) for g in found}
+
+
+PLOTTERS = {"scaling": plot_scaling, "memory": plot_memory, "error": plot_error,
+            "pareto": plot_pareto, "grid": plot_grid, "entropy": plot_entropy}
+
+
+def make_figures(df: pd.DataFrame, meta: dict, kinds=KINDS, *, baseline: str | None = None,
+                 n: int | None = None, rows: str = "n", cols: str | None = None,
+                 strict: bool = False) -> tuple[dict, dict]:
+    """Figures of every kind asked for, and ``{kind: why}`` for kinds with nothing to plot (raised
+    instead when ``strict``)."""
+    figs, skipped = {}, {}
+    for kind in kinds:
+        extra = {"n": n} if kind == "pareto" else {"rows": rows, "cols": cols} if kind == "grid" else {}
+        try:
+            figs.update(PLOTTERS[kind](df, meta, baseline, **extra))
+        except NothingToPlot as exc:
+            if strict:
+                raise
+            skipped[kind] = str(exc)
+    return figs, skipped
+
+
+def save_figure(fig, stem: Path, formats=("png", "svg")) -> list[Path]:
+    paths = []
+    for fmt in formats:
+        path = Path(f"{stem}.{fmt}")
+        fig.savefig(path, dpi=130 if fmt == "png" else None, metadata={"Date": None} if fmt == "svg"
+                    else None)
+        paths.append(path)
+    return paths
+
+
+def cmd_plot(args, console) -> int:
+    from attnbench.cli import BadInput
+    from attnbench.report import check_baseline
+    from attnbench.store import load_results, read_meta
+
+    meta, df = read_meta(args.run_dir), load_results(args.run_dir)
+    if df.empty:
+        raise BadInput(f"{args.run_dir}: no result rows to plot")
+    kinds = [k.strip() for k in args.kind.split(",")] if args.kind != "all" else list(KINDS)
+    for k in kinds:
+        if k not in KINDS:
+            raise BadInput(f"plot --kind {k!r}: choose from {', '.join(KINDS)} or all")
+    baseline = args.baseline or meta.get("baseline")
+    check_baseline(df, baseline)
+    try:
+        figs, skipped = make_figures(df, meta, kinds, baseline=baseline, n=args.n, rows=args.rows,
+                                     cols=args.cols, strict=args.kind != "all")
+    except NothingToPlot as exc:
+        raise BadInput(f"plot: nothing to plot: {exc}") from None
+    out = Path(args.out or Path(args.run_dir) / "plots")
+    out.mkdir(parents=True, exist_ok=True)
+    for stem, fig in figs.items():
+        for path in save_figure(fig, out / stem, tuple(args.format.split(","))):
+            console.print(f"wrote {path}", highlight=False)
+    for kind, why in skipped.items():
+        console.print(f"skipped {kind}: {why}", highlight=False, style="dim")
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("plot", help="plots of a finished run (PNG and SVG)")
+    p.add_argument("run_dir")
+    p.add_argument("--kind", default="all", help=f"comma-separated: {', '.join(KINDS)} (default all "
+                   "that apply)")
+    p.add_argument("--out", help="output directory (default RUN_DIR/plots)")
+    p.add_argument("--n", type=int, help="pareto: the sequence length (default the largest measured)")
+    p.add_argument("--baseline", help="exact baseline drawn in black (default: the suite's)")
+    p.add_argument("--rows", default="n", help="grid: rows (default n)")
+    p.add_argument("--cols", help="grid: a param for the columns (default each method's budget knob)")
+    p.add_argument("--format", default="png,svg", help="png, svg or both (default png,svg)")
+    p.set_defaults(func=cmd_plot)
