@@ -36,7 +36,7 @@ Pred = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass(frozen=True)
 class LocalParams:
     window: int = 256  # w: query i sees keys with |i - j| < w (causal: 0 <= i - j < w)
-    kernel: Kernel = "auto"  # auto = FlexAttention on CUDA, blocked gather kernel on CPU
+    kernel: Kernel = "auto"  # auto: FlexAttention on CUDA, blocked kernel on CPU (flex on CPU: fwd only)
 
 
 @dataclass(frozen=True)
@@ -285,7 +285,10 @@ def flex_block_mask(pattern: Pattern, device: torch.device):
 
 
 class SparseAttention(nn.Module):
-    """Attention under a fixed pattern, on FlexAttention (compiled once here) or the blocked kernel."""
+    """Attention under a fixed pattern, on FlexAttention (compiled once here) or the blocked kernel.
+
+    The FlexAttention warm-up runs at batch 1 (the build context has no batch size); another batch
+    size recompiles once more, inside the harness's untimed warm-up calls."""
 
     def __init__(self, pattern: Pattern, ctx: BuildContext, kernel: str):
         super().__init__()
@@ -307,6 +310,10 @@ class SparseAttention(nn.Module):
     def _init_flex(self, ctx: BuildContext):
         from torch.nn.attention.flex_attention import flex_attention
 
+        def sync():
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+
         try:
             import torch._dynamo.config as dynamo_config
 
@@ -321,15 +328,18 @@ class SparseAttention(nn.Module):
             q, k, v = (torch.randn(shape, device=ctx.device, dtype=ctx.dtype) for _ in range(3))
             t0 = time.perf_counter()
             self.flex(q, k, v, block_mask=self.block_mask)
-            _sync(ctx.device)
+            sync()
             t1 = time.perf_counter()
-            q, k, v = (t.requires_grad_() for t in (q, k, v))
-            self.flex(q, k, v, block_mask=self.block_mask).sum().backward()
-            _sync(ctx.device)
+            if ctx.device.type == "cuda":  # compiled FlexAttention has no backward on CPU
+                q, k, v = (t.requires_grad_() for t in (q, k, v))
+                self.flex(q, k, v, block_mask=self.block_mask).sum().backward()
+                sync()
         except Exception as exc:  # noqa: BLE001 - inductor/triton fail in many ways
             raise Unsupported(f"FlexAttention failed: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from exc
-        self._stats.update(compiled=True, compile_s=t1 - t0, compile_bwd_s=time.perf_counter() - t1)
+        self._stats.update(compiled=True, compile_s=t1 - t0)
+        if ctx.device.type == "cuda":
+            self._stats["compile_bwd_s"] = time.perf_counter() - t1
 
     def forward(self, q, k, v):
         if self.kernel == "flex":
@@ -342,11 +352,6 @@ class SparseAttention(nn.Module):
     def flops(self, q, k, v) -> float:
         b, h, n, d = q.shape
         return 4.0 * b * h * self._stats["kernel_density"] * n * n * d
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_pattern(name: str, p, ctx: BuildContext) -> Pattern:
@@ -368,17 +373,16 @@ def pattern_mask(name: str, p, ctx: BuildContext) -> torch.Tensor:
     return build_pattern(name, p, ctx).dense()
 
 
-def _positive(*fields: str):
-    def check(p, ctx):
-        bad = [f"{f}={getattr(p, f)}" for f in fields if getattr(p, f) < 1]
-        return f"{', '.join(bad)} must be >= 1" if bad else None
-    return check
+def _window(p, ctx):
+    return None if p.window >= 1 else f"window={p.window} must be >= 1"
 
 
 def _divides(field: str):
     def check(p, ctx):
         size = getattr(p, field)
-        return None if size >= 1 and ctx.n % size == 0 else f"n={ctx.n} must be divisible by {field}={size}"
+        if size >= 1 and ctx.n % size == 0:
+            return None
+        return f"n={ctx.n} must be divisible by {field}={size}"
     return check
 
 
@@ -395,7 +399,7 @@ def _bigbird_counts(p, ctx):
 _COMMON = dict(family="sparse", exact=False, causal=True, backward=True)
 
 
-@register_method("local", params=LocalParams, budget="window", constraints=(_positive("window"),),
+@register_method("local", params=LocalParams, budget="window", constraints=(_window,),
                  **_COMMON)
 def build_local(p: LocalParams, ctx: BuildContext) -> nn.Module:
     """Sliding-window attention: each query sees the keys within `window` positions."""
@@ -403,7 +407,7 @@ def build_local(p: LocalParams, ctx: BuildContext) -> nn.Module:
 
 
 @register_method("strided", params=StridedParams, budget="stride",
-                 constraints=(_positive("stride"), _divides("stride")), **_COMMON)
+                 constraints=(_divides("stride"),), **_COMMON)
 def build_strided(p: StridedParams, ctx: BuildContext) -> nn.Module:
     """Sparse Transformer strided pattern: local band of `stride` plus every `stride`-th key."""
     return SparseAttention(build_pattern("strided", p, ctx), ctx, p.kernel)
