@@ -68,11 +68,11 @@ def draw_omega(m: int, d: int, orthogonal: bool, generator: torch.Generator) -> 
 def favor_features(x: torch.Tensor, omega: torch.Tensor, positive: bool = True) -> torch.Tensor:
     """Unstabilised random features with E[φ(x)ᵀφ(y)] = exp(xᵀy); ``x`` is already scaled by d^(-1/4).
 
-    Positive: exp(ωᵀx − ‖x‖²/2)/√m, shape (..., m). Trigonometric: exp(‖x‖²/2)/√m·[sin ωᵀx, cos ωᵀx],
-    shape (..., 2m). For tests and for reading; attention uses the stabilised form in the module.
+    ``omega`` is (m, d) or a batch (S, m, d). Positive: exp(ωᵀx − ‖x‖²/2)/√m, shape (..., m).
+    Trigonometric: exp(‖x‖²/2)/√m·[sin ωᵀx, cos ωᵀx], shape (..., 2m). For tests and for reading; attention uses the stabilised form in the module.
     """
-    m = omega.shape[0]
-    proj = x @ omega.transpose(-1, -2)  # (..., m)
+    m = omega.shape[-2]
+    proj = x @ omega.transpose(-1, -2)  # (..., m); a batch of draws (S, m, d) broadcasts
     sq = (x * x).sum(-1, keepdim=True) / 2
     if positive:
         return torch.exp(proj - sq) / math.sqrt(m)

@@ -40,7 +40,7 @@ def rel_err(out, q, k, v, causal=False) -> float:
 # The random-feature estimate itself
 
 def scaled_pair(d):
-    """Two already-scaled vectors of norm 0.6: small enough that 2000 draws pin the mean to ~2%."""
+    """Two already-scaled vectors of norm 0.6: small enough that 1000 draws pin the mean to ~2%."""
     u = torch.randn(2, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     return tuple(0.6 * t / t.norm() for t in u)
 
@@ -48,24 +48,24 @@ def scaled_pair(d):
 @pytest.mark.parametrize("positive", [True, False])
 @pytest.mark.parametrize("orthogonal", [True, False])
 def test_kernel_estimate_is_unbiased(positive, orthogonal):
-    d, m, draws = 16, 16, 2000
+    d, m, draws = 16, 16, 1000
     x, y = scaled_pair(d)
     target = math.exp(float(x @ y))  # exp(qᵀk/√d) for q = x·d^(1/4), k = y·d^(1/4)
     gen = torch.Generator().manual_seed(1)
-    est = torch.stack([favor_features(x, w, positive) @ favor_features(y, w, positive)
-                       for w in (draw_omega(m, d, orthogonal, gen) for _ in range(draws))])
+    ws = torch.stack([draw_omega(m, d, orthogonal, gen) for _ in range(draws)])  # (draws, m, d)
+    est = (favor_features(x, ws, positive) * favor_features(y, ws, positive)).sum(-1)  # (draws,)
     tol = 4 * float(est.std()) / math.sqrt(draws)  # four standard errors of the mean
     assert tol < 0.05 * target  # enough draws to see a 5% bias
     assert abs(float(est.mean()) - target) < tol
 
 
 def test_dropping_the_norm_term_is_caught_by_the_unbiasedness_check():
-    d, m, draws = 16, 16, 2000
+    d, m, draws = 16, 16, 500
     x, y = scaled_pair(d)
     target = math.exp(float(x @ y))
     gen = torch.Generator().manual_seed(1)
-    ws = [draw_omega(m, d, True, gen) for _ in range(draws)]
-    est = torch.stack([torch.exp(x @ w.t()) @ torch.exp(y @ w.t()) / m for w in ws])
+    ws = torch.stack([draw_omega(m, d, True, gen) for _ in range(draws)])  # (draws, m, d)
+    est = (torch.exp(x @ ws.transpose(-1, -2)) * torch.exp(y @ ws.transpose(-1, -2))).sum(-1) / m
     assert abs(float(est.mean()) - target) > 4 * float(est.std()) / math.sqrt(draws)
 
 
@@ -79,7 +79,7 @@ def test_orthogonal_draw_has_orthogonal_blocks_and_chi_lengths():
         gram = unit @ unit.t()
         assert torch.allclose(gram, torch.eye(len(block), dtype=gram.dtype), atol=1e-10)
     lengths = torch.cat([draw_omega(64, d, True, torch.Generator().manual_seed(s)).norm(dim=1)
-                         for s in range(50)])
+                         for s in range(20)])
     assert float((lengths ** 2).mean()) == pytest.approx(d, rel=0.05)  # E‖ω‖² = d for chi_d
 
 
@@ -187,7 +187,7 @@ def test_gradients_match_finite_differences(name, params, causal):
     g = torch.Generator().manual_seed(0)
     inputs = tuple(torch.randn(1, 1, 10, 4, generator=g, dtype=torch.float64).requires_grad_()
                    for _ in range(3))
-    assert torch.autograd.gradcheck(m, inputs)
+    assert torch.autograd.gradcheck(m, inputs, fast_mode=True)
 
 
 # Low precision
@@ -265,15 +265,14 @@ def test_extra_memory_grows_linearly_in_n():
         with torch.no_grad():
             return measure_memory(lambda: module(q, k, v), "cpu")["extra_mem_mib"]
 
-    naive_growth = extra(2048, NaiveAttention(True)) / extra(512, NaiveAttention(True))
-    assert naive_growth > 12  # the n×n scores: 16× for 4× n, so the measurement sees growth
+    def growth(make):
+        return extra(2048, make(2048)) / extra(512, make(512))
+
+    assert growth(lambda n: NaiveAttention(True)) > 12  # n×n scores: 16× for 4× n, and it is seen
     for causal in (False, True):
-        mk = lambda n: PerformerAttention(PerformerParams(nb_features=64),  # noqa: E731
-                                          BuildContext(n=n, heads=4, head_dim=D, causal=causal))
-        assert extra(2048, mk(2048)) / extra(512, mk(512)) < 6
-        lin = lambda n: LinearAttention(LinearParams(), BuildContext(n=n, heads=4, head_dim=D,  # noqa: E731
-                                                                     causal=causal))
-        assert extra(2048, lin(2048)) / extra(512, lin(512)) < 6
+        ctx = lambda n: BuildContext(n=n, heads=4, head_dim=D, causal=causal)  # noqa: E731
+        assert growth(lambda n: PerformerAttention(PerformerParams(nb_features=64), ctx(n))) < 6
+        assert growth(lambda n: LinearAttention(LinearParams(), ctx(n))) < 6
 
 
 def test_flops_are_linear_in_n():
