@@ -299,8 +299,11 @@ class SparseAttention(nn.Module):
         allowed = sum(int(p.mask.sum()) for p in parts)
         self._stats["density"] = allowed / ctx.n**2
         if self.kernel == "blocked":
-            self.parts = [_Part(p.rows.to(ctx.device), p.cols.to(ctx.device), p.mask.to(ctx.device),
-                                p.whole) for p in parts]
+            self._whole = [p.whole for p in parts]
+            for i, p in enumerate(parts):  # buffers: counted as the method's state, moved by .to()
+                for field in ("rows", "cols", "mask"):
+                    self.register_buffer(f"{field}{i}", getattr(p, field).to(ctx.device),
+                                         persistent=False)
             scored = sum(p.mask.numel() for p in parts)
         else:
             self._init_flex(ctx)
@@ -344,7 +347,9 @@ class SparseAttention(nn.Module):
     def forward(self, q, k, v):
         if self.kernel == "flex":
             return self.flex(q, k, v, block_mask=self.block_mask)
-        return blocked_attention(q, k, v, self.parts, 1.0 / math.sqrt(q.shape[-1]))
+        parts = [_Part(*(getattr(self, f"{field}{i}") for field in ("rows", "cols", "mask")), whole)
+                 for i, whole in enumerate(self._whole)]
+        return blocked_attention(q, k, v, parts, 1.0 / math.sqrt(q.shape[-1]))
 
     def stats(self) -> dict:
         return dict(self._stats)
