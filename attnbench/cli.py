@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory limit for capacity mode (default: the device's own)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-table", action="store_true", help="don't print the results table")
+    p.add_argument("--isolate", action="store_true",
+                   help="run cells in a worker process: a crash or a hang becomes a crashed or "
+                        "timeout row and the sweep goes on in a fresh worker")
+    p.add_argument("--isolate-per", choices=["method", "cell"],
+                   help="a worker per method (default) or per cell (implies --isolate)")
+    p.add_argument("--timeout-s", type=float, metavar="S",
+                   help="per-cell time limit in seconds (implies --isolate)")
 
     sub.add_parser("env", help="versions, device and git state that runs record")
     for name in VERB_MODULES:
@@ -148,15 +155,28 @@ def cmd_run(args, console) -> int:
     outcome = run_suite(args.suite, device, out=args.out, only=_names(args.only),
                         skip=_names(args.skip), resume=args.resume, progress=not args.no_progress,
                         command=["attnbench", *sys.argv[1:]] if sys.argv else None,
-                        cuda_graphs=args.cuda_graphs, capacity_limit_mib=args.capacity_limit_mib)
-    write_reports(outcome.run_dir)
-    if not args.no_table:
-        render_terminal(outcome.run_dir, console)
+                        cuda_graphs=args.cuda_graphs, capacity_limit_mib=args.capacity_limit_mib,
+                        isolate=args.isolate_per or ("method" if args.isolate else None),
+                        timeout_s=args.timeout_s,
+                        plugins=args.plugin)
+    try:  # the rows are safe on disk; a report that can't be made must not turn into a failed run
+        write_reports(outcome.run_dir)
+        if not args.no_table:
+            render_terminal(outcome.run_dir, console)
+    except BadInput as exc:
+        from rich.markup import escape
+
+        console.print(f"[yellow]no report:[/] {escape(str(exc))}", highlight=False)
     console.print(f"results: {outcome.run_dir}/results.jsonl")
     if outcome.interrupted:
-        console.print(f"[yellow]interrupted[/]; finish it with: attnbench run --resume "
-                      f"{outcome.run_dir}" + (f" --device {args.device}" if args.device != "cpu"
-                                              else ""))
+        import shlex
+
+        from rich.markup import escape
+
+        hint = ["attnbench", *(a for p in args.plugin for a in ("--plugin", p)), "run", "--resume",
+                str(outcome.run_dir), *(["--device", args.device] if args.device != "cpu" else [])]
+        console.print(f"[yellow]interrupted[/]; finish it with: {escape(shlex.join(hint))}",
+                      highlight=False, soft_wrap=True)
     return outcome.exit_code
 
 

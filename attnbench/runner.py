@@ -6,6 +6,9 @@
   recorded as ``oom-pruned`` without running.
 - ``--resume RUN_DIR`` runs exactly the cells that have no row yet.
 - Ctrl-C or SIGTERM abandons the current cell, records the run as interrupted and returns 130.
+- ``isolate="method"`` or ``"cell"`` runs cells in worker processes (:mod:`attnbench.isolate`): a
+  worker that dies gives a ``crashed`` row, a cell past ``timeout_s`` a ``timeout`` row, and the sweep
+  goes on in a fresh worker.
 """
 from __future__ import annotations
 
@@ -25,6 +28,10 @@ from attnbench.registry import REGISTRY, BuildContext
 from attnbench.store import (META, ResultWriter, RunDirError, RunLock, iter_rows, new_run_dir,
                              read_meta, write_json_atomic)
 from attnbench.suite import Case, Suite, SuiteError, expand, load_suite, parse_suite
+
+
+FAILED = ("error", "crashed", "timeout")  # statuses that make the run exit 1
+ISOLATE_MODES = ("method", "cell")
 
 
 class Interrupted(BaseException):
@@ -48,7 +55,7 @@ class RunOutcome:
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
-        return 1 if self.counts.get("error", 0) else 0
+        return 1 if any(self.counts.get(s, 0) for s in FAILED) else 0
 
 
 def parse_device(name: str) -> torch.device:
@@ -119,11 +126,18 @@ def _raise_interrupt(signum, frame):
 def run_suite(suite: Suite | str | Path, device: str | torch.device = "cpu", *,
               out: str | Path = "results", only=None, skip=None, resume: str | Path | None = None,
               progress: bool = True, command: list[str] | None = None, cuda_graphs: bool = False,
-              capacity_limit_mib: float = 0.0, on_row=None) -> RunOutcome:
+              capacity_limit_mib: float = 0.0, on_row=None, isolate: str | None = None,
+              timeout_s: float | None = None, plugins: list[str | Path] | None = None) -> RunOutcome:
     """Run a suite (object, built-in name or path) and return where its rows went.
 
     With ``resume``, the suite is the copy saved in that run directory and only cells without a row run.
+    ``isolate`` ("method" or "cell") runs cells in worker processes with a per-cell ``timeout_s``;
+    ``plugins`` are the plugin files the workers load (default: those loaded in this process).
     """
+    if isolate is not None and isolate not in ISOLATE_MODES:
+        raise SuiteError(f"--isolate {isolate!r}: allowed: {', '.join(ISOLATE_MODES)}")
+    if timeout_s is not None and not 0 < timeout_s < 1e7:
+        raise SuiteError(f"--timeout-s {timeout_s!r}: expected a number of seconds > 0")
     device = parse_device(str(device)) if not isinstance(device, torch.device) else device
     if resume is not None:
         run_dir = Path(resume)
@@ -135,10 +149,19 @@ def run_suite(suite: Suite | str | Path, device: str | torch.device = "cpu", *,
         if meta.get("device_type") and meta["device_type"] != device.type:
             raise RunDirError(f"{run_dir} was run on {meta['device_type']}; resume it with "
                               f"--device {meta['device_type']}")
+        _check_meta(run_dir, meta)
         only, skip = meta.get("only"), meta.get("skip")
         cuda_graphs = meta.get("cuda_graphs", cuda_graphs)
+        isolate = isolate or meta.get("isolate")
+        timeout_s = timeout_s or meta.get("timeout_s")
     elif not isinstance(suite, Suite):
         suite = load_suite(str(suite))
+    if timeout_s is not None and isolate is None:
+        isolate = "method"  # a hung cell can only be stopped from outside its process
+    if isolate and not suite.text:
+        raise SuiteError(f"{suite.path}: --isolate needs a suite read from TOML (its workers load "
+                         "the run directory's suite.toml)")
+    plugins = [str(Path(p).resolve()) for p in (plugins if plugins is not None else loaded_plugins())]
     cells = plan(suite, device, only, skip)
     if resume is None:
         run_dir = new_run_dir(Path(out), suite.name, device_tag(device))
@@ -149,13 +172,52 @@ def run_suite(suite: Suite | str | Path, device: str | torch.device = "cpu", *,
                 "only": sorted(only) if only else None, "skip": sorted(skip) if skip else None,
                 "cuda_graphs": cuda_graphs, "cells_planned": len(cells), "started": _now(),
                 "provenance": provenance(device)}
+    meta.update(isolate=isolate, timeout_s=timeout_s, plugins=plugins)
+    executor = None
+    if isolate:
+        from attnbench.isolate import IsolatedCells
+
+        init = {"op": "init", "suite": str((run_dir / "suite.toml").resolve()), "plugins": plugins,
+                "device": str(device), "cuda_graphs": cuda_graphs,
+                "capacity_limit_mib": capacity_limit_mib,
+                "fault_log": str((run_dir / "worker_faults.log").resolve())}
+        executor = IsolatedCells(init, isolate, timeout_s)
     with RunLock(run_dir):
         return _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_limit_mib,
-                      on_row, resumed=resume is not None)
+                      on_row, resumed=resume is not None, executor=executor)
+
+
+def _check_meta(run_dir: Path, meta: dict) -> None:
+    """meta.json is data from disk: check the fields a resume acts on before using them."""
+    def bad(key):
+        raise RunDirError(f"{run_dir}/{META}: {key} = {meta.get(key)!r} is not valid; is this a run "
+                          "directory written by attnbench?")
+
+    for key in ("only", "skip"):
+        v = meta.get(key)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            bad(key)
+    if not isinstance(meta.get("device_type", "cpu"), str):
+        bad("device_type")
+    if not isinstance(meta.get("cuda_graphs", False), bool):
+        bad("cuda_graphs")
+    if meta.get("isolate") not in (None, *ISOLATE_MODES):
+        bad("isolate")
+    t = meta.get("timeout_s")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1e7):
+        bad("timeout_s")
+    if isinstance(meta.get("resumes", 0), bool) or not isinstance(meta.get("resumes", 0), int):
+        bad("resumes")
+
+
+def loaded_plugins() -> list[str]:
+    """Files loaded with ``--plugin`` in this process (workers of an isolated run load them too)."""
+    return sorted({m.__file__ for name, m in list(sys.modules.items())
+                   if name.startswith("attnbench_plugin_") and getattr(m, "__file__", None)})
 
 
 def _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_limit_mib, on_row,
-           resumed):
+           resumed, executor=None):
     writer = ResultWriter(run_dir)  # sets a torn last line aside before the rows are read
     existing = list(iter_rows(run_dir))
     done = {r["cell_id"] for r in existing}
@@ -193,7 +255,7 @@ def _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_
                     row.update(status="oom-pruned",
                                reason=f"out of memory at n={oom_at[fam]}; larger n not run")
                 else:
-                    row.update(run_cell(ctx, case))
+                    row.update(run_cell(ctx, case) if executor is None else executor.run(case))
                     if row["status"] == "oom":
                         oom_at[fam] = min(oom_at.get(fam, case.n), case.n)
                 row["finished"] = _now()
@@ -205,6 +267,8 @@ def _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_
         interrupted = True
         meta["interrupted_by"] = str(exc)
     finally:
+        if executor is not None:
+            executor.close()  # also on interruption: no worker outlives the run
         for s, h in old.items():
             signal.signal(s, h)
         writer.close()

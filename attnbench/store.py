@@ -11,6 +11,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import secrets
 import warnings
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any, Iterator
 
 RESULTS = "results.jsonl"
 META = "meta.json"
+# Path components built from data (suite name, device tag): never empty, '.', '..' or with a separator.
+SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class RunDirError(Exception):
@@ -40,8 +43,13 @@ def _clean(value: Any) -> Any:
 
 def new_run_dir(out: Path, suite_name: str, device_tag: str) -> Path:
     """A fresh directory; never one that exists, so no run overwrites another."""
+    if not SAFE_PART.match(suite_name) or not SAFE_PART.match(device_tag):
+        raise RunDirError(f"unsafe run directory name {suite_name!r}/{device_tag!r}")
     parent = Path(out) / suite_name
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"--out {out}: cannot create {parent}: {exc.strerror or exc}") from None
     for _ in range(100):
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run = parent / f"{stamp}-{device_tag}-{secrets.token_hex(2)}"
@@ -50,6 +58,8 @@ def new_run_dir(out: Path, suite_name: str, device_tag: str) -> Path:
             return run
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise RunDirError(f"--out {out}: cannot create {run}: {exc.strerror or exc}") from None
     raise RunDirError(f"could not create a new run directory under {parent}")
 
 
@@ -61,7 +71,10 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a planted symlink named .lock can't make us write elsewhere
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise RunDirError(f"{self.path.parent}: cannot lock: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -96,9 +109,12 @@ def read_meta(run_dir: Path) -> dict:
     if not path.is_file():
         raise RunDirError(f"{run_dir}: not a run directory (no {META})")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunDirError(f"{path}: unreadable: {exc}") from None
+    if not isinstance(meta, dict):
+        raise RunDirError(f"{path}: unreadable: expected a JSON object")
+    return meta
 
 
 class ResultWriter:
