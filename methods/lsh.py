@@ -77,6 +77,8 @@ def shared_qk_attention(q: torch.Tensor, v: torch.Tensor, *, causal: bool,
 
 
 class LSHAttention(nn.Module):
+    """LSH attention over ``n_hashes`` rounds of hashed, sorted and chunked shared-QK attention."""
+
     def __init__(self, p: LSHParams, ctx: BuildContext):
         super().__init__()
         self.bucket_size, self.n_hashes, self.causal = p.bucket_size, p.n_hashes, ctx.causal

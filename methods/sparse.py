@@ -293,7 +293,9 @@ class SparseAttention(nn.Module):
     def __init__(self, pattern: Pattern, ctx: BuildContext, kernel: str):
         super().__init__()
         self.pattern = pattern
-        self.kernel = ("flex" if ctx.device.type == "cuda" else "blocked") if kernel == "auto" else kernel
+        if kernel == "auto":
+            kernel = "flex" if ctx.device.type == "cuda" else "blocked"
+        self.kernel = kernel
         self._stats: dict = {"kernel": self.kernel, "compiled": False}
         parts = plan(pattern)  # CPU, cheap: O(allowed pairs); also gives the exact density
         allowed = sum(int(p.mask.sum()) for p in parts)
