@@ -107,7 +107,8 @@ def crossover_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
                    measured_n=f"{fmt_n(ns[0])}–{fmt_n(ns[-1])}" if ns else "—",
                    speedup_at_max_n=(b.at[common[-1], "_t"] / m.at[common[-1], "_t"]) if ns
                    else math.nan,
-                   note="; ".join(notes), time_crossover_n=t.n, mem_crossover_n=mem.n)
+                   note="; ".join(notes), time_crossover_n=math.nan if t.n is None else t.n,
+                   mem_crossover_n=math.nan if mem.n is None else mem.n)
         out.append(row)
     res = pd.DataFrame(out)
     if res.empty:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from attnbench.report import (baseline_mask, cell_key_columns, check_baseline, escape_md, fmt_n,
-                              md_table, time_cost)
+                              md_table, row_keys, time_cost)
 
 DATA = Path(__file__).parent / "data"
 PAPER_TABLES = {"linformer_table3": DATA / "linformer_table3.csv"}
@@ -92,7 +92,7 @@ def grids(df: pd.DataFrame, meta: dict, kind: str, baseline: str, rows: str = "n
     if method:
         others = others[(others["method"] == method) | (others.get("label") == method)]
     keys = cell_key_columns(df)
-    key = lambda frame: frame[keys].astype(str).agg("|".join, axis=1)  # noqa: E731
+    key = lambda frame: row_keys(frame, keys)  # noqa: E731
     base = base.assign(_key=key(base), _ok=base["status"] == "ok").sort_values("_ok", ascending=False)
     base_of = {}
     for k, r in zip(base["_key"], base.to_dict("records")):

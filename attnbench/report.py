@@ -26,6 +26,14 @@ def cell_key_columns(df: pd.DataFrame) -> list[str]:
         c for c in df.columns if c.startswith("input."))
 
 
+def row_keys(df: pd.DataFrame, cols: list[str]) -> pd.Series:
+    """One string per row joining ``cols`` (missing values included), for matching cells."""
+    if df.empty:
+        return pd.Series([], index=df.index, dtype=object)
+    return pd.Series(["|".join(map(str, t)) for t in df[cols].itertuples(index=False, name=None)],
+                     index=df.index, dtype=object)
+
+
 def varying(df: pd.DataFrame, cols) -> list[str]:
     """The columns of ``cols`` that take more than one value in ``df``."""
     return [c for c in cols if c in df.columns and df[c].astype(str).nunique() > 1]
@@ -69,8 +77,7 @@ def with_baseline(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     base = df[baseline_mask(df, baseline) & (df["status"] == "ok")]
     if base.empty:
         return df
-    key = lambda frame: frame[keys].astype(str).agg("|".join, axis=1)  # noqa: E731
-    k = key(df)
+    k = row_keys(df, keys)
     base_key = k[base.index]
     t = time_cost(df)
     peak = pd.to_numeric(df.get("peak_mem_mib", pd.Series(math.nan, index=df.index)), errors="coerce")
