@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from attnbench.capacity import CapacityProbe, max_batch
+from attnbench.accuracy import StatsCache, budget_rank, input_columns
 from attnbench.dtypes import to_torch
 from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import NoExactCounterpart, build_level, count_parameters, reference_output
@@ -108,17 +109,21 @@ def _stats(module: torch.nn.Module) -> dict:
 
 def _error(ctx: CellContext, case: Case, module, inputs, dtype) -> dict:
     """Error of this method's output against a float64 exact reference, and the baseline's own error
-    in the same dtype (so rounding is not mistaken for approximation)."""
+    in the same dtype (so rounding is not mistaken for approximation). At core level also what the
+    error means on these inputs (:mod:`attnbench.accuracy`): attention entropy, uniform attention's
+    error and, for low-rank methods, the truncated-SVD error at the method's rank."""
     out = Step(module, inputs, "fwd").forward_output()
     if not torch.isfinite(out).all():
         return {"_nan": True}
     # The reference is shared by every method on the same inputs, unless it depends on the method:
     # its own exact_reference hook (e.g. shared-QK attention) or its own projections (hidden-state
-    # methods, whose exact counterpart keeps their weights).
+    # methods, whose exact counterpart keeps their weights). The dtype is part of the key because the
+    # inputs are rounded to it: one reference per dtype, whatever order the cells run in.
     own = (getattr(module, "exact_reference", None) is not None
            or REGISTRY.get(case.method).takes_hidden)
     ref_key = (case.level, case.n, case.batch, case.heads, case.head_dim, case.causal, case.input,
-               case.seed, case.layers, case.ffn_dim, (case.method, case.params) if own else None)
+               case.seed, case.layers, case.ffn_dim, case.dtype,
+               (case.method, case.params) if own else None)
     inputs32 = tuple(t.float() for t in inputs)
     try:
         ref = ctx.cached(("ref", ref_key), lambda: reference_output(module, inputs32, case.causal))
@@ -128,7 +133,26 @@ def _error(ctx: CellContext, case: Case, module, inputs, dtype) -> dict:
     if not own:
         row["baseline_rel_err"] = ctx.cached(("base", ref_key, case.dtype),
                                              lambda: _baseline_error(ctx, case, inputs, dtype, ref))
+    if case.level == "core":
+        row.update(_accuracy_columns(ctx, case, module, inputs32, ref, row["rel_err"], ref_key, own))
     return row
+
+
+def _accuracy_columns(ctx: CellContext, case: Case, module, inputs32, ref, rel_err: float,
+                      ref_key, own: bool) -> dict:
+    """entropy, uniform_rel_err, err_vs_uniform, svd_rel_err: per input set, in a cache of small
+    values that lives as long as the run's context (the reference cache keeps only a few entries)."""
+    cache = vars(ctx).setdefault("_accuracy_stats", StatsCache())
+    q, k, v = inputs32
+    own_probs = None
+    if own:
+        hook = module.exact_reference
+        own_probs = lambda pv: hook(q.double(), k.double(), pv).double()  # noqa: E731
+    spec = REGISTRY.get(case.method)
+    rank = None if spec.exact else budget_rank(case.method, spec.params(**case.params_dict),
+                                               _stats(module), case.head_dim)
+    return input_columns(cache, ref_key, q, k, v, ref, rel_err, causal=case.causal,
+                         own_probs=own_probs, rank=rank)
 
 
 def _baseline_error(ctx: CellContext, case: Case, inputs, dtype, ref) -> float | None:
