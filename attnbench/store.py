@@ -135,7 +135,8 @@ class ResultWriter:
 
 
 def repair_torn_tail(path: Path) -> bool:
-    """Move a last line cut mid-write (no newline) to ``results.jsonl.torn``; True if there was one."""
+    """Move a last line cut mid-write (no newline) to ``results.jsonl.torn``; True if there was one.
+    A last line that is a whole row and lacks only its newline is kept."""
     if not path.is_file() or path.stat().st_size == 0:
         return False
     with open(path, "rb+") as f:
@@ -143,12 +144,24 @@ def repair_torn_tail(path: Path) -> bool:
         if data.endswith(b"\n"):
             return False
         cut = data.rfind(b"\n") + 1
+        if _is_row(data[cut:]):  # complete, only its newline is missing: keep it
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            return False
         with open(path.with_name(path.name + ".torn"), "ab") as torn:
             torn.write(data[cut:] + b"\n")
         f.truncate(cut)
         f.flush()
         os.fsync(f.fileno())
     return True
+
+
+def _is_row(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def iter_rows(run_dir: Path) -> Iterator[dict]:
