@@ -14,9 +14,18 @@ import numpy as np
 import pandas as pd
 
 from attnbench.report import CELL_KEYS, _fmt, escape_md, md_table, row_keys, time_cost, varying
-from attnbench.store import load_results, read_meta
+from attnbench.store import iter_rows, load_results, read_meta
 
 SHOWN = ["n", "level", "batch", "heads", "head_dim", "dtype", "mode", "causal", "batching"]
+
+
+def load_run(run_dir) -> pd.DataFrame:
+    """``load_results`` with each row's list of timing samples kept (``time_samples_ms``)."""
+    df = load_results(run_dir)
+    samples = {r.get("cell_id"): r.get("time_samples_ms") for r in iter_rows(Path(run_dir))}
+    if "cell_id" in df:
+        df["time_samples_ms"] = [samples.get(c) for c in df["cell_id"]]
+    return df
 
 
 def _spread(row: pd.Series) -> tuple[float, float]:
@@ -55,7 +64,7 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, threshold: float = 0.0,
     pa, pb = _prepare(a, keys), _prepare(b, keys)
     both = pa.join(pb[["_t", "_q1", "_q3", "peak_mem_mib", "status"]
                       if "peak_mem_mib" in pb else ["_t", "_q1", "_q3", "status"]],
-                   how="inner", lsuffix="_a", rsuffix="_b")
+                   how="inner", suffixes=("_a", "_b"))
     rows = []
     for _, r in both.iterrows():
         label = r.get("label")
@@ -116,7 +125,7 @@ def cmd_compare(args, console) -> int:
     from attnbench.cli import BadInput
 
     metas = [read_meta(args.run_a), read_meta(args.run_b)]
-    cmp, extra = compare_frames(load_results(args.run_a), load_results(args.run_b),
+    cmp, extra = compare_frames(load_run(args.run_a), load_run(args.run_b),
                                 threshold=args.threshold / 100, mem_tolerance=args.mem_tolerance / 100)
     if cmp.empty:
         raise BadInput(f"compare: no cell of {args.run_a} matches one of {args.run_b}")
