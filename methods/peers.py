@@ -20,6 +20,9 @@ Core level, ``forward(q, k, v)`` on (B, H, N, D):
   in our ``lsh``); keys are q scaled to unit length and a query sees itself only when alone. The peer
   draws its random rotations from the global RNG on every call; ``rotations="seeded"`` reseeds that
   draw from the cell seed each call so rows reproduce. ``exact_reference`` is shared-QK attention.
+  Unlike ours, the first chunk of each round looks back into the previous round's last chunk, and by
+  default a pair met in several rounds is counted several times; the peer's correction for that
+  (``allow_duplicate_attention=False``) is offered but its error grows with ``n_hashes``.
 - ``peer_local`` (local-attention ``LocalAttention``): rotary embeddings off, no autopadding. The peer
   cuts the sequence into blocks of ``window``; a query sees its block and the one before (and, not
   causal, the one after). ``exact_windowsize=True`` trims that to ``|i - j| <= window`` (causal:
@@ -53,9 +56,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.reference import reference_attention
-from attnbench.registry import BuildContext, Unsupported, register_method
+from attnbench.registry import BuildContext, register_method
 
 HINT = "pip install 'attnbench[peers]'"
+# modules the packages import on import, so a missing one reads "unavailable" rather than an error row
+LOCAL_DEPS = ("local_attention", "einops", "hyper_connections", "torch_einops_utils")
 
 
 def _seed(ctx: BuildContext, salt: int, *, per_layer: bool = True) -> int:
@@ -82,8 +87,6 @@ class Peer(nn.Module):
         return {"peer": f"{self.dist}=={importlib.metadata.version(self.dist)}"}
 
 
-# performer-pytorch -----------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class PeerPerformerParams:
     nb_features: int = 0  # m, random features; 0 = the peer's default int(d·ln d) (266 at d=64)
@@ -98,10 +101,11 @@ class PeerPerformer(Peer):
         return self.peer(q, k, v)  # (B, H, N, D)
 
     def stats(self) -> dict:
-        kernel = getattr(self.peer, "causal_linear_fn", None)
-        return {**super().stats(), "nb_features": self.peer.nb_features,
-                **({"causal_kernel": getattr(kernel, "__name__", None) or kernel.func.__name__}
-                   if kernel is not None else {})}
+        row = {**super().stats(), "nb_features": self.peer.nb_features}
+        if self.peer.causal:  # the peer's CUDA kernel (fast_transformers) or its chunked fallback
+            fn = self.peer.causal_linear_fn
+            row["causal_kernel"] = getattr(fn, "func", fn).__name__
+        return row
 
 
 def _check_performer(p, ctx):
@@ -109,8 +113,8 @@ def _check_performer(p, ctx):
 
 
 @register_method("peer_performer", family="kernel", exact=False, params=PeerPerformerParams,
-                 causal=True, requires=("performer_pytorch", "einops", "local_attention",
-                                        "axial_positional_embedding", "distutils"),
+                 causal=True, requires=("performer_pytorch", *LOCAL_DEPS, "axial_positional_embedding",
+                                        "distutils"),  # Python >= 3.12: distutils from setuptools
                  install_hint=HINT, constraints=(_check_performer,), budget="nb_features")
 def build_peer_performer(p: PeerPerformerParams, ctx: BuildContext) -> nn.Module:
     """performer-pytorch FastAttention: FAVOR+ with orthogonal random features (community code)."""
@@ -124,13 +128,11 @@ def build_peer_performer(p: PeerPerformerParams, ctx: BuildContext) -> nn.Module
     return PeerPerformer(_seeded(make, _seed(ctx, 0xFA))).to(ctx.device, ctx.dtype)
 
 
-# reformer-pytorch ------------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class PeerReformerParams:
     bucket_size: int = 64  # chunk length; n_buckets = n / bucket_size (the peer needs it even)
     n_hashes: int = 4  # hashing rounds
-    allow_duplicate_attention: bool = True  # False: the peer's duplicate correction (errors grow with n_hashes)
+    allow_duplicate_attention: bool = True  # False: the peer's duplicate correction (see docstring)
     rotations: Literal["seeded", "fresh"] = "seeded"  # seeded: same hash every call, from the cell seed
 
 
@@ -175,8 +177,8 @@ def _check_reformer(p, ctx):
 
 
 @register_method("peer_reformer", family="lsh", exact=False, params=PeerReformerParams, causal=True,
-                 requires=("reformer_pytorch", "einops", "local_attention",
-                           "axial_positional_embedding", "product_key_memory"),
+                 requires=("reformer_pytorch", *LOCAL_DEPS, "axial_positional_embedding",
+                           "product_key_memory", "colt5_attention"),
                  install_hint=HINT, constraints=(_check_reformer,), budget="n_hashes")
 def build_peer_reformer(p: PeerReformerParams, ctx: BuildContext) -> nn.Module:
     """reformer-pytorch LSHAttention: shared-QK, hashed and chunked (community code)."""
@@ -188,8 +190,6 @@ def build_peer_reformer(p: PeerReformerParams, ctx: BuildContext) -> nn.Module:
     seed = _seed(ctx, 0x15A) if p.rotations == "seeded" else None
     return PeerReformer(lsh, seed).to(ctx.device, ctx.dtype)
 
-
-# local-attention -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class PeerLocalParams:
@@ -212,7 +212,7 @@ def _check_local(p, ctx):
 
 
 @register_method("peer_local", family="sparse", exact=False, params=PeerLocalParams, causal=True,
-                 requires=("local_attention", "einops", "hyper_connections"), install_hint=HINT,
+                 requires=LOCAL_DEPS, install_hint=HINT,
                  constraints=(_check_local,), budget="window")
 def build_peer_local(p: PeerLocalParams, ctx: BuildContext) -> nn.Module:
     """local-attention LocalAttention: blocked sliding window, rotary off (community code)."""
@@ -223,8 +223,6 @@ def build_peer_local(p: PeerLocalParams, ctx: BuildContext) -> nn.Module:
                            autopad=False)
     return PeerLocal(local).to(ctx.device, ctx.dtype)
 
-
-# linformer-pytorch (tatp22) --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class PeerTatp22Params:
@@ -288,8 +286,6 @@ def build_peer_linformer_tatp22(p: PeerTatp22Params, ctx: BuildContext) -> nn.Mo
     heads = nn.ModuleList(LinearAttentionHead(d, 0.0, e, f, None) for e, f in pairs)
     return PeerLinformerTatp22(heads).to(ctx.device, ctx.dtype)
 
-
-# layer level: lucidrains linformer and nystrom-attention ---------------------------------------------
 
 def _linear64(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     bias = None if layer.bias is None else layer.bias.double()

@@ -66,8 +66,6 @@ def rel_err(out, ref) -> float:
     return error_metrics(out, ref)["rel_err"]
 
 
-# registration -----------------------------------------------------------------------------------------
-
 def test_registered_at_their_levels_with_requirements(monkeypatch):
     for name in CORE + LAYER:
         spec = REGISTRY.get(name)
@@ -82,8 +80,6 @@ def test_registered_at_their_levels_with_requirements(monkeypatch):
         why = REGISTRY.get(name).unavailable_reason()
         assert why == f"unavailable: {missing} not installed (pip install 'attnbench[peers]')"
 
-
-# every adapter ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", CORE + LAYER)
 @pytest.mark.parametrize("causal", [False, True])
@@ -116,8 +112,6 @@ def test_build_is_reproducible_and_leaves_the_rng_alone(name):
     if weights:  # seeded weights or features differ between cell seeds
         assert any(not torch.equal(t, a.state_dict()[k]) for k, t in weights.items())
 
-
-# exact limits -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_local_window_n_is_exact(causal):
@@ -218,8 +212,6 @@ def test_nystrom_exact_reference_is_the_same_layer_with_softmax_attention():
     assert rel_err(expected, m.exact_reference(x)) < 1e-5
 
 
-# budgets ----------------------------------------------------------------------------------------------
-
 @pytest.mark.parametrize("name,knob,small,large", [
     ("peer_performer", "nb_features", 8, 256),
     ("peer_reformer", "n_hashes", 1, 8),
@@ -245,8 +237,6 @@ def test_error_shrinks_as_the_budget_grows(name, knob, small, large):
     assert mean_err(large) < 0.8 * mean_err(small)
 
 
-# causality --------------------------------------------------------------------------------------------
-
 LEAKS = {
     "peer_performer": "finding: key features are shifted by a max over all positions, the future "
                       "included, before the peer's +eps, so future keys rescale past outputs",
@@ -266,8 +256,6 @@ def test_causal_variants_are_causal(name, record_property):
     record_property("max_past_change", max(causality_violation(m, q, k, v, p) for p in (1, 21, 32, 63)))
     assert is_causal(m, q, k, v)
 
-
-# through the harness ----------------------------------------------------------------------------------
 
 SUITE = """
 name = "peers"
