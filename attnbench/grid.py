@@ -189,8 +189,9 @@ def cmd_grid(args, console) -> int:
     from attnbench.store import load_results, read_meta
 
     meta, df = read_meta(args.run_dir), load_results(args.run_dir)
+    if args.baseline:
+        check_baseline(df, args.baseline)
     baseline = args.baseline or meta.get("baseline", "sdpa")
-    check_baseline(df, baseline)
     found = grids(df, meta, args.grid, baseline, args.rows, args.cols, args.method)
     if not found:
         raise BadInput(f"report --grid: no method in this run has a param {args.cols or '(budget)'} "
@@ -201,7 +202,7 @@ def cmd_grid(args, console) -> int:
         stem = out / f"grid-{g.slug}"
         stem.with_suffix(".md").write_text(to_markdown(g), encoding="utf-8")
         stem.with_suffix(".csv").write_text(to_csv(g), encoding="utf-8")
-        written = save_figure(grid_figure(g, meta), stem, ("png",))
+        written = save_figure(grid_figure(g, meta, df), stem, ("png",))
         if args.format in (None, "table", "html", "latex"):
             console.print(_rich_table(g.title, *to_rows(g)))
         else:

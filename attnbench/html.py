@@ -84,7 +84,7 @@ def render_html(run_dir: str | Path, baseline: str | None = None, kinds=None, n:
                  "interpolated between measured n on a log scale, never extrapolated.</p>",
                  table(heads, rows, None)]
     grids = [g for kind in ("speedup", "memory") for g in gridmod.grids(df, meta, kind, baseline)] \
-        if not df.empty else []
+        if not df.empty and meta.get("suite") in gridmod.PAPER_TABLES else []
     if grids:
         body.append(f"<h2>Grids against {esc(baseline)}</h2>")
         for g in grids:

@@ -33,28 +33,37 @@ def _label(df: pd.DataFrame) -> pd.Series:
     return df["label"] if "label" in df else df["method"]
 
 
+def method_palette(df: pd.DataFrame, baseline: str | None) -> dict[str, tuple]:
+    """method name -> (rgb, marker), in name order, leaving out the baseline's method."""
+    base = set(df.loc[baseline_mask(df, baseline), "method"]) if baseline else set()
+    methods = sorted(set(df["method"].astype(str)) - base)
+    return {m: (_hex(PALETTE[i % len(PALETTE)]), MARKERS[i % len(MARKERS)])
+            for i, m in enumerate(methods)}
+
+
 def style_map(df: pd.DataFrame, baseline: str | None) -> dict[str, dict]:
-    """label -> matplotlib style, fixed for the whole run so every plot agrees."""
+    """label -> matplotlib style, fixed for the whole run so every plot agrees: a colour and marker
+    per method, lighter for a smaller budget; the baseline in thick black."""
     labels = _label(df).astype(str)
-    base = set(labels[baseline_mask(df, baseline)]) if baseline else set()
+    base = sorted(set(labels[baseline_mask(df, baseline)])) if baseline else []
     budget = pd.to_numeric(df.get("budget_value", pd.Series(math.nan, index=df.index)),
                            errors="coerce")
     order = pd.DataFrame({"m": df["method"].astype(str), "l": labels, "b": budget})
-    methods = sorted(set(order["m"]) - {m for m in order.loc[order["l"].isin(base), "m"]})
-    styles = {}
-    for i, m in enumerate(methods):
-        rgb = _hex(PALETTE[i % len(PALETTE)])
+    styles = {lab: dict(color="black", marker="o", linestyle="-", linewidth=2.8, markersize=6,
+                        zorder=5) for lab in base}  # the baseline leads every legend
+    for m, (rgb, marker) in method_palette(df, baseline).items():
         variants = order[order["m"] == m].groupby("l")["b"].max().reset_index() \
             .sort_values(["b", "l"], na_position="first")["l"].tolist()
-        for j, lab in enumerate(variants):
-            light = 0.55 * (1 - j / max(len(variants) - 1, 1)) if len(variants) > 1 else 0.0
-            styles[lab] = dict(color=tuple(c + (1 - c) * light for c in rgb),
-                               marker=MARKERS[i % len(MARKERS)], linestyle="-", linewidth=1.5,
-                               markersize=5, zorder=3)
-    for lab in base:
-        styles[lab] = dict(color="black", marker="o", linestyle="-", linewidth=2.8, markersize=6,
-                           zorder=5)
+        for j, lab in enumerate(v for v in variants if v not in styles):
+            styles[lab] = dict(color=_shade(rgb, j, len(variants), 0.55), marker=marker,
+                               linestyle="-", linewidth=1.5, markersize=5, zorder=3)
     return styles
+
+
+def _shade(rgb, j: int, count: int, most: float) -> tuple:
+    """The j-th of ``count`` shades of ``rgb``: the first lightest, the last the colour itself."""
+    light = most * (1 - j / (count - 1)) if count > 1 else 0.0
+    return tuple(c + (1 - c) * light for c in rgb)
 
 
 def _hex(h: str) -> tuple[float, float, float]:
@@ -88,12 +97,17 @@ def _title(what: str, df: pd.DataFrame, meta: dict, extra: str = "") -> str:
     return head + "\n" + " · ".join(fixed + inputs) + (f"\n{extra}" if extra else "")
 
 
-def _figure(npanels: int, width: float = 5.2, height: float = 4.2):
+def _figure(npanels: int, width: float = 5.2, height: float = 4.2, max_cols: int = 3,
+            legend_width: float = 2.6):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * npanels + 2.6, height + 0.9), layout="constrained")
-    axes = fig.subplots(1, npanels, squeeze=False)[0]
-    return fig, list(axes)
+    cols = min(npanels, max_cols)
+    nrows = -(-npanels // cols)
+    fig = Figure(figsize=(width * cols + legend_width, height * nrows + 0.9), layout="constrained")
+    axes = list(fig.subplots(nrows, cols, squeeze=False).ravel())
+    for ax in axes[npanels:]:
+        ax.set_visible(False)
+    return fig, axes[:npanels]
 
 
 def _n_axis(ax, ns) -> None:
@@ -104,19 +118,20 @@ def _n_axis(ax, ns) -> None:
     ax.set_xlabel("sequence length n (tokens)")
 
 
-def _log_y(ax) -> None:
-    """Log y axis labelled with plain numbers at 1-2-5 steps (short ranges get readable ticks)."""
+def _log_y(ax, which: str = "y") -> None:
+    """Log axis labelled with plain numbers, at 1-2-5 steps when it spans under three decades."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    ax.set_yscale("log")
-    lo, hi = ax.get_ylim()
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    lo, hi = ax.get_ylim() if which == "y" else ax.get_xlim()
     subs = (1.0, 2.0, 5.0) if hi / max(lo, 1e-300) < 1e3 else (1.0,)
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
-def _legend(fig, axes, notes: list[tuple[str, str]] = ()) -> None:
+def _legend(fig, axes, notes: list[tuple[str, str]] = (), order=()) -> None:
     from matplotlib.lines import Line2D
 
     handles, labels = {}, []
@@ -125,6 +140,8 @@ def _legend(fig, axes, notes: list[tuple[str, str]] = ()) -> None:
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
+    rank = {lab: i for i, lab in enumerate(order)}
+    labels.sort(key=lambda lab: rank.get(lab, len(rank)))
     proxies = [Line2D([], [], color="0.3", marker=m, linestyle="none", markersize=7, label=t)
                for m, t in notes]
     if handles or proxies:
@@ -173,13 +190,14 @@ def plot_scaling(df: pd.DataFrame, meta: dict, baseline: str | None = None,
                     g = bad[_label(bad) == lab]
                     for status, gg in g.groupby("status"):
                         ax.scatter(gg["n"], [0.97 - 0.06 * i] * len(gg), transform=trans,
-                                   marker=FAILED[status], s=40, color=styles[lab]["color"],
+                                   marker=FAILED[status], s=70, linewidths=2,
+                                   color=styles[lab]["color"],
                                    clip_on=False, zorder=6,
                                    label=lab if lab not in set(_label(ok)) else None)
                         notes[FAILED[status]] = {"x": "OOM (top edge)", "|": "unsupported (top edge)"} \
                             .get(FAILED[status], "error / NaN (top edge)")
         fig.suptitle(_title(what, part, meta, f"black: exact baseline {baseline}"), fontsize=10)
-        _legend(fig, axes, sorted(notes.items()))
+        _legend(fig, axes, sorted(notes.items()), order=styles)
         out[_stem("scaling" if metric == "time" else "memory", fixed)] = fig
     return out
 
@@ -207,17 +225,18 @@ def plot_error(df: pd.DataFrame, meta: dict, baseline: str | None = None) -> dic
     ok = ok[pd.to_numeric(ok["budget_value"], errors="coerce").notna()]
     if ok.empty:
         raise NothingToPlot("no ok rows of an approximate method with a budget knob and rel_err")
-    styles = style_map(df, baseline or meta.get("baseline"))
+    palette = method_palette(df, baseline or meta.get("baseline"))
     seeds = ok["seed"].nunique() if "seed" in ok else 1
     out = {}
     for fixed, part in _split(ok):
         methods = sorted(part["method"].unique())
-        fig, axes = _figure(len(methods), width=4.4)
+        fig, axes = _figure(len(methods), width=4.6, legend_width=0.3)
         for ax, m in zip(axes, methods):
             rows = part[part["method"] == m].assign(_b=lambda f: pd.to_numeric(f["budget_value"]))
-            other = [c for c in rows if c.startswith("param.") and c != f"param.{rows['budget'].iloc[0]}"
+            knob = rows["budget"].iloc[0]
+            other = [c for c in rows if c.startswith("param.") and c != f"param.{knob}"
                      and rows[c].astype(str).nunique() > 1]
-            first = _label(rows).iloc[0]
+            rgb, marker = palette.get(m, ((0.0, 0.0, 0.0), "o"))
             ns = sorted(rows["n"].unique())
             dashes = ["-", "--", ":", "-."]
             for si, (sk, srows) in enumerate(rows.groupby(other) if other else [((), rows)]):
@@ -227,35 +246,33 @@ def plot_error(df: pd.DataFrame, meta: dict, baseline: str | None = None) -> dic
                     g = srows[srows["n"] == n].groupby("_b")["rel_err"].agg(["mean", "min", "max"])
                     if g.empty:
                         continue
-                    shade = 0.6 * (1 - ni / max(len(ns) - 1, 1)) if len(ns) > 1 else 0.0
-                    col = tuple(c + (1 - c) * shade for c in styles.get(first, {"color": (0, 0, 0)})["color"])
-                    ax.plot(g.index, g["mean"], color=col, marker=styles.get(first, {}).get("marker", "o"),
-                            linestyle=dashes[si % 4], markersize=4,
-                            label=f"{m} n={fmt_n(n)}" + (f" {tag}" if tag else ""))
+                    col = _shade(rgb, ni, len(ns), 0.65)
+                    ax.plot(g.index, g["mean"], color=col, marker=marker, linestyle=dashes[si % 4],
+                            markersize=4, label=f"n={fmt_n(n)}" + (f" {tag}" if tag else ""))
                     if seeds > 1:
                         ax.fill_between(g.index, g["min"], g["max"], color=col, alpha=0.2, lw=0)
-            for col_name, style, text in (("uniform_rel_err", ":", "uniform (mean of V)"),
-                                          ("svd_rel_err", "--", "best rank-k (SVD)")):
-                if col_name in rows and rows[col_name].notna().any():
-                    for ni, n in enumerate(ns):
-                        g = rows[rows["n"] == n].groupby("_b")[col_name].mean().dropna()
-                        if col_name == "uniform_rel_err" and not g.empty:
-                            ax.axhline(g.mean(), color="0.4", linestyle=style, lw=1,
-                                       label=text if ni == 0 else None)
-                        elif not g.empty:
-                            ax.plot(g.index, g.values, color="0.2", linestyle=style, lw=1,
-                                    label=text if ni == 0 else None)
+            if "uniform_rel_err" in rows and rows["uniform_rel_err"].notna().any():
+                ax.axhline(rows["uniform_rel_err"].mean(), color="0.3", linestyle=":", lw=1.2,
+                           label="uniform answer (mean of V)")
+            if "svd_rel_err" in rows and rows["svd_rel_err"].notna().any():
+                for ni, n in enumerate(ns):
+                    g = rows[rows["n"] == n].groupby("_b")["svd_rel_err"].mean().dropna()
+                    ax.plot(g.index, g.values, color=_shade((0.2, 0.2, 0.2), ni, len(ns), 0.6),
+                            linestyle="--", lw=1, label="best rank-k (SVD)" if ni == len(ns) - 1
+                            else None)
             b = rows["_b"]
             if b.max() / max(b.min(), 1e-12) >= 4:
                 ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel(f"{m}: {rows['budget'].iloc[0]} (budget knob)")
-            ax.set_ylabel("relative error ‖O − O_exact‖ / ‖O_exact‖")
+                ax.set_xticks(sorted(b.unique()), [f"{v:g}" for v in sorted(b.unique())])
+                ax.minorticks_off()
+            _log_y(ax)
+            ax.set_xlabel(f"{knob} (budget knob)")
+            ax.set_ylabel("relative error vs float64 exact")
             ax.set_title(m, fontsize=10)
             ax.grid(True, which="major", alpha=0.3)
+            ax.legend(fontsize=7, frameon=False)
         band = f"mean over {seeds} seeds, band min–max" if seeds > 1 else "one seed (no band)"
         fig.suptitle(_title("approximation error vs budget", part, meta, band), fontsize=10)
-        _legend(fig, axes)
         out[_stem("error", fixed)] = fig
     return out
 
@@ -295,8 +312,8 @@ def plot_pareto(df: pd.DataFrame, meta: dict, baseline: str | None = None, n: in
             front = pts[[not d for d in dom]].sort_values("t")
             if len(front) > 1:
                 ax.step(front["t"], front["e"], where="post", color="0.5", lw=1, zorder=1)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+            _log_y(ax, "x")
+            _log_y(ax)
             ax.set_xlabel("time per call (ms, median)" if "batching" not in part or
                           (part["batching"] != "capacity").all() else "time per sequence (ms)")
             ax.set_ylabel("relative error vs float64 exact")
@@ -305,7 +322,7 @@ def plot_pareto(df: pd.DataFrame, meta: dict, baseline: str | None = None, n: in
         fig.suptitle(_title(f"error vs time at n={fmt_n(n)}", part, meta,
                             "hollow = dominated (another is faster and more accurate); grey: frontier"),
                      fontsize=10)
-        _legend(fig, axes)
+        _legend(fig, axes, order=styles)
         out[_stem(f"pareto-n{n}", fixed)] = fig
     return out
 
@@ -342,12 +359,12 @@ def plot_entropy(df: pd.DataFrame, meta: dict, baseline: str | None = None) -> d
             ax.set_title(f"n={fmt_n(n)}", fontsize=10)
             ax.grid(True, which="major", alpha=0.3)
         fig.suptitle(_title("approximation error vs attention entropy", part, meta), fontsize=10)
-        _legend(fig, axes)
+        _legend(fig, axes, order=styles)
         out[_stem("entropy", fixed)] = fig
     return out
 
 
-def grid_figure(g, meta: dict):
+def grid_figure(g, meta: dict, df: pd.DataFrame | None = None):
     """Heatmap of one ``grid.Grid``: colour = log2 of the ratio (blue: the method wins), the measured
     value in each cell and the paper's in brackets."""
     import numpy as np
@@ -377,7 +394,10 @@ def grid_figure(g, meta: dict):
     cb = fig.colorbar(im, ax=ax, shrink=0.8)
     cb.set_label("log2 ratio (>0: method better)")
     note = "(paper value in brackets)" if g.paper else ""
-    ax.set_title(_title(g.title, pd.DataFrame(), meta, note).replace("\n\n", "\n"), fontsize=9)
+    rows = df[df["method"] == g.method.split("(")[0]] if df is not None else pd.DataFrame()
+    for col, v in g.facet.items():
+        rows = rows[rows[col] == v] if col in rows else rows
+    ax.set_title(_title(g.title, rows, meta, note).replace("\n\n", "\n"), fontsize=9)
     return fig
 
 
@@ -390,7 +410,7 @@ def plot_grid(df: pd.DataFrame, meta: dict, baseline: str | None = None, rows: s
     if not found:
         raise NothingToPlot(f"no approximate method with a param {cols or '(budget knob)'} and a "
                             f"baseline {baseline} row on the same cells")
-    return {f"grid-{g.slug}": grid_figure(g, meta) for g in found}
+    return {f"grid-{g.slug}": grid_figure(g, meta, df) for g in found}
 
 
 PLOTTERS = {"scaling": plot_scaling, "memory": plot_memory, "error": plot_error,
@@ -402,8 +422,13 @@ def make_figures(df: pd.DataFrame, meta: dict, kinds=KINDS, *, baseline: str | N
                  strict: bool = False) -> tuple[dict, dict]:
     """Figures of every kind asked for, and ``{kind: why}`` for kinds with nothing to plot (raised
     instead when ``strict``)."""
+    from attnbench.grid import PAPER_TABLES
+
     figs, skipped = {}, {}
     for kind in kinds:
+        if kind == "grid" and not strict and meta.get("suite") not in PAPER_TABLES and cols is None:
+            skipped[kind] = "grids are drawn for paper suites or when asked (--kind grid)"
+            continue
         extra = {"n": n} if kind == "pareto" else {"rows": rows, "cols": cols} if kind == "grid" else {}
         try:
             figs.update(PLOTTERS[kind](df, meta, baseline, **extra))
@@ -436,8 +461,9 @@ def cmd_plot(args, console) -> int:
     for k in kinds:
         if k not in KINDS:
             raise BadInput(f"plot --kind {k!r}: choose from {', '.join(KINDS)} or all")
+    if args.baseline:
+        check_baseline(df, args.baseline)
     baseline = args.baseline or meta.get("baseline")
-    check_baseline(df, baseline)
     try:
         figs, skipped = make_figures(df, meta, kinds, baseline=baseline, n=args.n, rows=args.rows,
                                      cols=args.cols, strict=args.kind != "all")

@@ -30,7 +30,7 @@ def rows(reason=""):
 
 
 def test_html_is_self_contained_with_one_image_per_plot(tmp_path):
-    run = make_run(tmp_path / "run", rows())
+    run = make_run(tmp_path / "run", rows(), suite="linformer_table3")  # a suite with grids
     page = render_html(run)
     srcs = re.findall(r'<img src="([^"]*)"', page)
     assert len(srcs) >= 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
