@@ -17,7 +17,8 @@ from attnbench.capacity import CapacityProbe, max_batch
 from attnbench.accuracy import StatsCache, budget_rank, input_columns
 from attnbench.dtypes import to_torch
 from attnbench.inputs import make_hidden, make_qkv
-from attnbench.levels import NoExactCounterpart, build_level, count_parameters, reference_output
+from attnbench.levels import (NoExactCounterpart, attention_modules, build_level, count_parameters,
+                              reference_output)
 from attnbench.measure import Step, Timing, live_bytes, measure_memory, time_call, time_cuda_graph
 from attnbench.reference import error_metrics
 from attnbench.roofline import copy_bandwidth_gbs, matmul_tflops, roofline_columns
@@ -81,7 +82,7 @@ def make_inputs(case: Case, batch: int, dtype: torch.dtype, device: torch.device
 def _build(spec: MethodSpec, params: Any, case: Case, dtype: torch.dtype, device: torch.device):
     return build_level(spec, params, case.level, n=case.n, heads=case.heads, head_dim=case.head_dim,
                        layers=case.layers, ffn_dim=case.ffn_dim, dtype=dtype, device=device,
-                       causal=case.causal, seed=case.seed)
+                       causal=case.causal, seed=case.seed, batch=case.batch)
 
 
 def _flops(module: torch.nn.Module, inputs) -> float | None:
@@ -97,8 +98,6 @@ def _flops(module: torch.nn.Module, inputs) -> float | None:
 def _stats(module: torch.nn.Module) -> dict:
     hook = getattr(module, "stats", None)
     if hook is None:
-        from attnbench.levels import attention_modules
-
         mods = attention_modules(module)
         hook = getattr(mods[0], "stats", None) if mods and mods[0] is not module else None
     try:
@@ -119,8 +118,8 @@ def _error(ctx: CellContext, case: Case, module, inputs, dtype) -> dict:
     # its own exact_reference hook (e.g. shared-QK attention) or its own projections (hidden-state
     # methods, whose exact counterpart keeps their weights). The dtype is part of the key because the
     # inputs are rounded to it: one reference per dtype, whatever order the cells run in.
-    own = (getattr(module, "exact_reference", None) is not None
-           or REGISTRY.get(case.method).takes_hidden)
+    own = (REGISTRY.get(case.method).takes_hidden
+           or any(getattr(a, "exact_reference", None) is not None for a in attention_modules(module)))
     ref_key = (case.level, case.n, case.batch, case.heads, case.head_dim, case.causal, case.input,
                case.seed, case.layers, case.ffn_dim, case.dtype,
                (case.method, case.params) if own else None)

@@ -107,14 +107,15 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 
 def build_level(spec: MethodSpec, params: Any, level: str, *, n: int, heads: int, head_dim: int,
                 layers: int, ffn_dim: int, dtype: torch.dtype, device: torch.device, causal: bool,
-                seed: int) -> nn.Module:
+                seed: int, batch: int = 1) -> nn.Module:
     """Build the module measured at ``level``; setup only, nothing is timed here."""
     scope = SharedScope()
     num_layers = layers if level == "model" else 1
 
     def attn(layer: int) -> nn.Module:
         ctx = BuildContext(n=n, heads=heads, head_dim=head_dim, dtype=dtype, device=device,
-                           causal=causal, seed=seed, layer=layer, num_layers=num_layers, scope=scope)
+                           batch=batch, causal=causal, seed=seed, layer=layer,
+                           num_layers=num_layers, scope=scope)
         return spec.build(params, ctx)
 
     if level == "core":

@@ -83,6 +83,7 @@ class BuildContext:
     heads: int
     head_dim: int
     dtype: torch.dtype = torch.float32
+    batch: int = 1  # the cell's batch (a hint for warm-ups and compiled kernels; capacity mode varies it)
     device: torch.device = torch.device("cpu")
     causal: bool = False
     seed: int = 0

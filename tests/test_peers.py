@@ -300,9 +300,6 @@ def test_harness_rows_fp32_with_errors_and_fp16_outcomes(write_suite, tmp_path, 
         record_property(f"fp16.{row.method}", f"{row.status} {row.reason or ''} rel_err={row.rel_err}")
 
 
-@pytest.mark.xfail(strict=True, reason="harness: cell._error looks for exact_reference on the layer "
-                   "wrapper, not on the method inside it, so a shared-QK reference is cached under "
-                   "the key every method at that shape shares")
 def test_harness_reference_of_a_shared_qk_layer_does_not_leak_to_the_next_method(write_suite, tmp_path):
     suite = peer_suite(write_suite, '"fp32"', names=("peer_reformer",), extra="[methods.naive]\n")
     df = load_results(run_suite(str(suite), "cpu", out=tmp_path / "o", progress=False).run_dir)
