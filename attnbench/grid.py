@@ -182,9 +182,49 @@ def to_csv(g: Grid) -> str:
     return buf.getvalue()
 
 
+def grid_figure(g, meta: dict, df: pd.DataFrame | None = None):
+    """Heatmap of one ``grid.Grid``: colour = log2 of the ratio (blue: the method wins), the measured
+    value in each cell and the paper's in brackets."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    from attnbench.plots import _title
+
+    vals = np.array([[math.log2(g.values[(r, c)]) if (r, c) in g.values else np.nan for c in g.cols]
+                     for r in g.rows], dtype=float)
+    fig = Figure(figsize=(1.3 * len(g.cols) + 3, 0.55 * len(g.rows) + 2.2), layout="constrained")
+    ax = fig.subplots()
+    span = max(1.0, float(np.nanmax(np.abs(vals)))) if np.isfinite(vals).any() else 1.0
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="0.88")
+    im = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, aspect="auto",
+                   norm=TwoSlopeNorm(0.0, -span, span))
+    for i, r in enumerate(g.rows):
+        for j, c in enumerate(g.cols):
+            text = g.cell_text(r, c, with_paper=False)
+            if (r, c) in g.paper:
+                text += f"\n({g.paper[(r, c)]:g}×)"
+            dark = np.isfinite(vals[i, j]) and abs(vals[i, j]) > 0.6 * span
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
+    ax.set_xticks(range(len(g.cols)), [str(c) for c in g.cols])
+    ax.set_yticks(range(len(g.rows)), [fmt_n(r) if g.row_name == "n" else str(r) for r in g.rows])
+    ax.set_xlabel(g.col_name)
+    ax.set_ylabel(g.row_name + (" (tokens)" if g.row_name == "n" else ""))
+    cb = fig.colorbar(im, ax=ax, shrink=0.8)
+    cb.set_label("log2 ratio (>0: method better)")
+    note = "(paper value in brackets)" if g.paper else ""
+    rows = df[df["method"] == g.method.split("(")[0]] if df is not None else pd.DataFrame()
+    for col, v in g.facet.items():
+        rows = rows[rows[col] == v] if col in rows else rows
+    ax.set_title(_title(g.title, rows, meta, note).replace("\n\n", "\n"), fontsize=9)
+    return fig
+
+
 def cmd_grid(args, console) -> int:
     from attnbench.cli import BadInput
-    from attnbench.plots import grid_figure, save_figure
+    from attnbench.plots import save_figure
     from attnbench.report import _rich_table
     from attnbench.store import load_results, read_meta
 
