@@ -103,6 +103,9 @@ def crossover_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
         if beyond:
             notes.append(f"baseline OOM from n={fmt_n(beyond[0])}, where this method runs")
         row = dict(zip([label, *keys], key))
+        budget = pd.to_numeric(frame.get("budget_value"), errors="coerce") if "budget_value" in frame \
+            else pd.Series(dtype=float)
+        row["_order"] = (str(frame["method"].iloc[0]), budget.max() if budget.notna().any() else -1)
         row.update(method=key[0], time_crossover=t.text, mem_crossover=mem.text,
                    measured_n=f"{fmt_n(ns[0])}–{fmt_n(ns[-1])}" if ns else "—",
                    speedup_at_max_n=(b.at[common[-1], "_t"] / m.at[common[-1], "_t"]) if ns
@@ -114,4 +117,6 @@ def crossover_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     if res.empty:
         return pd.DataFrame(columns=cols)
     shown = varying(res, keys)
+    res = res.assign(_m=[o[0] for o in res["_order"]], _b=[o[1] for o in res["_order"]])
+    res = res.sort_values(["_m", "_b", "method", *shown], kind="stable")
     return res[cols[:1] + shown + cols[1:]].reset_index(drop=True)

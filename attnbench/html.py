@@ -15,7 +15,8 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 max-width:1400px;padding:0 1em;color:#222;line-height:1.4}
 h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
-th,td{border:1px solid #ddd;padding:.2em .5em;text-align:right;vertical-align:top}
+th,td{border:1px solid #ddd;padding:.2em .5em;text-align:right;vertical-align:top;white-space:nowrap}
+td.l{white-space:normal}
 th{background:#f4f4f4;position:sticky;top:0} td.l,th.l{text-align:left}
 tr.bad td{background:#fff7e0} .muted{color:#666;font-size:.9em}
 figure{margin:1em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
