@@ -326,7 +326,7 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
         if not isinstance(table, dict):
             c.fail(f"inputs.{label}", table, "expected a table with regime = ...")
         regime = table.get("regime", "gaussian")
-        if regime not in REGIMES:
+        if not isinstance(regime, str) or regime not in REGIMES:  # a list or table is unhashable
             c.fail(f"inputs.{label}.regime", regime, f"allowed: {', '.join(REGIMES)}")
         rest = {k: v for k, v in table.items() if k != "regime"}
         grid = check_params(c, f"inputs.{label}", REGIMES[regime].params, rest)
