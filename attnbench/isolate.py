@@ -303,7 +303,10 @@ def serve(reply_fd: int, parent_pid: int) -> int:
             send({"op": "row", "cell_id": msg.get("cell_id"),
                   "row": {"status": "error", "reason": "cell not in the worker's suite"}})
             continue
-        row = run_cell(ctx, case)
+        try:
+            row = run_cell(ctx, case)
+        except Exception as exc:  # noqa: BLE001 - e.g. its cleanup synchronising a broken context
+            row = {"status": "error", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
         why = None
         if device.type == "cuda" and (row.get("status") == "error" or any(
                 s in str(row.get("reason", "")).lower() for s in CUDA_POISON)):

@@ -65,6 +65,14 @@ def the_run_dir(out: Path) -> Path:
     return run_dir
 
 
+def clean_env(**extra: str) -> dict:
+    """The environment for CLI subprocesses: the repo importable, and no empty PYTHONPATH entry
+    (an empty entry means the working directory, which would put the traps below on the path)."""
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    return {**env, **extra}
+
+
 def cli(*args: str) -> list[str]:
     """The installed console script when there is one (what users run: the working directory is not
     on its import path), else the same through ``python -P``."""
@@ -200,7 +208,7 @@ def test_sigint_to_isolated_cli_kills_the_worker_and_resume_completes(tmp_path, 
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     plant_traps(cwd)  # nothing in the working directory may be imported, by the CLI or its workers
-    env = {**cli_env(), "ATTNBENCH_TEST_SLEEP": "0.25"}
+    env = clean_env(ATTNBENCH_TEST_SLEEP="0.25")
     proc = subprocess.Popen(cli("--plugin", str(FAULTY), "run", str(suite), "--out", str(out),
                                 "--isolate", "--no-progress", "--no-table"), env=env, cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -232,7 +240,7 @@ def test_sigkill_to_isolated_cli_second_writer_refused_resume_completes(tmp_path
                                                                          plugins, capsys):
     suite = write_suite(SLOW_SUITE("sigkill_iso"))
     out = tmp_path / "out"
-    env = {**cli_env(), "ATTNBENCH_TEST_SLEEP": "0.25"}
+    env = clean_env(ATTNBENCH_TEST_SLEEP="0.25")
     proc = subprocess.Popen(cli("--plugin", str(FAULTY), "run", str(suite), "--out", str(out),
                                 "--isolate", "--no-progress", "--no-table"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -271,7 +279,7 @@ def test_sigint_to_cli_without_isolation_exits_130_and_resume_completes(tmp_path
                                                                         plugins, monkeypatch):
     suite = write_suite(SLOW_SUITE("sigint"))
     out = tmp_path / "out"
-    env = {**cli_env(), "ATTNBENCH_TEST_SLEEP": "0.25"}
+    env = clean_env(ATTNBENCH_TEST_SLEEP="0.25")
     proc = subprocess.Popen(cli("--plugin", str(FAULTY), "run", str(suite), "--out", str(out),
                                 "--no-progress", "--no-table"), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -465,7 +473,9 @@ def test_no_code_from_data_is_evaluated_or_unpickled():
                 f = node.func
                 name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) \
                     else None
-                if isinstance(f, ast.Name) and name in banned_calls:
+                literal = node.args and isinstance(node.args[0], ast.Constant)
+                if isinstance(f, ast.Name) and name in banned_calls and not (
+                        name == "__import__" and literal):  # __import__("types") names a module
                     found.append(f"{where} {name}()")
                 if name == "load" and isinstance(f, ast.Attribute) and getattr(f.value, "id", "") \
                         == "torch" and not any(k.arg == "weights_only" and getattr(k.value, "value",
@@ -487,7 +497,6 @@ n = [64, 128]
 batch = [2]
 heads = [2]
 head_dim = [16]
-mode = ["fwd", "fwd_bwd"]
 [timing]
 warmup = 0
 warmup_s = 0.0
@@ -515,7 +524,7 @@ def test_same_suite_and_seed_give_bit_identical_errors(tmp_path, write_suite):
     runs = [rows_of(run_suite(suite, "cpu", out=tmp_path / f"o{i}", progress=False).run_dir)
             for i in range(2)]
     a, b = ({r["cell_id"]: r for r in rows} for rows in runs)
-    assert a.keys() == b.keys() and len(a) == 28
+    assert a.keys() == b.keys() and len(a) == 14
     ok = [cid for cid, r in a.items() if r["status"] == "ok"]
     assert {a[cid]["method"] for cid in ok} >= {"performer", "linformer", "lsh", "nystrom"}
     for cid in a:
@@ -525,3 +534,20 @@ def test_same_suite_and_seed_give_bit_identical_errors(tmp_path, write_suite):
     assert all(a[cid]["rel_err"] > 0 for cid in ok if not a[cid]["exact"])
     record("determinism (same suite and seed, CPU)", cases=len(a), finished_before=len(ok),
            rows_lost=0, duplicates=0, differing_error_figures=0)
+
+
+@pytest.mark.gpu
+def test_isolated_device_side_assert_poisons_one_worker_not_the_sweep(tmp_path, write_suite, plugins):
+    suite = write_suite(FAULT_SUITE.replace('[methods.t_fault]\nfault = ["segv", "exit", "hang"]\n'
+                                            'n_fault = [128]\n',
+                                            "[methods.t_device_assert]\n[methods.sdpa]\n"))
+    outcome = run_suite(str(suite), "cuda", out=tmp_path / "o", progress=False, isolate="method",
+                        timeout_s=120)
+    rows = rows_of(outcome.run_dir)
+    status = {(r["method"], r["n"]): r["status"] for r in rows}
+    assert len(rows) == 6 and duplicates(rows) == 0
+    assert status == {("t_device_assert", 64): "ok", ("t_device_assert", 128): "crashed",
+                      ("t_device_assert", 256): "ok", ("sdpa", 64): "ok", ("sdpa", 128): "ok",
+                      ("sdpa", 256): "ok"}, status
+    crashed = next(r for r in rows if r["status"] == "crashed")
+    assert "CUDA" in crashed["reason"] or "worker" in crashed["reason"]
