@@ -297,7 +297,8 @@ def window_capture(rm: RealModel, index: int, *, cache: CacheMode = "use",
 
     ``cache``: ``use`` reads a cached window and writes a new one, ``read`` only reads (a one-off sweep
     over many windows need not fill the disk), ``off`` always runs the model. A cached window is
-    ~14 MiB (fp32); only the windows asked for are captured.
+    ~14 MiB (fp32); only the windows asked for are captured. The key does not name the device: a
+    window captured on GPU (within ~1e-6 of the CPU capture) is reused on CPU and the other way round.
     """
     windows = token_windows(rm)
     if not 0 <= index < len(windows):
