@@ -21,7 +21,8 @@ errs by 0.81). So beside each method's ``rel_err`` the harness records, per inpu
   Eckart–Young makes ‖P − P_k‖_F a lower bound on ‖P − P̃‖_F; for the output it is a lower bound in
   expectation over V with i.i.d. entries independent of P̃ (E‖(P − P̃)V‖² = σ²‖P − P̃‖_F²), which is
   how the Gaussian and peaked regimes draw V; on real V it is a reference point. Only where P fits:
-  n ≤ 1024 on CPU (an n×n eigendecomposition per head takes seconds there), n ≤ 4096 on CUDA.
+  n ≤ 512 on CPU (at n = 1024 one eigendecomposition per head takes 1–2 s on two cores, ~20 s per
+  input set of 12 heads), n ≤ 4096 on CUDA.
 
 All three describe inputs, not methods, so they are computed once per input set and cached. They are
 core-level columns only: at layer and model level the attention's inputs are the method's own
@@ -36,7 +37,7 @@ from typing import Any, Callable
 import torch
 
 ProbsFn = Callable[[torch.Tensor], torch.Tensor]  # v (B, H, N, c) float64 -> P·v (B, H, N, c)
-SVD_MAX_N = {"cpu": 1024, "cuda": 4096}
+SVD_MAX_N = {"cpu": 512, "cuda": 4096}
 
 
 def _row_normaliser(n: int, causal: bool, rows: torch.Tensor) -> torch.Tensor:
