@@ -181,7 +181,8 @@ def markdown_table(result: SpectrumResult) -> str:
     for row in result.layer_rows():
         cells = [str(row["layer"])]
         for pct in (90, 95, 99):
-            cells.append(f"{row[f'k_{pct}']} ({_fmt_range(row[f'k_{pct}_head_min'], row[f'k_{pct}_head_max'])})")
+            spread = _fmt_range(row[f"k_{pct}_head_min"], row[f"k_{pct}_head_max"])
+            cells.append(f"{row[f'k_{pct}']} ({spread})")
         cells.append(f"{row[f'cum_at_{q}']:.3f} "
                      f"({_fmt_range(row[f'cum_at_{q}_head_min'], row[f'cum_at_{q}_head_max'], '.3f')})")
         cells += [f"{row[f'best_rank_{r}_rel_err']:.3f}" for r in ranks]
@@ -238,7 +239,8 @@ def plot_layers(result: SpectrumResult, path: Path) -> None:
 
 
 def plot_layer_means(result: SpectrumResult, path: Path) -> None:
-    """One line per layer (mean over heads), shaded between the lowest and highest head."""
+    """One line per layer (mean over heads), shaded over the middle half of its heads (min–max bands
+    of all layers overlap into one smear; the outlying heads are in the per-layer panels)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,8 +253,9 @@ def plot_layer_means(result: SpectrumResult, path: Path) -> None:
     for layer in range(layers):
         curves = result.mean_cumulative[layer]  # (H, n)
         color = cmap(layer / max(1, layers - 1))
-        ax.fill_between(x, curves.min(0).values.numpy(), curves.max(0).values.numpy(), color=color,
-                        alpha=0.15, lw=0)
+        lo, hi = torch.quantile(curves.double(), torch.tensor([0.25, 0.75], dtype=torch.float64),
+                                dim=0)  # (n,) each
+        ax.fill_between(x, lo.numpy(), hi.numpy(), color=color, alpha=0.18, lw=0)
         ax.plot(x, curves.mean(0).numpy(), color=color, lw=1.8, label=f"layer {layer}")
     ax.axvline(result.quarter_index, color="grey", ls="--", lw=0.8)
     ax.set_xlim(0, n)
@@ -260,7 +263,7 @@ def plot_layer_means(result: SpectrumResult, path: Path) -> None:
     ax.set_xlabel("singular value index")
     ax.set_ylabel("normalized cumulative singular value")
     ax.set_title(f"MiniLM-L6 attention spectrum by layer (n = {n}, {result.windows} windows;\n"
-                 f"line: mean over heads, band: lowest to highest head)", fontsize=10)
+                 f"line: mean over heads, band: 25th to 75th percentile of heads)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -314,7 +317,7 @@ def write_report(result: SpectrumResult, out_dir: str | Path) -> dict[str, Path]
     curves = pd.DataFrame(result.mean_cumulative.reshape(layers * heads, n).numpy(),
                           columns=[f"c{i}" for i in range(1, n + 1)])
     curves.insert(0, "head", [h for _ in range(layers) for h in range(heads)])
-    curves.insert(0, "layer", [l for l in range(layers) for _ in range(heads)])
+    curves.insert(0, "layer", [layer for layer in range(layers) for _ in range(heads)])
     curves.to_csv(paths["curves.csv"], index=False, float_format="%.6f")
     heat = result.heatmap()
     summary = {
@@ -335,6 +338,23 @@ def write_report(result: SpectrumResult, out_dir: str | Path) -> dict[str, Path]
     plot_layer_means(result, paths["spectrum_mean.png"])
     plot_heatmap(result, paths["heatmap_quarter.png"])
     return paths
+
+
+def plot_saved(out_dir: str | Path) -> None:
+    """Redraw the three PNGs of ``out_dir`` from its curves.csv and summary.json, without measuring."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    curves = pd.read_csv(out / "curves.csv").sort_values(["layer", "head"])
+    layers, heads, n = summary["layers"], summary["heads"], summary["n"]
+    values = torch.tensor(curves.drop(columns=["layer", "head"]).to_numpy(), dtype=torch.float32)
+    result = SpectrumResult(n=n, windows=summary["windows"],
+                            mean_cumulative=values.reshape(layers, heads, n),  # (L, H, n)
+                            quarter=torch.empty(0), rank_err={})
+    plot_layers(result, out / "spectrum_layers.png")
+    plot_layer_means(result, out / "spectrum_mean.png")
+    plot_heatmap(result, out / "heatmap_quarter.png")
 
 
 def spectrum_command(out_dir: str | Path, windows: int = 32, n: int = 512, device: str = "cpu",

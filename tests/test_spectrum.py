@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from attnbench import real
-from attnbench.spectrum import (SpectrumResult, accumulate_spectrum, best_rank_k_rel_error,
-                                k_for_fraction, normalized_cumulative, rank_k_attention_error,
+from attnbench.spectrum import (accumulate_spectrum, best_rank_k_rel_error, k_for_fraction,
+                                normalized_cumulative, plot_saved, rank_k_attention_error,
                                 singular_values, spectrum_command, spread_indices, truncate,
                                 write_report)
 
@@ -82,7 +82,7 @@ def test_best_rank_k_error_is_the_svd_truncation_error(rank):
 def test_best_rank_k_error_shrinks_with_k_and_vanishes_at_the_rank():
     p = low_rank_attention(128, 20, seed=3)
     errs = [float(best_rank_k_rel_error(p, k)) for k in (1, 5, 10, 15, 19, 20, 40)]
-    assert all(a > b for a, b in zip(errs[:5], errs[1:6]))
+    assert all(a > b for a, b in zip(errs[:5], errs[1:6], strict=True))
     assert errs[4] > 1e-6 and errs[5] < 1e-9 and errs[6] < 1e-9
 
 
@@ -94,7 +94,7 @@ def test_no_rank_k_approximation_beats_the_bound():
     p = torch.softmax(q @ kk.T / math.sqrt(d), -1)  # (n, n)
     bound = float(best_rank_k_rel_error(p, k))
     assert bound > 0.01
-    for trial in range(5):
+    for _ in range(5):
         e = torch.randn(k, n, generator=g, dtype=torch.float64) / math.sqrt(k)
         f = torch.randn(k, n, generator=g, dtype=torch.float64) / math.sqrt(k)
         p_lin = torch.softmax(q @ (e @ kk).T / math.sqrt(d), -1) @ f  # (n, k) @ (k, n): rank ≤ k
@@ -187,9 +187,13 @@ def test_write_report_files(tmp_path):
     summary = json.loads(paths["summary.json"].read_text())
     assert summary["n"] == n and summary["quarter_index"] == 16
     assert summary["heatmap_range"] == pytest.approx([0.25, 1.0], abs=1e-6)
-    for name in ("spectrum_layers.png", "spectrum_mean.png", "heatmap_quarter.png"):
+    pngs = ("spectrum_layers.png", "spectrum_mean.png", "heatmap_quarter.png")
+    for name in pngs:
         data = paths[name].read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        paths[name].unlink()
+    plot_saved(tmp_path)  # redrawn from the saved curves alone
+    assert all(paths[name].stat().st_size > 10_000 for name in pngs)
 
 
 def test_command_rejects_bad_n_without_loading_anything(capsys):
