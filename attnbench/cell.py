@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from attnbench.capacity import CapacityProbe, max_batch
 from attnbench.accuracy import StatsCache, budget_rank, input_columns
+from attnbench.capacity import CapacityProbe, max_batch
 from attnbench.dtypes import to_torch
 from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import (NoExactCounterpart, attention_modules, build_level, count_parameters,
@@ -61,14 +61,25 @@ class CellContext:
     device: torch.device
     cuda_graphs: bool = False
     capacity_limit_mib: float = 0.0  # overrides the suite's [capacity] limit_mib when set
+    accuracy_stats: StatsCache = field(default_factory=StatsCache)
     _refs: dict = field(default_factory=dict)
+    cache_bytes: int = 1 << 30  # references kept for reuse across methods, at most this many bytes
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        """A value computed once per key (float64 references, device rates); tensors are evicted
+        oldest first once they exceed ``cache_bytes``. Cells run method by method, so a reference
+        is reused by every method on the same inputs only if the cache holds a whole sweep's."""
         if key not in self._refs:
-            if len(self._refs) >= 4:  # references can be large: keep a few
+            value = make()
+            self._refs[key] = value
+            while len(self._refs) > 1 and sum(_nbytes(v) for v in self._refs.values()) > \
+                    self.cache_bytes:
                 self._refs.pop(next(iter(self._refs)))
-            self._refs[key] = make()
         return self._refs[key]
+
+
+def _nbytes(value: Any) -> int:
+    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
 
 
 def make_inputs(case: Case, batch: int, dtype: torch.dtype, device: torch.device):
@@ -106,6 +117,16 @@ def _stats(module: torch.nn.Module) -> dict:
         return {}
 
 
+def _error_skip_reason(ctx: CellContext, case: Case) -> str | None:
+    if not ctx.suite.error["enabled"]:
+        return "error.enabled is false"
+    if case.n > ctx.suite.error["max_n"]:
+        return f"n > error.max_n ({ctx.suite.error['max_n']})"
+    if case.batching == "capacity":
+        return "capacity mode: error is measured in the fixed-batch cells"
+    return None
+
+
 def _error(ctx: CellContext, case: Case, module, inputs, dtype) -> dict:
     """Error of this method's output against a float64 exact reference, and the baseline's own error
     in the same dtype (so rounding is not mistaken for approximation). At core level also what the
@@ -125,7 +146,10 @@ def _error(ctx: CellContext, case: Case, module, inputs, dtype) -> dict:
                (case.method, case.params) if own else None)
     inputs32 = tuple(t.float() for t in inputs)
     try:
-        ref = ctx.cached(("ref", ref_key), lambda: reference_output(module, inputs32, case.causal))
+        # kept on the host: a cached reference must not count against the next cell's GPU memory
+        ref = ctx.cached(("ref", ref_key),
+                         lambda: reference_output(module, inputs32, case.causal).cpu()
+                         ).to(out.device)
     except NoExactCounterpart as exc:
         return {"error_skipped": str(exc)}
     row = error_metrics(out, ref)
@@ -141,7 +165,7 @@ def _accuracy_columns(ctx: CellContext, case: Case, module, inputs32, ref, rel_e
                       ref_key, own: bool) -> dict:
     """entropy, uniform_rel_err, err_vs_uniform, svd_rel_err: per input set, in a cache of small
     values that lives as long as the run's context (the reference cache keeps only a few entries)."""
-    cache = vars(ctx).setdefault("_accuracy_stats", StatsCache())
+    cache = ctx.accuracy_stats
     q, k, v = inputs32
     own_probs = None
     if own:
@@ -238,8 +262,16 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
             row.update(roofline_columns(rates, step, _out_shape(case, batch), timing.median,
                                         row.get("flops")))
         row.update(measure_memory(step, device, live=live_bytes(step.inputs, [module])))
-        if ctx.suite.error["enabled"] and case.n <= ctx.suite.error["max_n"]:
-            err = _error(ctx, case, module, inputs, dtype)
+        skip = _error_skip_reason(ctx, case)
+        if skip is None:
+            try:
+                err = _error(ctx, case, module, inputs, dtype)
+            except Exception as exc:  # noqa: BLE001 - the reference must not sink a measured cell
+                if not is_oom(exc):
+                    raise
+                free_memory(device, collect=True)
+                err = {"error_skipped": f"out of memory computing the float64 reference: "
+                                        f"{one_line(exc, 120)}"}
             if err.pop("_nan", False):
                 return {**row, "status": "nan", "reason": "non-finite values in the output"}
             row.update(err)
@@ -247,7 +279,8 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
             out = step.forward_output()
             if not torch.isfinite(out).all():
                 return {**row, "status": "nan", "reason": "non-finite values in the output"}
-            row["error_skipped"] = "error.max_n" if ctx.suite.error["enabled"] else "error.enabled"
+            del out
+            row["error_skipped"] = skip
         row["status"], row["reason"] = "ok", ""
         if row.get("noisy"):
             row["reason"] = f"noisy: IQR {timing.iqr / timing.median:.0%} of median"

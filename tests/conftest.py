@@ -66,7 +66,8 @@ def tiny_suite(write_suite):
 
 def cli_env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    # no empty entry: that would put the working directory on the subprocess's import path
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
     return env
 
 
