@@ -90,6 +90,18 @@ def make_inputs(case: Case, batch: int, dtype: torch.dtype, device: torch.device
                         device=device, seed=case.seed),)
 
 
+def probe_inputs(case: Case, batch: int, dtype: torch.dtype, device: torch.device):
+    """Inputs for capacity probes, drawn on the device: drawing hundreds of sequences on the host
+    for each probe would dominate the search. Only their memory matters; they are normal draws (never
+    zeros), and the timed step at the found batch uses the regular seeded inputs."""
+    g = torch.Generator(device=device).manual_seed(case.seed)
+    if case.level == "core":
+        shape = (batch, case.heads, case.n, case.head_dim)
+        return tuple(torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(3))
+    shape = (batch, case.n, case.heads * case.head_dim)
+    return (torch.randn(shape, generator=g, device=device, dtype=dtype),)
+
+
 def _build(spec: MethodSpec, params: Any, case: Case, dtype: torch.dtype, device: torch.device):
     return build_level(spec, params, case.level, n=case.n, heads=case.heads, head_dim=case.head_dim,
                        layers=case.layers, ffn_dim=case.ffn_dim, dtype=dtype, device=device,
@@ -231,7 +243,7 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
                                   "(attnbench run ... --capacity-limit-mib MIB)")
             cap = ctx.suite.capacity
             limit = ctx.capacity_limit_mib or cap["limit_mib"]
-            probe = CapacityProbe(module, lambda b: make_inputs(case, b, dtype, device),
+            probe = CapacityProbe(module, lambda b: probe_inputs(case, b, dtype, device),
                                   lambda b: _out_shape(case, b), case.mode, device, limit, is_oom)
             batch = max_batch(probe, device, limit, cap["max_batch"], cap["rel_tol"])
             row.update(max_batch=batch, capacity_probes=probe.probes,
