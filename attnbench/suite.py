@@ -305,6 +305,9 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
         if mname not in REGISTRY:
             c.fail(f"methods.{mname}", tables, unknown_name_message("method", mname, REGISTRY.names()))
         spec = REGISTRY.get(mname)
+        if isinstance(tables, list) and not tables:
+            c.fail(f"methods.{mname}", tables, "an empty list of tables runs nothing; give at least "
+                                              "one [[methods.NAME]] table or use [methods.NAME]")
         for i, table in enumerate(tables if isinstance(tables, list) else [tables]):
             if not isinstance(table, dict):
                 c.fail(f"methods.{mname}", table, "expected a table of params")

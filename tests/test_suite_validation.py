@@ -47,6 +47,8 @@ MALFORMED = [
                                                           "qk_scale"]),
     (GOOD.replace("heads = [2]", "heads = [2]\ncausal = ['no']"), ["sweep.causal", "no"]),
     ("title = 'x'\n" + GOOD, ["title", "unknown key"]),
+    ('name = "e"\nmethods = { sdpa = {}, naive = [] }\n[sweep]\nn = [64]\n',
+     ["methods.naive", "empty list"]),
 ]
 
 
