@@ -56,7 +56,8 @@ class Grid:
 
     @property
     def slug(self) -> str:
-        text = "-".join([self.kind, self.method, *(f"{k}{v}" for k, v in self.facet.items())])
+        text = "-".join([self.kind, self.method, "vs", self.baseline,
+                         *(f"{k}{v}" for k, v in self.facet.items())])
         return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")[:120]
 
 

@@ -7,6 +7,8 @@ inputs get one figure per combination; forward and forward+backward sit side by 
 """
 from __future__ import annotations
 
+import textwrap
+
 import math
 import re
 from pathlib import Path
@@ -94,7 +96,8 @@ def _title(what: str, df: pd.DataFrame, meta: dict, extra: str = "") -> str:
     inputs = [f"{c[6:]}={df[c].iloc[0]}" for c in sorted(df) if c.startswith("input.") and len(df)
               and df[c].astype(str).nunique() == 1 and c != "input.regime"]
     head = f"{what} · {meta.get('suite', '')} on {device} ({dev_type})"
-    return head + "\n" + " · ".join(fixed + inputs) + (f"\n{extra}" if extra else "")
+    lines = textwrap.wrap(head, 90) + textwrap.wrap(" · ".join(fixed + inputs), 90)
+    return "\n".join(lines) + (f"\n{extra}" if extra else "")
 
 
 def _figure(npanels: int, width: float = 5.2, height: float = 4.2, max_cols: int = 3,
