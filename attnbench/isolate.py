@@ -91,8 +91,9 @@ class Worker:
             os.close(write_fd)
         self._fd, self._buf = read_fd, b""
         try:
+            offset = self._log_size()
             self._send(init)
-            msg = self._receive(startup_timeout_s, "start")
+            msg = self._receive(startup_timeout_s, "start", offset)
         except BaseException:
             self.close()
             raise
@@ -106,8 +107,11 @@ class Worker:
         return self.proc.pid
 
     def run(self, cell_id: str, timeout_s: float | None) -> dict:
+        # measured before the request: a worker that crashes at once may have written its
+        # faulthandler dump before _receive would look
+        offset = self._log_size()
         self._send({"op": "run", "cell_id": cell_id})
-        msg = self._receive(timeout_s, "run")
+        msg = self._receive(timeout_s, "run", offset)
         if msg.get("op") != "row" or msg.get("cell_id") != cell_id:
             self.close()
             raise WorkerFailed({"status": "crashed", "reason": f"worker protocol error: {msg!r:.200}"})
@@ -120,8 +124,10 @@ class Worker:
         except (BrokenPipeError, OSError):
             pass  # the worker is gone; _receive sees the closed pipe and reports how it ended
 
-    def _receive(self, timeout_s: float | None, what: str) -> dict:
-        offset = self.fault_log.stat().st_size if self.fault_log.is_file() else 0
+    def _log_size(self) -> int:
+        return self.fault_log.stat().st_size if self.fault_log.is_file() else 0
+
+    def _receive(self, timeout_s: float | None, what: str, offset: int) -> dict:
         deadline = None if not timeout_s else time.monotonic() + timeout_s
         while b"\n" not in self._buf:
             left = None if deadline is None else deadline - time.monotonic()
