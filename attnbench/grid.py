@@ -191,7 +191,7 @@ def grid_figure(g, meta: dict, df: pd.DataFrame | None = None):
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
 
-    from attnbench.plots import _title
+    from attnbench.plotstyle import _title
 
     vals = np.array([[math.log2(g.values[(r, c)]) if (r, c) in g.values else np.nan for c in g.cols]
                      for r in g.rows], dtype=float)
