@@ -15,10 +15,11 @@ import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any
 
 from attnbench.dtypes import DTYPES
 from attnbench.inputs import REGIMES
+from attnbench.params import check_params
 from attnbench.registry import REGISTRY, RegistryError, unknown_name_message
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -195,65 +196,6 @@ def _check_axis(c: _Checker, key: str, value: Any, device: str | None = None) ->
     return c.int_list(name, value, minimum=arg) if kind == "int" else c.choice_list(name, value, arg)
 
 
-def _type_ok(value: Any, tp: Any) -> str | None:
-    """None if ``value`` fits the annotation ``tp``, else a description of what is allowed."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        allowed = get_args(tp)
-        return None if value in allowed and type(value) is type(allowed[0]) else \
-            f"allowed: {', '.join(map(str, allowed))}"
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        reasons = [_type_ok(value, a) for a in get_args(tp)]
-        return None if any(r is None for r in reasons) else " or ".join(filter(None, reasons))
-    if tp is type(None):
-        return None if value is None else "expected nothing"
-    if origin in (tuple, list):
-        args = [a for a in get_args(tp) if a is not Ellipsis]
-        if not isinstance(value, (list, tuple)):
-            return f"expected a list of {getattr(args[0], '__name__', args[0]) if args else 'values'}"
-        for v in value:
-            if args and (why := _type_ok(v, args[0])) is not None:
-                return why
-        return None
-    if tp is bool:
-        return None if isinstance(value, bool) else "expected true or false"
-    if tp is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "expected an integer"
-    if tp is float:
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) \
-            else "expected a number"
-    if tp is str:
-        return None if isinstance(value, str) else "expected a string"
-    return None
-
-
-def check_params(c: _Checker, where: str, params_cls: type, table: dict) -> dict[str, list[Any]]:
-    """Validate a params table against a dataclass; every value becomes a list of grid values."""
-    hints = typing.get_type_hints(params_cls)
-    fields = {f.name for f in dataclasses.fields(params_cls)}
-    grid: dict[str, list[Any]] = {}
-    for key, value in table.items():
-        if key not in fields:
-            listing = ", ".join(f"{f}: {_type_name(hints[f])}" for f in sorted(fields)) or "(none)"
-            c.fail(f"{where}.{key}", value, f"unknown param; {where.split('.')[-1]} params are {listing}")
-        tp = hints[key]
-        is_seq = get_origin(tp) in (tuple, list)
-        # a list is a sweep over values, except for sequence params where a list of lists is
-        values = value if isinstance(value, list) and (not is_seq or all(
-            isinstance(v, list) for v in value)) and value else [value]
-        for v in values:
-            if (why := _type_ok(v, tp)) is not None:
-                c.fail(f"{where}.{key}", value, why)
-        grid[key] = [tuple(v) if isinstance(v, list) else v for v in values]
-    return grid
-
-
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return "|".join(map(str, get_args(tp)))
-    return getattr(tp, "__name__", str(tp))
-
-
 def load_suite(name_or_path: str) -> Suite:
     path = resolve_suite_path(name_or_path)
     file = str(path)
@@ -356,8 +298,8 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
                  model=model, seed=seed, capacity=capacity)
 
 
-_RULES = {"warmup": "an integer >= 0", "warmup_s": "a number >= 0", "repeats": "an integer >= 1", "max_time_s": "a number > 0",
-          "cuda_graphs": "true or false", "enabled": "true or false", "max_n": "an integer >= 1",
+_RULES = {"warmup": "an integer >= 0", "warmup_s": "a number >= 0", "repeats": "an integer >= 1",
+          "max_time_s": "a number > 0", "cuda_graphs": "true or false", "enabled": "true or false", "max_n": "an integer >= 1",
           "layers": "an integer >= 1", "ffn_dim": "an integer >= 1", "max_batch": "an integer >= 1",
           "rel_tol": "a number in [0, 1)", "limit_mib": "a number >= 0 (MiB; 0 = the device's)"}
 
