@@ -44,6 +44,11 @@ SELF_SCORE = -1e5  # Reformer's score for attending to oneself
 class LSHParams:
     bucket_size: int = 64  # chunk length; n_buckets = n / bucket_size (rounded up to even)
     n_hashes: int = 4  # hashing rounds; more rounds, fewer missed neighbours
+    # True: a key found in several rounds counts once (exact attention over the union of candidates);
+    # False: each round's attention stands alone and duplicates count as often as they are found,
+    # Reformer's cheaper default (reformer-pytorch's allow_duplicate_attention=True), which skips the
+    # O(n_hashes²) duplicate count
+    dedup: bool = True
 
 
 def num_buckets(n: int, bucket_size: int) -> int:
@@ -82,6 +87,7 @@ class LSHAttention(nn.Module):
     def __init__(self, p: LSHParams, ctx: BuildContext):
         super().__init__()
         self.bucket_size, self.n_hashes, self.causal = p.bucket_size, p.n_hashes, ctx.causal
+        self.dedup = p.dedup
         self.n_buckets = num_buckets(ctx.n, p.bucket_size)
         rot = torch.randn(p.n_hashes, ctx.head_dim, max(self.n_buckets // 2, 1),
                           generator=ctx.generator(salt=0x15A))  # (R, D, n_buckets/2)
@@ -128,7 +134,7 @@ class LSHAttention(nn.Module):
             reach = self._reach(q_slot[..., :, None], k_slot[..., None, :],
                                 q_bkt[..., :, None], with_previous(q_bkt)[..., None, :])
             s.masked_fill_(~reach, float("-inf"))
-        if rounds > 1:
+        if rounds > 1 and self.dedup:
             s.sub_(self._count(slot, buckets, q_tok, k_tok, acc).clamp_min_(1).log_())
         mx = s.detach().amax(dim=-1, keepdim=True)  # finite: every query is its own candidate
         e = s.sub_(mx).exp_()  # (B, H, R, nc, c, 2c)

@@ -215,3 +215,28 @@ def test_cuda_matches_cpu(causal):
     for dtype in (torch.float16, torch.bfloat16):
         low = gpu(*(t.cuda().to(dtype) for t in (q, k, v)))
         assert low.dtype == dtype and torch.isfinite(low).all()
+
+
+# dedup=False: Reformer's cheaper combination (duplicates count as often as they are found)
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_without_dedup_one_round_and_one_bucket_are_unchanged(causal):
+    n = 64
+    q, k, v = qkv(n, seed=5)
+    one = build(n, causal, bucket_size=8, n_hashes=1)
+    one_nodedup = build(n, causal, bucket_size=8, n_hashes=1, dedup=False)
+    torch.testing.assert_close(one_nodedup(q, k, v), one(q, k, v), rtol=0, atol=0)
+    flat = build(n, causal, bucket_size=n, n_hashes=3, dedup=False)
+    assert rel_err(flat(q, k, v), flat.exact_reference(q, k, v)) < 1e-5
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_without_dedup_rounds_are_combined_differently_and_stay_causal(causal):
+    n = 64
+    q, k, v = qkv(n, seed=6)
+    union = build(n, causal, bucket_size=8, n_hashes=3)
+    plain = build(n, causal, bucket_size=8, n_hashes=3, dedup=False)
+    a, b = union(q, k, v), plain(q, k, v)
+    assert torch.isfinite(b).all() and rel_err(b, a) > 1e-3
+    if causal:
+        assert is_causal(plain, q, k, v)
