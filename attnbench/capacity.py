@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from attnbench.measure import MIB, Step, live_bytes, measure_memory
+from attnbench.measure import MIB, Step, free_memory, is_oom, live_bytes, measure_memory
 
 
 def find_max_batch(fits: Callable[[int], bool], max_batch: int = 1 << 16, guess: int = 1,
@@ -57,9 +57,9 @@ class CapacityProbe:
 
     def __init__(self, module: torch.nn.Module, make_inputs: Callable[[int], tuple],
                  out_shape: Callable[[int], tuple], mode: str, device: torch.device,
-                 limit_mib: float, is_oom: Callable[[BaseException], bool]):
+                 limit_mib: float):
         self.module, self.make_inputs, self.out_shape = module, make_inputs, out_shape
-        self.mode, self.device, self.limit_mib, self.is_oom = mode, device, limit_mib, is_oom
+        self.mode, self.device, self.limit_mib = mode, device, limit_mib
         self.peaks: dict[int, float] = {}
         self.probes = 0
 
@@ -71,21 +71,13 @@ class CapacityProbe:
             mem = measure_memory(step, self.device, live=live_bytes(step.inputs, [self.module]))
             del inputs, step
         except Exception as exc:  # noqa: BLE001
-            if not self.is_oom(exc):
+            if not is_oom(exc):
                 raise
-            self._free(collect=True)
+            free_memory(self.device, collect=True)
             return False
-        self._free()
+        free_memory(self.device)
         self.peaks[batch] = mem["peak_mem_mib"]
         return not self.limit_mib or mem["peak_mem_mib"] <= self.limit_mib
-
-    def _free(self, collect: bool = False) -> None:
-        if collect:
-            import gc
-
-            gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     def predicted(self, budget_mib: float) -> int:
         """Batch predicted from the affine fit of the peaks at batch 1 and 2."""

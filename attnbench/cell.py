@@ -5,7 +5,6 @@ becomes a row with a ``status`` and a one-line ``reason``.
 """
 from __future__ import annotations
 
-import gc
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from attnbench.dtypes import to_torch
 from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import (NoExactCounterpart, attention_modules, build_level, count_parameters,
                               reference_output)
-from attnbench.measure import Step, Timing, live_bytes, measure_memory, time_call, time_cuda_graph
+from attnbench.measure import (Step, Timing, free_memory, is_oom, live_bytes, measure_memory, time_call,
+                               time_cuda_graph)
 from attnbench.reference import error_metrics
 from attnbench.roofline import copy_bandwidth_gbs, matmul_tflops, roofline_columns
 from attnbench.registry import REGISTRY, MethodSpec, Unsupported
@@ -28,29 +28,10 @@ from attnbench.suite import Case, Suite
 NOISY_IQR = 0.10  # a cell whose IQR exceeds 10% of its median is flagged noisy
 
 
-def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    msg = str(exc).lower()
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        "out of memory" in msg or "can't allocate memory" in msg or isinstance(exc, MemoryError))
-
-
 def one_line(exc: BaseException, limit: int = 300) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     return first[:limit]
-
-
-def free_memory(device: torch.device, collect: bool = False) -> None:
-    """Release a cell's memory. Tensors go with their last reference; a full ``gc.collect`` (a third
-    of a second with torch's object graph loaded) is only worth it after a failure, whose traceback
-    frames may keep tensors alive."""
-    if collect:
-        gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
 
 
 @dataclass
@@ -244,7 +225,7 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
             cap = ctx.suite.capacity
             limit = ctx.capacity_limit_mib or cap["limit_mib"]
             probe = CapacityProbe(module, lambda b: probe_inputs(case, b, dtype, device),
-                                  lambda b: _out_shape(case, b), case.mode, device, limit, is_oom)
+                                  lambda b: _out_shape(case, b), case.mode, device, limit)
             batch = max_batch(probe, device, limit, cap["max_batch"], cap["rel_tol"])
             row.update(max_batch=batch, capacity_probes=probe.probes,
                        capacity_rel_tol=cap["rel_tol"], capacity_limit_mib=limit or None)

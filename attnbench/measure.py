@@ -12,6 +12,7 @@ absolute peak adds the bytes of the inputs, parameters and buffers that were liv
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import statistics
 import sys
@@ -28,6 +29,25 @@ MIB = 2**20
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        "out of memory" in msg or "can't allocate memory" in msg or isinstance(exc, MemoryError))
+
+
+def free_memory(device: torch.device, collect: bool = False) -> None:
+    """Release a cell's memory. Tensors go with their last reference; a full ``gc.collect`` (a third
+    of a second with torch's object graph loaded) is only worth it after a failure, whose traceback
+    frames may keep tensors alive."""
+    if collect:
+        gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
 
 
 @dataclass(frozen=True)
