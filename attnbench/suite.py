@@ -116,6 +116,8 @@ class Suite:
     model: dict[str, Any]
     seed: int
     capacity: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(CAPACITY_DEFAULTS))
+    # one dict per entry of ``methods``: sweep axes that entry overrides (its table's ``sweep = {...}``)
+    method_sweeps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def text_hash(self) -> str:
@@ -187,12 +189,13 @@ MODEL_DEFAULTS = {"layers": 12, "ffn_dim": 3072}
 CAPACITY_DEFAULTS = {"max_batch": 1 << 16, "rel_tol": 0.0, "limit_mib": 0.0}
 
 
-def _check_axis(c: _Checker, key: str, value: Any, device: str | None = None) -> Any:
+def _check_axis(c: _Checker, key: str, value: Any, device: str | None = None,
+                where: str = "sweep") -> Any:
     kind, arg = SWEEP_AXES[key]
     if isinstance(value, dict) and device is None:  # per device: dtype = {cpu = [..], cuda = [..]}
-        c.unknown_keys(f"sweep.{key}.", value, DEVICE_TYPES)
-        return {dev: _check_axis(c, key, v, dev) for dev, v in value.items()}
-    name = f"sweep.{key}" + (f".{device}" if device else "")
+        c.unknown_keys(f"{where}.{key}.", value, DEVICE_TYPES)
+        return {dev: _check_axis(c, key, v, dev, where) for dev, v in value.items()}
+    name = f"{where}.{key}" + (f".{device}" if device else "")
     return c.int_list(name, value, minimum=arg) if kind == "int" else c.choice_list(name, value, arg)
 
 
@@ -243,6 +246,7 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
     except RegistryError as exc:
         raise SuiteError(f"{file}: {exc}") from None
     methods: list[tuple[str, dict[str, list[Any]]]] = []
+    method_sweeps: list[dict[str, Any]] = []
     for mname, tables in methods_t.items():
         if mname not in REGISTRY:
             c.fail(f"methods.{mname}", tables, unknown_name_message("method", mname, REGISTRY.names()))
@@ -254,6 +258,14 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
             if not isinstance(table, dict):
                 c.fail(f"methods.{mname}", table, "expected a table of params")
             where = f"methods.{mname}" + (f"[{i}]" if isinstance(tables, list) else "")
+            table = dict(table)
+            override = table.pop("sweep", {})  # this entry's own values for some sweep axes
+            if not isinstance(override, dict):
+                c.fail(f"{where}.sweep", override, "expected a table of sweep axes, e.g. "
+                                                   "sweep = { dtype = [\"fp32\"] }")
+            c.unknown_keys(f"{where}.sweep.", override, SWEEP_AXES)
+            method_sweeps.append({k: _check_axis(c, k, v, where=f"{where}.sweep")
+                                  for k, v in override.items()})
             methods.append((mname, check_params(c, where, spec.params, table)))
 
     baseline = data.get("baseline", "sdpa")
@@ -295,7 +307,7 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
         "limit_mib": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0})
     return Suite(name=name, version=version, description=description, baseline=baseline, path=file,
                  text=text, sweep=sweep, methods=methods, inputs=inputs, timing=timing, error=error,
-                 model=model, seed=seed, capacity=capacity)
+                 model=model, seed=seed, capacity=capacity, method_sweeps=method_sweeps)
 
 
 _RULES = {"warmup": "an integer >= 0", "warmup_s": "a number >= 0", "repeats": "an integer >= 1",
@@ -320,8 +332,8 @@ def _grid(table: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(table[k] for k in keys))]
 
 
-def _axis(suite: Suite, key: str, device_type: str) -> list[Any]:
-    v = suite.sweep[key]
+def _axis(suite: Suite, key: str, device_type: str, override: dict | None = None) -> list[Any]:
+    v = (override or {}).get(key, suite.sweep[key])
     if isinstance(v, dict):
         return v.get(device_type, SWEEP_DEFAULTS.get(key, []))
     return v
@@ -330,12 +342,13 @@ def _axis(suite: Suite, key: str, device_type: str) -> list[Any]:
 def expand(suite: Suite, device_type: str = "cpu") -> list[Case]:
     """All cells in run order: per method and params, every other axis, then n ascending (so an OOM
     at some n can prune the larger n of the same family)."""
-    axes = {k: _axis(suite, k, device_type) for k in SWEEP_AXES}
-    ns = sorted(set(axes.pop("n")))
     inputs = [tuple(sorted({**dataclasses.asdict(REGIMES[d["regime"]].params()), **d}.items()))
               for t in suite.inputs for d in _grid(t)]
     cases = []
-    for mname, grid in suite.methods:
+    overrides = suite.method_sweeps or [{}] * len(suite.methods)
+    for (mname, grid), override in zip(suite.methods, overrides):
+        axes = {k: _axis(suite, k, device_type, override) for k in SWEEP_AXES}
+        ns = sorted(set(axes.pop("n")))
         defaults = dataclasses.asdict(REGISTRY.get(mname).params())
         for given in _grid(grid):
             params = {**defaults, **given}  # rows carry every param, defaults included

@@ -49,6 +49,12 @@ MALFORMED = [
     ("title = 'x'\n" + GOOD, ["title", "unknown key"]),
     ('name = "e"\nmethods = { sdpa = {}, naive = [] }\n[sweep]\nn = [64]\n',
      ["methods.naive", "empty list"]),
+    (GOOD.replace("[methods.naive]", "[methods.naive]\nsweep = { dtype = ['fp8'] }"),
+     ["methods.naive.sweep.dtype", "fp8", "fp32, fp16, bf16"]),
+    (GOOD.replace("[methods.naive]", "[methods.naive]\nsweep = { seqlen = [3] }"),
+     ["methods.naive.sweep.seqlen", "unknown key"]),
+    (GOOD.replace("[methods.naive]", "[methods.naive]\nsweep = 3"), ["methods.naive.sweep", "3",
+                                                                     "table of sweep axes"]),
 ]
 
 
@@ -96,6 +102,18 @@ def test_per_device_axis_values(tmp_path):
     suite = load_suite(str(p))
     assert {c.dtype for c in expand(suite, "cpu")} == {"fp32"}
     assert {c.dtype for c in expand(suite, "cuda")} == {"fp16", "bf16"}
+
+
+def test_method_entry_overrides_sweep_axes(tmp_path):
+    # a pair compared in another dtype (a peer that fails in fp16), without running everything twice
+    p = tmp_path / "over.toml"
+    p.write_text(GOOD.replace("[methods.naive]", "[methods.naive]\n"
+                              "sweep = { dtype = { cuda = ['fp16', 'fp32'] }, n = [32] }"))
+    suite = load_suite(str(p))
+    cuda = expand(suite, "cuda")
+    assert {(c.dtype, c.n) for c in cuda if c.method == "sdpa"} == {("fp32", 64), ("fp32", 128)}
+    assert {(c.dtype, c.n) for c in cuda if c.method == "naive"} == {("fp16", 32), ("fp32", 32)}
+    assert {(c.dtype, c.n) for c in expand(suite, "cpu") if c.method == "naive"} == {("fp32", 32)}
 
 
 def test_unknown_builtin_suite_suggests(capsys):
