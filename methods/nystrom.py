@@ -13,6 +13,9 @@ Choices and omissions, all deliberate:
   over the whole batch). ``pinv = "exact"`` swaps in ``torch.linalg.pinv`` for ablations.
 - The m×m landmark kernel, its pseudo-inverse and the m×d product it multiplies are computed in fp32
   (at least), so fp16/bf16 inputs work; the n×m and m×n parts stay in the input dtype.
+- The two n-sized factors are attention calls, softmax(Q̃Kᵀ)V = SDPA(Q̃, K, V) and
+  softmax(QK̃ᵀ)M = SDPA(Q, K̃, M) with M = pinv·softmax(Q̃Kᵀ)V, so PyTorch's fused kernels run them
+  and the (n, m) and (m, n) softmax matrices are never stored: memory stays O(n·d + m²).
 - The official code adds a depthwise convolution of V along the sequence to the output; that is a
   residual branch, not attention, and is left out. There is no causal variant: landmarks average over
   the whole sequence.
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import BuildContext, register_method
@@ -70,10 +74,12 @@ class NystromAttention(nn.Module):
             inv = torch.linalg.pinv(kernel)
         else:
             inv = iterative_pinv(kernel, self.p.pinv_iters)
-        left = torch.softmax((q @ k_land.to(q.dtype).transpose(-1, -2)) * scale, dim=-1)  # (B, H, N, m)
-        right = torch.softmax((q_land.to(q.dtype) @ k.transpose(-1, -2)) * scale, dim=-1)  # (B, H, m, N)
-        middle = inv @ (right @ v).to(acc)  # (B, H, m, D)
-        return left @ middle.to(q.dtype)  # (B, H, N, D)
+        # softmax(Q̃Kᵀ)·V and softmax(QK̃ᵀ)·M are attention calls: m landmark queries over the n keys,
+        # then the n queries over m landmark keys with M as values. SDPA's fused kernels never
+        # materialise the (N, m) and (m, N) softmax matrices
+        right_v = F.scaled_dot_product_attention(q_land.to(q.dtype), k, v)  # (B, H, m, D)
+        middle = inv @ right_v.to(acc)  # (B, H, m, D)
+        return F.scaled_dot_product_attention(q, k_land.to(q.dtype), middle.to(q.dtype))  # (B, H, N, D)
 
     def flops(self, q, k, v):
         b, h, n, d = q.shape
