@@ -31,6 +31,15 @@ meets zeros, which is E[:, :n'] with the all-zero rows dropped). Longer inputs r
 Linformer is not causal: every projected row mixes all positions, so masking after the projection does
 not hide the future. The registry says ``causal=False``; ``LinformerAttention(..., causal=True)`` builds
 the masked-after-projection variant only so tests can show that it leaks.
+
+Kernels (``kernel``): ``torch`` is the reference path above (strided matmuls for the projections, then
+SDPA over the k rows). ``triton`` runs :mod:`attnbench.kernels.linformer_triton`: one split-K launch
+projecting K and V together, then one attention kernel over the k rows. It covers the matrix
+projections (``linear``, ``random``) in every sharing mode, and is forward-only: a call that needs
+gradients (grad mode on and an input, E or F requiring grad) runs the torch path, as does a call the
+kernels cannot take (e.g. head_dim 48); ``stats()`` says which kernel the last call ran and why it fell
+back. ``auto`` picks ``triton`` on CUDA for fp16/bf16 with a matrix projection when Triton is installed,
+and ``torch`` otherwise. ``triton`` on CPU needs Triton's interpreter (``TRITON_INTERPRET=1``; tests).
 """
 from __future__ import annotations
 
@@ -43,12 +52,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnbench.kernels import triton_available, triton_interpreting
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 Projection = Literal["linear", "random", "mean_pool", "max_pool", "conv"]
 Sharing = Literal["none", "headwise", "kv", "layerwise"]
+Kernel = Literal["auto", "triton", "torch"]
 POOLED = ("mean_pool", "max_pool", "conv")  # windowed projections: need n divisible by k
 LEARNED = ("linear", "conv")
+MATRIX = ("linear", "random")  # (k, n) projections: the ones the Triton kernels take
+TRITON_DTYPES = (torch.float16, torch.bfloat16)  # what kernel="auto" sends to Triton
+TRITON_HEAD_DIMS = (16, 32, 64, 128)  # = linformer_triton.HEAD_DIMS, without importing it
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,7 @@ class LinformerParams:
     sharing: Sharing = "headwise"      # none | headwise | kv | layerwise
     freeze: bool = False               # linear/conv only: keep E, F fixed (requires_grad False)
     k_schedule: tuple[int, ...] = ()   # per-layer k (layer i uses k_schedule[i]); () = k everywhere
+    kernel: Kernel = "auto"            # auto: triton on CUDA (fp16/bf16, linear/random), else torch
 
 
 def layer_k(p: LinformerParams, layer: int) -> int:
@@ -92,7 +107,31 @@ def check_k(p: LinformerParams, ctx: BuildContext) -> str | None:
     return None
 
 
-CONSTRAINTS = (check_schedule, check_k)
+def check_kernel(p: LinformerParams, ctx: BuildContext) -> str | None:
+    """``kernel="triton"`` needs Triton, a matrix projection, and CUDA (or the CPU interpreter)."""
+    if p.kernel != "triton":
+        return None
+    if not triton_available():
+        return "unavailable: triton not installed (pip install triton)"
+    if p.projection not in MATRIX:
+        return (f"kernel='triton' covers the matrix projections {MATRIX}, not "
+                f"projection={p.projection!r} (use kernel='torch' or 'auto')")
+    if ctx.device.type != "cuda" and not (ctx.device.type == "cpu" and triton_interpreting()):
+        return (f"kernel='triton' needs a CUDA device, not {ctx.device.type} "
+                f"(on CPU only under TRITON_INTERPRET=1)")
+    return None
+
+
+def resolve_kernel(p: LinformerParams, ctx: BuildContext) -> str:
+    """``triton`` or ``torch`` for ``p.kernel``; ``auto`` takes Triton only where it is meant to pay."""
+    if p.kernel != "auto":
+        return p.kernel
+    fits = (ctx.device.type == "cuda" and ctx.dtype in TRITON_DTYPES and p.projection in MATRIX
+            and ctx.head_dim in TRITON_HEAD_DIMS)
+    return "triton" if fits and triton_available() else "torch"
+
+
+CONSTRAINTS = (check_schedule, check_k, check_kernel)
 
 
 def _xavier(shape: tuple[int, ...], fan_in: int, fan_out: int, gain: float,
@@ -150,6 +189,10 @@ class LinformerAttention(nn.Module):
             raise Unsupported(f"k={self.k} must be between 1 and n={ctx.n}")
         if p.projection in POOLED and ctx.n % self.k:
             raise Unsupported(f"projection={p.projection!r} needs n={ctx.n} divisible by k={self.k}")
+        if (why := check_kernel(p, ctx)) is not None:
+            raise Unsupported(why)
+        self.kernel = resolve_kernel(p, ctx)  # triton | torch; a call may still fall back to torch
+        self._ran: tuple[str, str | None] | None = None  # (kernel, fallback reason) of the last call
         self.n = ctx.n
         self.projection = p.projection
         self.sharing = p.sharing
@@ -211,9 +254,29 @@ class LinformerAttention(nn.Module):
                              f"build it for the longest length it will see")
         if v.shape[-2] != m:
             raise ValueError(f"keys have {m} positions but values have {v.shape[-2]}")
+        if self.kernel == "triton":
+            E, F_ = self.E[..., :m], self.F[..., :m]  # (k, m) or (H, k, m): views, no copies
+            why = self._triton_fallback(q, k, v, E, F_)
+            self._ran = ("torch", why) if why else ("triton", None)
+            if why is None:
+                from attnbench.kernels.linformer_triton import linformer_forward
+
+                return linformer_forward(q, k, v, E, F_)  # (B, H, N, D)
+        else:
+            self._ran = ("torch", None)
         kp = self._project(k, self.E)  # (B, H, k, D)
         vp = self._project(v, self.F)  # (B, H, k, D)
         return F.scaled_dot_product_attention(q, kp, vp, is_causal=self.causal)  # (B, H, N, D)
+
+    def _triton_fallback(self, q, k, v, E, F_) -> str | None:
+        """Why this call must run the torch path instead of the Triton kernels (None: it need not)."""
+        if self.causal:
+            return "causal=True (masked after the projection) exists only on the torch path"
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, E, F_)):
+            return "gradients needed: the Triton kernels are forward-only"
+        from attnbench.kernels.linformer_triton import unsupported_reason
+
+        return unsupported_reason(q, k, v, E, F_)
 
     def flops(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> float:
         b, h, n, d = q.shape
@@ -226,8 +289,14 @@ class LinformerAttention(nn.Module):
         return project + 4.0 * b * h * n * rows * d
 
     def stats(self) -> dict:
-        return {"k": self.k, "proj_matrices": len(projection_matrices(self)),
-                "proj_params": sum(t.numel() for t in projection_matrices(self))}
+        """``kernel`` is what the last call ran (before any call: what it will try), with
+        ``kernel_fallback`` saying why a Triton module ran torch."""
+        kernel, fallback = self._ran or (self.kernel, None)
+        row = {"k": self.k, "proj_matrices": len(projection_matrices(self)),
+               "proj_params": sum(t.numel() for t in projection_matrices(self)), "kernel": kernel}
+        if fallback:
+            row["kernel_fallback"] = fallback
+        return row
 
 
 def projection_matrices(*modules: nn.Module) -> list[torch.Tensor]:
