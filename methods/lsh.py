@@ -24,7 +24,8 @@ Definitions used here (i = query position, j = key position, scores q_i·k_j/√
   correction), so more rounds can only widen the set each query sees. Without ``dedup`` the rounds are
   merged the same way but nothing is subtracted (a pair found in m rounds counts m times).
 
-Two kernels compute the same thing (``kernel``; ``auto`` = ``flex`` on CUDA, ``torch`` elsewhere):
+Two kernels compute the same thing (``kernel``; ``auto`` = ``flex`` on CUDA, ``torch`` elsewhere or
+where FlexAttention fails to build, with the reason in ``stats()["flex_error"]``):
 
 - ``torch``: gathers every round's sorted chunks and scores each chunk of ``bucket_size`` queries
   against its 2·bucket_size candidate keys in one float32 (B, H, R, n/c, c, 2c) tensor. It is the
@@ -76,6 +77,11 @@ class LSHParams:
 def num_buckets(n: int, bucket_size: int) -> int:
     nb = n // bucket_size
     return nb if nb == 1 else nb + nb % 2
+
+
+def default_kernel(device: torch.device) -> str:
+    """What ``kernel="auto"`` picks: FlexAttention on CUDA, the torch kernel elsewhere."""
+    return "flex" if device.type == "cuda" else "torch"
 
 
 def shared_keys(q: torch.Tensor) -> torch.Tensor:
@@ -191,13 +197,18 @@ class LSHAttention(nn.Module):
         rot = torch.randn(p.n_hashes, ctx.head_dim, max(self.n_buckets // 2, 1),
                           generator=ctx.generator(salt=0x15A))  # (R, D, n_buckets/2)
         self.register_buffer("rotations", rot.to(ctx.device), persistent=False)  # hashing in fp32
-        kernel = p.kernel
-        if kernel == "auto":
-            kernel = "flex" if ctx.device.type == "cuda" else "torch"
+        kernel = default_kernel(ctx.device) if p.kernel == "auto" else p.kernel
         self.kernel = kernel
         self._stats: dict = {"n_buckets": self.n_buckets, "kernel": kernel}
         if kernel == "flex":
-            self._init_flex(ctx)
+            try:
+                self._init_flex(ctx)
+            except Unsupported as exc:  # auto falls back to the torch kernel and says why
+                if p.kernel != "auto":
+                    raise
+                self.kernel = "torch"
+                self._stats = {"n_buckets": self.n_buckets, "kernel": "torch",
+                               "flex_error": str(exc)}
 
     # shared by both kernels
 

@@ -336,3 +336,18 @@ def test_compiled_flex_kernel_replays_in_a_cuda_graph():
     with torch.no_grad():
         timing = time_cuda_graph(lambda: m(q, k, v), dev, warmup=2, repeats=3)
     assert timing.mode == "cuda-graph" and timing.median > 0
+
+
+def test_auto_falls_back_to_the_torch_kernel_when_flex_cannot_build(monkeypatch):
+    from attnbench.methods import lsh
+    from attnbench.registry import Unsupported
+
+    def fail(self, ctx):
+        raise Unsupported("FlexAttention failed: test")
+
+    monkeypatch.setattr(LSHAttention, "_init_flex", fail)
+    monkeypatch.setattr(lsh, "default_kernel", lambda device: "flex")  # as on CUDA
+    m = build(64, bucket_size=16)
+    assert m.kernel == "torch" and m.stats()["flex_error"] == "FlexAttention failed: test"
+    with pytest.raises(Unsupported):
+        build(64, bucket_size=16, kernel="flex")
