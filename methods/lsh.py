@@ -28,8 +28,8 @@ Two kernels compute the same thing (``kernel``; ``auto`` = ``flex`` on CUDA, ``t
 where FlexAttention fails to build, with the reason in ``stats()["flex_error"]``):
 
 - ``torch``: gathers every round's sorted chunks and scores each chunk of ``bucket_size`` queries
-  against its 2·bucket_size candidate keys in one float32 (B, H, R, n/c, c, 2c) tensor. It is the
-  reference, the CPU path and the one float64 inputs always take.
+  against its 2·bucket_size candidate keys in one float32 (B, H, R, chunks, bucket_size,
+  2·bucket_size) tensor. It is the reference, the CPU path and the one float64 inputs always take.
 - ``flex``: in each round's sorted order the candidate structure is static (slot s sees the slots of
   its chunk and the chunk before; causal: the ``bucket_size`` slots back), so one FlexAttention block
   mask, built in the factory, serves every call. Queries, keys and values are sorted per round into
@@ -37,8 +37,10 @@ where FlexAttention fails to build, with the reason in ``stats()["flex_error"]``
   are unsorted and merged as above. The self rule, the causal same-bucket test and -log N_ij are a
   ``score_mod`` reading small per-slot tensors (each token's chunk in every round, packed into int32
   words; causal: bucket and slot), so no score-sized tensor is ever stored. On CUDA the kernel is
-  compiled (and warmed up) in the factory; on CPU FlexAttention runs uncompiled, which materialises
-  the scores and is there to test the logic, not for speed.
+  compiled for fixed shapes and its forward warmed up in the factory at the cell's batch and dtype
+  (another batch or dtype, or the first backward, compiles once more, in the harness's untimed
+  warm-up). On CPU FlexAttention runs uncompiled and forward only, which materialises the scores and
+  is there to test the logic, not for speed.
 
 ``exact_reference`` is the same shared-QK attention over all keys (causal: all keys <= i) with the same
 self rule, so the error measures the hashing and chunking, not the change to shared QK.
