@@ -18,10 +18,29 @@ Definitions used here (i = query position, j = key position, scores q_i·k_j/√
   not do: a shifted chunk boundary changes which past keys a past query sees.)
 - Self: a query never attends to itself unless it has no other candidate (its score is replaced by
   -1e5, as Reformer does, which makes its weight exactly zero in float32 otherwise).
-- Rounds: each pair is scored with ``-log N_ij`` added, N_ij being the number of rounds in which j is a
-  candidate of i, and rounds are merged with their log-sum-exp weights. The result is exactly softmax
-  attention over the union of the rounds' candidates (the paper's duplicate correction), so more rounds
-  can only widen the set each query sees.
+- Rounds: with ``dedup`` each pair is scored with ``-log N_ij`` added, N_ij being the number of rounds
+  in which j is a candidate of i, and rounds are merged with their log-sum-exp weights. The result is
+  exactly softmax attention over the union of the rounds' candidates (the paper's duplicate
+  correction), so more rounds can only widen the set each query sees. Without ``dedup`` the rounds are
+  merged the same way but nothing is subtracted (a pair found in m rounds counts m times).
+
+Two kernels compute the same thing (``kernel``; ``auto`` = ``flex`` on CUDA, ``torch`` elsewhere or
+where FlexAttention fails to build, with the reason in ``stats()["flex_error"]``):
+
+- ``torch``: gathers every round's sorted chunks and scores each chunk of ``bucket_size`` queries
+  against its 2·bucket_size candidate keys in one float32 (B, H, R, chunks, bucket_size,
+  2·bucket_size) tensor. It is the reference, the CPU path and the one float64 inputs always take.
+- ``flex``: in each round's sorted order the candidate structure is static (slot s sees the slots of
+  its chunk and the chunk before; causal: the ``bucket_size`` slots back), so one FlexAttention block
+  mask, built in the factory, serves every call. Queries, keys and values are sorted per round into
+  (B, H·R, N, D), one FlexAttention call returns each round's output and log-sum-exp, and the rounds
+  are unsorted and merged as above. The self rule, the causal same-bucket test and -log N_ij are a
+  ``score_mod`` reading small per-slot tensors (each token's chunk in every round, packed into int32
+  words; causal: bucket and slot), so no score-sized tensor is ever stored. On CUDA the kernel is
+  compiled for fixed shapes and its forward warmed up in the factory at the cell's batch and dtype
+  (another batch or dtype, or the first backward, compiles once more, in the harness's untimed
+  warm-up). On CPU FlexAttention runs uncompiled and forward only, which materialises the scores and
+  is there to test the logic, not for speed.
 
 ``exact_reference`` is the same shared-QK attention over all keys (causal: all keys <= i) with the same
 self rule, so the error measures the hashing and chunking, not the change to shared QK.
@@ -30,14 +49,18 @@ Needs n divisible by ``bucket_size`` (declared as a constraint).
 from __future__ import annotations
 
 import math
+import time
+import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from attnbench.registry import BuildContext, register_method
+from attnbench.registry import BuildContext, Unsupported, register_method
 
 SELF_SCORE = -1e5  # Reformer's score for attending to oneself
+Kernel = Literal["auto", "flex", "torch"]
 
 
 @dataclass(frozen=True)
@@ -49,11 +72,18 @@ class LSHParams:
     # Reformer's cheaper default (reformer-pytorch's allow_duplicate_attention=True), which skips the
     # O(n_hashes²) duplicate count
     dedup: bool = True
+    # auto: FlexAttention on CUDA, the torch kernel elsewhere; flex on CPU runs uncompiled, forward only
+    kernel: Kernel = "auto"
 
 
 def num_buckets(n: int, bucket_size: int) -> int:
     nb = n // bucket_size
     return nb if nb == 1 else nb + nb % 2
+
+
+def default_kernel(device: torch.device) -> str:
+    """What ``kernel="auto"`` picks: FlexAttention on CUDA, the torch kernel elsewhere."""
+    return "flex" if device.type == "cuda" else "torch"
 
 
 def shared_keys(q: torch.Tensor) -> torch.Tensor:
@@ -81,6 +111,83 @@ def shared_qk_attention(q: torch.Tensor, v: torch.Tensor, *, causal: bool,
     return out
 
 
+def _flex_api():
+    """flex_attention and how to ask it for the log-sum-exp (``return_aux`` where torch has it)."""
+    from torch.nn.attention import flex_attention as fa
+
+    aux = getattr(fa, "AuxRequest", None)
+    if aux is None:
+        return fa.flex_attention, dict(return_lse=True), False
+    return fa.flex_attention, dict(return_aux=aux(lse=True)), True
+
+
+def lsh_block_mask(n: int, bucket_size: int, causal: bool, device: torch.device):
+    """The static candidate pattern in sorted-slot space, as a FlexAttention block mask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    c, nc = bucket_size, n // bucket_size
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        if causal:  # the same-bucket test is in the score_mod
+            back = q_idx - kv_idx
+            return (back >= 0) & (back <= c)
+        d = q_idx // c - kv_idx // c
+        return (d == 0) | (d == 1) | (d == 1 - nc)  # own chunk or the one before (cyclic)
+
+    return create_block_mask(mask_mod, None, None, n, n, device=device,
+                             _compile=device.type == "cuda")
+
+
+def make_flex_rounds(n: int, bucket_size: int, rounds: int, causal: bool, dedup: bool, scale: float):
+    """``fn(qs, ks, vs, block_mask, aux) -> (out, lse)`` on each round's sorted (B, H·R, N, D) tensors.
+
+    ``aux`` (see :meth:`LSHAttention._flex_aux`): non-causal dedup: (B, H·R, W, N) int32 words packing
+    the chunk of the token at each slot in every round (``bits`` bits a round); causal: (B, H·R, R, N)
+    ``g = bucket·2n + slot`` of that token in every round (j is a candidate of i in round r exactly
+    when 0 <= g_i - g_j <= bucket_size) and, for the slot's own round, the same in (B, H·R, N)."""
+    flex_attention, lse_kw, has_aux = _flex_api()
+    c, nc = bucket_size, n // bucket_size
+    bits = max(1, (nc - 1).bit_length())
+    per_word = max(1, 31 // bits)
+    field = (1 << bits) - 1
+    count_rounds = dedup and rounds > 1
+
+    def score_mod(score, b, h, q_idx, kv_idx, aux):
+        score = torch.where(q_idx == kv_idx, SELF_SCORE, score)
+        if causal:
+            g, g_own = aux
+            back = g_own[b, h, q_idx] - g_own[b, h, kv_idx]  # 0..c slots back in the same bucket
+            score = torch.where(back <= c, score, -float("inf"))  # the block mask gives back >= 0
+        if not count_rounds:
+            return score
+        found = []  # per round: is kv_idx a candidate of q_idx there?
+        if causal:
+            for r in range(rounds):
+                d = g[b, h, r, q_idx] - g[b, h, r, kv_idx]
+                found.append((d >= 0) & (d <= c))
+        else:
+            words = aux[0]
+            for w in range((rounds + per_word - 1) // per_word):
+                wq, wk = words[b, h, w, q_idx], words[b, h, w, kv_idx]
+                for t in range(min(per_word, rounds - w * per_word)):
+                    d = ((wq >> (t * bits)) & field) - ((wk >> (t * bits)) & field)
+                    found.append((d == 0) | (d == 1) | (d == 1 - nc))
+        count = found[0].to(score.dtype)
+        for f in found[1:]:
+            count = count + f.to(score.dtype)
+        return score - torch.log(count.clamp_min(1.0))
+
+    def flex_rounds(qs, ks, vs, block_mask, aux):
+        def mod(score, b, h, q_idx, kv_idx):
+            return score_mod(score, b, h, q_idx, kv_idx, aux)
+
+        out, extra = flex_attention(qs, ks, vs, score_mod=mod, block_mask=block_mask, scale=scale,
+                                    **lse_kw)
+        return out, (extra.lse if has_aux else extra)
+
+    return flex_rounds
+
+
 class LSHAttention(nn.Module):
     """LSH attention over ``n_hashes`` rounds of hashed, sorted and chunked shared-QK attention."""
 
@@ -92,6 +199,20 @@ class LSHAttention(nn.Module):
         rot = torch.randn(p.n_hashes, ctx.head_dim, max(self.n_buckets // 2, 1),
                           generator=ctx.generator(salt=0x15A))  # (R, D, n_buckets/2)
         self.register_buffer("rotations", rot.to(ctx.device), persistent=False)  # hashing in fp32
+        kernel = default_kernel(ctx.device) if p.kernel == "auto" else p.kernel
+        self.kernel = kernel
+        self._stats: dict = {"n_buckets": self.n_buckets, "kernel": kernel}
+        if kernel == "flex":
+            try:
+                self._init_flex(ctx)
+            except Unsupported as exc:  # auto falls back to the torch kernel and says why
+                if p.kernel != "auto":
+                    raise
+                self.kernel = "torch"
+                self._stats = {"n_buckets": self.n_buckets, "kernel": "torch",
+                               "flex_error": str(exc)}
+
+    # shared by both kernels
 
     def hash(self, key: torch.Tensor) -> torch.Tensor:
         """Bucket of every token in every round: (B, H, N, D) -> (B, H, R, N)."""
@@ -99,18 +220,129 @@ class LSHAttention(nn.Module):
         if self.n_buckets == 1:
             return torch.zeros(b, h, self.n_hashes, n, dtype=torch.long, device=key.device)
         rotated = torch.einsum("bhnd,rdk->bhrnk", key.float(), self.rotations)  # (B, H, R, N, nb/2)
-        return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+        # argmax([x, -x]) without concatenating: the first half wins ties, as argmax does
+        top, arg_top = rotated.max(dim=-1)
+        low, arg_low = rotated.min(dim=-1)
+        return torch.where(top >= -low, arg_top, arg_low + rotated.shape[-1])
+
+    def _sort(self, q):
+        """Key, buckets, each round's sorted order (token at each slot) and slots (slot of each
+        token), the last three (B, H, R, N)."""
+        n = q.shape[-2]
+        key = shared_keys(q.to(torch.promote_types(q.dtype, torch.float32)))
+        buckets = self.hash(key)
+        pos = torch.arange(n, device=q.device)
+        order = (buckets * n + pos).argsort(dim=-1)
+        slot = torch.empty_like(order).scatter_(-1, order, pos.expand_as(order))
+        return key, buckets, order, slot
+
+    @staticmethod
+    def _merge(o, lse, slot, dtype):
+        """Unsort each round's output (B, H, R, N, D) and log-sum-exp (B, H, R, N) and merge the rounds
+        with their log-sum-exp weights."""
+        d = o.shape[-1]
+        o = o.gather(3, slot[..., None].expand(*slot.shape, d))
+        lse = lse.gather(3, slot)  # (B, H, R, N) in token order
+        weights = torch.softmax(lse, dim=2)  # each round's share of the union's total mass
+        return (weights[..., None] * o).sum(dim=2).to(dtype)
 
     def forward(self, q, k, v):
+        if self.kernel == "flex" and q.dtype != torch.float64:
+            return self._forward_flex(q, v)
+        return self._forward_torch(q, v)
+
+    # FlexAttention kernel
+
+    def _init_flex(self, ctx: BuildContext):
+        n, c, rounds = ctx.n, self.bucket_size, self.n_hashes
+        fn = make_flex_rounds(n, c, rounds, self.causal, self.dedup, 1.0 / math.sqrt(ctx.head_dim))
+        cuda = ctx.device.type == "cuda"
+        try:
+            if cuda:
+                import torch._dynamo.config as dynamo_config
+
+                # every cell compiles its own score_mod and mask; dynamo's default of 8 would drop later
+                # cells to the eager, fully materialising flex_attention
+                for knob in ("recompile_limit", "cache_size_limit"):
+                    if hasattr(dynamo_config, knob):
+                        setattr(dynamo_config, knob, max(getattr(dynamo_config, knob), 1024))
+                fn = torch.compile(fn, dynamic=False)
+            self.block_mask = lsh_block_mask(n, c, self.causal, ctx.device)
+        except Exception as exc:  # noqa: BLE001 - inductor/triton fail in many ways
+            raise Unsupported(f"FlexAttention failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from exc
+        self._flex = fn
+        self._stats["compiled"] = False
+        if not cuda or ctx.dtype == torch.float64:  # float64 always takes the torch kernel
+            return
+        # warm up (compile) the forward at the cell's batch; the backward compiles on its first call,
+        # in the harness's untimed warm-up (most cells are forward only, and it costs as much again)
+        shape = (ctx.batch, ctx.heads, n, ctx.head_dim)
+        g = torch.Generator(device=ctx.device).manual_seed(0)
+        q, v = (torch.randn(shape, device=ctx.device, dtype=ctx.dtype, generator=g) for _ in range(2))
+        try:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                self._forward_flex(q, v)
+            torch.cuda.synchronize(ctx.device)
+        except Exception as exc:  # noqa: BLE001
+            raise Unsupported(f"FlexAttention failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from exc
+        self._stats.update(compiled=True, compile_s=time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def _flex_aux(self, buckets, order, slot):
+        """The per-slot tensors the score_mod reads (see :func:`make_flex_rounds`)."""
+        b, h, rounds, n = order.shape
+        c, nc = self.bucket_size, n // self.bucket_size
+        if not self.causal and not (self.dedup and rounds > 1):
+            return ()
+        # value of every token in every round, read at each round's slots: (B, H, R own, R, N)
+        at = order[:, :, :, None, :].expand(b, h, rounds, rounds, n)
+        if self.causal:
+            g = buckets * (2 * n) + slot  # (B, H, R, N), token order
+            wide = torch.int32 if int(2 * n * self.n_buckets) < 2**31 else torch.int64
+            g_own = g.gather(3, order).to(wide).view(b, h * rounds, n)
+            if not (self.dedup and rounds > 1):
+                return (g_own, g_own)
+            per = g[:, :, None].expand(b, h, rounds, rounds, n).gather(4, at).to(wide)
+            return (per.reshape(b, h * rounds, rounds, n), g_own)
+        bits = max(1, (nc - 1).bit_length())
+        per_word = max(1, 31 // bits)
+        chunk = (slot // c).int()
+        per = chunk[:, :, None].expand(b, h, rounds, rounds, n).gather(4, at)  # (B, H, R, R, N)
+        words = []
+        for w in range(0, rounds, per_word):
+            word = torch.zeros_like(per[:, :, :, 0])
+            for t in range(min(per_word, rounds - w)):
+                word |= per[:, :, :, w + t] << (t * bits)
+            words.append(word)
+        return (torch.stack(words, dim=3).view(b, h * rounds, len(words), n),)
+
+    def _forward_flex(self, q, v):
+        b, h, n, d = q.shape
+        rounds = self.n_hashes
+        key, buckets, order, slot = self._sort(q)
+        idx = order[..., None].expand(b, h, rounds, n, d)
+
+        def sort(x):  # (B, H, N, D) -> (B, H·R, N, D), each round in its sorted order
+            return x[:, :, None].expand(b, h, rounds, n, d).gather(3, idx).view(b, h * rounds, n, d)
+
+        aux = self._flex_aux(buckets, order, slot)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # uncompiled (CPU) flex_attention warns that it is unfused
+            out, lse = self._flex(sort(q), sort(key.to(q.dtype)), sort(v), self.block_mask, aux)
+        return self._merge(out.view(b, h, rounds, n, d), lse.view(b, h, rounds, n), slot, q.dtype)
+
+    # torch kernel
+
+    def _forward_torch(self, q, v):
         b, h, n, d = q.shape
         rounds, c = self.n_hashes, self.bucket_size
         nc = n // c
         acc = torch.promote_types(q.dtype, torch.float32)  # softmax precision: fp32 or better
-        key = shared_keys(q.to(acc))
-        buckets = self.hash(key)  # (B, H, R, N)
+        key, buckets, order, slot = self._sort(q)
         pos = torch.arange(n, device=q.device)
-        order = (buckets * n + pos).argsort(dim=-1)  # (B, H, R, N): token at each sorted slot
-        slot = order.argsort(dim=-1)  # (B, H, R, N): sorted slot of each token
 
         def sort(x):  # (B, H, N, D) -> (B, H, R, nc, c, D) in each round's sorted order
             idx = order[..., None].expand(b, h, rounds, n, x.shape[-1])
@@ -141,10 +373,7 @@ class LSHAttention(nn.Module):
         total = e.sum(dim=-1)  # (B, H, R, nc, c)
         lse = total.log() + mx[..., 0]
         o = (e.to(v.dtype) @ vs).to(acc) / total[..., None]  # (B, H, R, nc, c, D)
-        o = o.view(b, h, rounds, n, d).gather(3, slot[..., None].expand(b, h, rounds, n, d))
-        lse = lse.view(b, h, rounds, n).gather(3, slot)  # (B, H, R, N) in token order
-        weights = torch.softmax(lse, dim=2)  # each round's share of the union's total mass
-        return (weights[..., None] * o).sum(dim=2).to(q.dtype)
+        return self._merge(o.view(b, h, rounds, n, d), lse.view(b, h, rounds, n), slot, q.dtype)
 
     def _reach(self, q_slot, k_slot, q_bkt, k_bkt):
         """Causal candidates: same bucket, 0..bucket_size slots back."""
@@ -180,7 +409,7 @@ class LSHAttention(nn.Module):
         return shared_qk_attention(q, v, causal=self.causal)
 
     def stats(self) -> dict:
-        return {"n_buckets": self.n_buckets}
+        return dict(self._stats)
 
     def flops(self, q, k, v) -> float:
         b, h, n, d = q.shape
