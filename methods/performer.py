@@ -14,12 +14,20 @@ cancel between the numerator φ(q)ᵀΣφ(k)vᵀ and the denominator φ(q)ᵀΣ�
 moved from the keys to the queries. FAVOR+ uses that freedom so fp16/bf16 neither overflow nor lose the
 keys that matter to a query:
 
-- bidirectional: each key feature column is divided by its sum over keys (a logsumexp shift c_l), the
-  queries are multiplied by exp(c_l) instead and then divided by their row maximum. Key features are
-  ≤ 1 and sum to 1 per column, query features are ≤ 1 with a 1 in every row, so the denominator lies in
-  [1, m], and whatever underflows is negligible next to that query's own largest term;
-- causal, earlier chunks: the running state keeps the same per-feature frame, now the logsumexp over
-  the keys of all earlier chunks only, rescaled as later chunks extend it (as online softmax does);
+- bidirectional (``favor_bidirectional``): the exponents come out of matmuls with their shifts folded
+  in, accumulated in fp32. ω carries the d^(-1/4) input scale; key rows are extended with
+  [‖k‖², ‖k‖², −1] against [−d^(-1/2)/2 in two parts, M_l], M_l the column maximum of the key exponents,
+  so key features exp(ωᵀk − ‖k‖²/2 − M_l) are ≤ 1 with a 1 in every column. The state Σ_j φ(k_j)[v_j, 1]
+  is taken with values scaled by α (2^-14 in fp16, else 1): column sums S_l ∈ [1, n] become
+  α·S_l ≥ 2^-14, a normal fp16 number, and nothing overflows while n·max|v| < 2^30. Each feature of the
+  state is divided by exp(L_l), L_l = log(α·S_l) rounded to the dtype, and the query rows, extended
+  with [1, 1] against [M_l, L_l], get exactly M_l + L_l added. A softmax over each query row then
+  removes the row maximum and ‖q‖²/2 (constants per query, which cancel): query features are ≤ 1 and
+  sum to 1, the state's denominator column is ≈ 1, so every denominator is ≈ 1 and whatever
+  underflows is negligible next to that query's own largest term;
+- causal, earlier chunks: the running state keeps a per-feature frame, the logsumexp over the keys
+  of all earlier chunks only (M_l + L_l above is that over all keys, up to log α), rescaled as later
+  chunks extend it (as online softmax does);
 - causal, inside a chunk: a masked c×c product in which key j weighs exp(r_j − P_i) ≤ 1, r_j its row
   maximum and P_i the running maximum of r over positions ≤ i; these weights and the c×c reduction are
   taken in fp32, whose range they need. Nothing from the future enters any output; only
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -149,7 +158,9 @@ def _lse(x: torch.Tensor, dim: int) -> torch.Tensor:
 def favor_positive_attention(q_exp: torch.Tensor, k_exp: torch.Tensor, v: torch.Tensor, *,
                              causal: bool = False, chunk_size: int = 128) -> torch.Tensor:
     """Σ_j φ(q_i)ᵀφ(k_j) v_j / Σ_j φ(q_i)ᵀφ(k_j) with φ = exp(exponent), from (B, H, N, m) exponents
-    ωᵀx − ‖x‖²/2, evaluated in the stabilised form the module docstring describes."""
+    ωᵀx − ‖x‖²/2. The causal path of the module; bidirectional, this is the earlier form (a logsumexp
+    per key feature, shifted exponent tensors), kept as the reference that ``favor_bidirectional`` is
+    tested and benchmarked against."""
     vv = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, N, D+1): last column = denominator
     if not causal:
         shift = _lse(k_exp.detach(), dim=-2)  # (B, H, 1, m): per-feature log column sum
@@ -161,6 +172,95 @@ def favor_positive_attention(q_exp: torch.Tensor, k_exp: torch.Tensor, v: torch.
         out = _positive_causal(q_exp, k_exp, vv, chunk_size)
     num, den = out[..., :-1], out[..., -1:]
     return (num / den.masked_fill(den == 0, 1.0)).to(v.dtype)
+
+
+def _pad8(width: int) -> int:
+    return -(-width // 8) * 8
+
+
+class FavorConstants(NamedTuple):
+    """What ``favor_bidirectional`` multiplies with, built once per ω, dtype and device (no host to
+    device copies per call, so the forward can be captured in a CUDA graph)."""
+
+    proj: torch.Tensor  # (K, m), K = d + 3 rounded up to a multiple of 8
+    q_tail: torch.Tensor  # (K − d,): [1, 1, 0…], the query columns after q
+    k_tail: torch.Tensor  # (K − d − 2,): [−1, 0…], the key columns after [k, ‖k‖², ‖k‖²]
+    v_tail: torch.Tensor  # (D' − d,): [α, 0…], D' = d + 1 rounded up to a multiple of 8
+    alpha: float  # value scale: 2^-14 in fp16, else 1
+    views: dict  # (B, H, N) -> the expanded views of the above that one call needs (saves dispatch)
+
+
+def _pad8(width: int) -> int:
+    return -(-width // 8) * 8
+
+
+def favor_constants(omega: torch.Tensor, dtype: torch.dtype) -> FavorConstants:
+    """Rows 0..d−1 of ``proj`` are ωᵀ·d^(-1/4) (the input scale folded in); rows d and d+1 are
+    −d^(-1/2)/2 split into its value in ``dtype`` and the remainder (the keys carry ‖k‖² in two
+    columns, so the constant is applied to about twice the dtype's precision); the rest are zeros,
+    replaced per call by the stabilising shifts."""
+    m, d = omega.shape
+    width = _pad8(d + 3)
+    acc = torch.promote_types(dtype, torch.float32)
+    scale = d ** -0.25
+    c = torch.tensor(-scale * scale / 2, dtype=torch.float64)
+    c_hi = c.to(dtype)
+    proj = torch.zeros(width, m, dtype=dtype, device=omega.device)
+    proj[:d] = (omega.to(acc) * scale).t().to(dtype)
+    proj[d] = c_hi
+    proj[d + 1] = (c - c_hi.double()).to(dtype)
+    alpha = 2.0 ** -14 if dtype == torch.float16 else 1.0
+
+    def row(values, size):
+        return torch.tensor(values + [0.0] * (size - len(values)), dtype=dtype, device=omega.device)
+
+    return FavorConstants(proj, row([1.0, 1.0], width - d), row([-1.0], width - d - 2),
+                          row([alpha], _pad8(d + 1) - d), alpha, {})
+
+
+def _views(consts: FavorConstants, b: int, h: int, n: int, d: int):
+    key = (b, h, n)
+    found = consts.views.get(key)
+    if found is None:
+        if len(consts.views) > 16:
+            consts.views.clear()
+        width, m = consts.proj.shape
+        rows = consts.proj.expand(b, h, width, m)
+        found = (consts.k_tail.expand(b, h, n, -1), consts.v_tail.expand(b, h, n, -1),
+                 consts.q_tail.expand(b, h, n, -1), rows[:, :, :d + 2], rows[:, :, d + 3:],
+                 rows[:, :, :d], rows[:, :, d + 2:])
+        consts.views[key] = found
+    return found
+
+
+def favor_bidirectional(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        consts: FavorConstants) -> torch.Tensor:
+    """Bidirectional FAVOR+ from q, k, v (B, H, N, D) and ``favor_constants``, in the form the module
+    docstring describes: each exponent comes out of one matmul with its shifts folded in, so the
+    (B, H, N, m) tensors see a projection and a column max (keys, no autograd), a projection, exp and
+    the state matmul (keys), a projection, a row softmax and the readout matmul (queries)."""
+    b, h, n, d = q.shape
+    k_tail, v_tail, q_tail, k_rows_lo, k_rows_hi, q_rows_lo, q_rows_hi = _views(consts, b, h, n, d)
+    # keys: [k, ‖k‖², ‖k‖², −1, 0…] against [ω·s; c_hi; c_lo; M; 0…] is ωᵀk·s − s²‖k‖²/2 − M_l
+    sq = (k * k).sum(-1, keepdim=True)  # (B, H, N, 1), accumulated in fp32 by the reduction
+    ka = torch.cat([k, sq, sq, k_tail], dim=-1)  # (B, H, N, K)
+    top = (ka.detach() @ consts.proj).amax(dim=-2, keepdim=True)  # (B, H, 1, m): M_l, column maxima
+    proj_k = torch.cat([k_rows_lo, top, k_rows_hi], dim=-2)  # (B, H, K, m)
+    kf = torch.matmul(ka, proj_k).exp_()  # (B, H, N, m): ≤ 1, a 1 in every column
+    # values: [v, 1, 0…]·α, so that fp16 sums over n keys stay in range (bound in the docstring)
+    vv = torch.cat([v * consts.alpha if consts.alpha != 1.0 else v, v_tail], dim=-1)  # (B, H, N, D')
+    kv = kf.transpose(-1, -2) @ vv  # (B, H, m, D'): per feature α·Σ_j φ(k_j)[v_j, 1]
+    # per feature: divide by exp(L_l), L_l the log column sum rounded to the dtype, so that the queries
+    # add exactly the same L_l; the denominator column of kvn is then ≈ 1
+    log_sum = torch.log(kv[..., d:d + 1].detach())  # (B, H, m, 1)
+    kvn = kv / torch.exp(log_sum)
+    # queries: [q, 1, 1, 0…] against [ω·s; M; L; 0…]; −‖q‖²/2 and the row maxima are constants per
+    # query, which cancel: the row softmax removes both in one pass
+    qa = torch.cat([q, q_tail], dim=-1)  # (B, H, N, K)
+    proj_q = torch.cat([q_rows_lo, top, log_sum.transpose(-1, -2), q_rows_hi], dim=-2)
+    qf = torch.softmax(torch.matmul(qa, proj_q), dim=-1)  # (B, H, N, m): ≤ 1, rows sum to 1
+    out = qf @ kvn  # (B, H, N, D')
+    return out[..., :d] / out[..., d:d + 1]
 
 
 def _positive_causal(q_exp, k_exp, vv, chunk_size):
@@ -236,11 +336,20 @@ class PerformerAttention(nn.Module):
         self._calls = 0
         omega = draw_omega(self.m, ctx.head_dim, p.orthogonal, ctx.generator(salt=0))
         self.register_buffer("omega", omega.to(ctx.device, ctx.dtype))
+        self._consts: tuple | None = None  # (key, FavorConstants) for the last ω, dtype and device
 
     @torch.no_grad()
     def redraw(self) -> None:
         omega = draw_omega(self.m, self.omega.shape[1], self.p.orthogonal, self._redraw_gen)
         self.omega.copy_(omega.to(self.omega))
+
+    def constants(self, dtype: torch.dtype) -> FavorConstants:
+        """``favor_constants`` of the current ω in ``dtype``, rebuilt after a redraw or a move."""
+        om = self.omega
+        key = (dtype, om.device, om.data_ptr(), om._version)
+        if self._consts is None or self._consts[0] != key:
+            self._consts = (key, favor_constants(om, dtype))
+        return self._consts[1]
 
     def exponents(self, q, k):
         """FAVOR+ exponents ωᵀx − ‖x‖²/2 of the scaled queries and keys, each (B, H, N, m)."""
@@ -268,6 +377,8 @@ class PerformerAttention(nn.Module):
             if self._calls > 0 and self._calls % self.p.redraw_interval == 0:
                 self.redraw()
             self._calls += 1
+        if self.p.positive and not self.causal:
+            return favor_bidirectional(q, k, v, self.constants(q.dtype))
         if self.p.positive:
             q_exp, k_exp = self.exponents(q, k)
             return favor_positive_attention(q_exp, k_exp, v, causal=self.causal,
