@@ -19,12 +19,12 @@ keys that matter to a query:
   [‖k‖², ‖k‖², −1] against [−d^(-1/2)/2 in two parts, M_l], M_l the column maximum of the key exponents,
   so key features exp(ωᵀk − ‖k‖²/2 − M_l) are ≤ 1 with a 1 in every column. The state Σ_j φ(k_j)[v_j, 1]
   is taken with values scaled by α (2^-14 in fp16, else 1): column sums S_l ∈ [1, n] become
-  α·S_l ≥ 2^-14, a normal fp16 number, and nothing overflows while n·max|v| < 2^30. Each feature of the
-  state is divided by exp(L_l), L_l = log(α·S_l) rounded to the dtype, and the query rows, extended
-  with [1, 1] against [M_l, L_l], get exactly M_l + L_l added. A softmax over each query row then
-  removes the row maximum and ‖q‖²/2 (constants per query, which cancel): query features are ≤ 1 and
-  sum to 1, the state's denominator column is ≈ 1, so every denominator is ≈ 1 and whatever
-  underflows is negligible next to that query's own largest term;
+  α·S_l ≥ 2^-14, a normal fp16 number, and nothing overflows while n·max|v| < 65504·2^14 ≈ 10^9.
+  Each feature of the state is divided by exp(L_l), L_l = log(α·S_l) rounded to the dtype, and the
+  query rows, extended with [1, 1] against [M_l, L_l], get exactly M_l + L_l added. A softmax over
+  each query row then removes the row maximum and ‖q‖²/2 (constants per query, which cancel): query
+  features are ≤ 1 and sum to 1, the state's denominator column is ≈ 1, so every denominator is ≈ 1
+  and whatever underflows is negligible next to that query's own largest term;
 - causal, earlier chunks: the running state keeps a per-feature frame, the logsumexp over the keys
   of all earlier chunks only (M_l + L_l above is that over all keys, up to log α), rescaled as later
   chunks extend it (as online softmax does);
@@ -172,10 +172,6 @@ def favor_positive_attention(q_exp: torch.Tensor, k_exp: torch.Tensor, v: torch.
         out = _positive_causal(q_exp, k_exp, vv, chunk_size)
     num, den = out[..., :-1], out[..., -1:]
     return (num / den.masked_fill(den == 0, 1.0)).to(v.dtype)
-
-
-def _pad8(width: int) -> int:
-    return -(-width // 8) * 8
 
 
 class FavorConstants(NamedTuple):
