@@ -24,7 +24,10 @@ keys that matter to a query:
   query rows, extended with [1, 1] against [M_l, L_l], get exactly M_l + L_l added. A softmax over
   each query row then removes the row maximum and ‖q‖²/2 (constants per query, which cancel): query
   features are ≤ 1 and sum to 1, the state's denominator column is ≈ 1, so every denominator is ≈ 1
-  and whatever underflows is negligible next to that query's own largest term;
+  and whatever underflows is negligible next to that query's own largest term. The state's backward
+  divides the incoming gradient by S_l before its matmuls (through the separate steps autograd would
+  multiply it by 1/α first and overflow fp16). ``compile=true`` runs the same function under
+  torch.compile, compiled and warmed in the factory;
 - causal, earlier chunks: the running state keeps a per-feature frame, the logsumexp over the keys
   of all earlier chunks only (M_l + L_l above is that over all keys, up to log α), rescaled as later
   chunks extend it (as online softmax does);
@@ -40,6 +43,7 @@ O(features). The stabilising shifts are detached: the output does not depend on 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -47,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.registry import BuildContext, register_method
+from attnbench.registry import BuildContext, Unsupported, register_method
 
 
 def resolve_nb_features(nb_features: int, head_dim: int) -> int:
@@ -181,7 +185,7 @@ class FavorConstants(NamedTuple):
     proj: torch.Tensor  # (K, m), K = d + 3 rounded up to a multiple of 8
     q_tail: torch.Tensor  # (K − d,): [1, 1, 0…], the query columns after q
     k_tail: torch.Tensor  # (K − d − 2,): [−1, 0…], the key columns after [k, ‖k‖², ‖k‖²]
-    v_tail: torch.Tensor  # (D' − d,): [α, 0…], D' = d + 1 rounded up to a multiple of 8
+    v_tail: torch.Tensor  # (D' − d,): [1, 0…], D' = d + 1 rounded up to a multiple of 8
     alpha: float  # value scale: 2^-14 in fp16, else 1
     views: dict  # (B, H, N) -> the expanded views of the above that one call needs (saves dispatch)
 
@@ -211,7 +215,15 @@ def favor_constants(omega: torch.Tensor, dtype: torch.dtype) -> FavorConstants:
         return torch.tensor(values + [0.0] * (size - len(values)), dtype=dtype, device=omega.device)
 
     return FavorConstants(proj, row([1.0, 1.0], width - d), row([-1.0], width - d - 2),
-                          row([alpha], _pad8(d + 1) - d), alpha, {})
+                          row([1.0], _pad8(d + 1) - d), alpha, {})
+
+
+def _expand(proj, q_tail, k_tail, v_tail, b: int, h: int, n: int, d: int):
+    """The expanded views of the constants that one (B, H, N, d) call concatenates with."""
+    width, m = proj.shape
+    rows = proj.expand(b, h, width, m)
+    return (k_tail.expand(b, h, n, -1), v_tail.expand(b, h, n, -1), q_tail.expand(b, h, n, -1),
+            rows[:, :, :d + 2], rows[:, :, d + 3:], rows[:, :, :d], rows[:, :, d + 2:])
 
 
 def _views(consts: FavorConstants, b: int, h: int, n: int, d: int):
@@ -220,13 +232,48 @@ def _views(consts: FavorConstants, b: int, h: int, n: int, d: int):
     if found is None:
         if len(consts.views) > 16:
             consts.views.clear()
-        width, m = consts.proj.shape
-        rows = consts.proj.expand(b, h, width, m)
-        found = (consts.k_tail.expand(b, h, n, -1), consts.v_tail.expand(b, h, n, -1),
-                 consts.q_tail.expand(b, h, n, -1), rows[:, :, :d + 2], rows[:, :, d + 3:],
-                 rows[:, :, :d], rows[:, :, d + 2:])
+        found = _expand(consts.proj, consts.q_tail, consts.k_tail, consts.v_tail, b, h, n, d)
         consts.views[key] = found
     return found
+
+
+def favor_compilable(q, k, v, proj, q_tail, k_tail, v_tail, alpha: float) -> torch.Tensor:
+    """``favor_bidirectional`` on plain tensor arguments (no view cache), for torch.compile."""
+    b, h, n, d = q.shape
+    return _favor(q, k, v, proj, alpha, *_expand(proj, q_tail, k_tail, v_tail, b, h, n, d))
+
+
+def _key_state(kf, vv, alpha: float, d: int):
+    """The per-feature state α·Σ_j φ(k_j)[v_j, 1, 0…] (α keeps fp16 sums over n keys in range, bound
+    in the module docstring) divided by exp(L_l), L_l its log denominator rounded to the dtype, so that
+    the queries can add exactly the same L_l; the denominator column of the result is ≈ 1."""
+    kv = kf.transpose(-1, -2) @ (vv * alpha if alpha != 1.0 else vv)  # (B, H, m, D')
+    log_sum = torch.log(kv[..., d:d + 1])  # (B, H, m, 1)
+    scale = torch.exp(log_sum)
+    return kv / scale, log_sum, scale
+
+
+class _KeyState(torch.autograd.Function):
+    """``_key_state`` with a backward that applies α/exp(L_l) = 1/S_l ≤ 1 to the incoming gradient
+    before the two matmuls; autograd through the separate steps would first multiply it by
+    1/exp(L_l), up to 2^14 in fp16, and overflow."""
+
+    @staticmethod
+    def forward(ctx, kf, vv, alpha: float, d: int):
+        kvn, log_sum, scale = _key_state(kf, vv, alpha, d)
+        ctx.save_for_backward(kf, vv, scale)
+        ctx.alpha = alpha
+        ctx.mark_non_differentiable(log_sum)
+        return kvn, log_sum
+
+    @staticmethod
+    def backward(ctx, grad, _grad_log_sum):
+        kf, vv, scale = ctx.saved_tensors
+        acc = torch.promote_types(grad.dtype, torch.float32)
+        g = (grad.to(acc) * (ctx.alpha / scale.to(acc))).to(grad.dtype)  # (B, H, m, D'): grad/S_l
+        grad_kf = vv @ g.transpose(-1, -2) if ctx.needs_input_grad[0] else None  # (B, H, N, m)
+        grad_vv = kf @ g if ctx.needs_input_grad[1] else None  # (B, H, N, D')
+        return grad_kf, grad_vv, None, None
 
 
 def favor_bidirectional(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -236,20 +283,22 @@ def favor_bidirectional(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     (B, H, N, m) tensors see a projection and a column max (keys, no autograd), a projection, exp and
     the state matmul (keys), a projection, a row softmax and the readout matmul (queries)."""
     b, h, n, d = q.shape
-    k_tail, v_tail, q_tail, k_rows_lo, k_rows_hi, q_rows_lo, q_rows_hi = _views(consts, b, h, n, d)
+    return _favor(q, k, v, consts.proj, consts.alpha, *_views(consts, b, h, n, d))
+
+
+def _favor(q, k, v, proj, alpha, k_tail, v_tail, q_tail, k_rows_lo, k_rows_hi, q_rows_lo, q_rows_hi):
+    d = q.shape[-1]
     # keys: [k, ‖k‖², ‖k‖², −1, 0…] against [ω·s; c_hi; c_lo; M; 0…] is ωᵀk·s − s²‖k‖²/2 − M_l
     sq = (k * k).sum(-1, keepdim=True)  # (B, H, N, 1), accumulated in fp32 by the reduction
     ka = torch.cat([k, sq, sq, k_tail], dim=-1)  # (B, H, N, K)
-    top = (ka.detach() @ consts.proj).amax(dim=-2, keepdim=True)  # (B, H, 1, m): M_l, column maxima
+    top = (ka.detach() @ proj).amax(dim=-2, keepdim=True)  # (B, H, 1, m): M_l, column maxima
     proj_k = torch.cat([k_rows_lo, top, k_rows_hi], dim=-2)  # (B, H, K, m)
     kf = torch.matmul(ka, proj_k).exp_()  # (B, H, N, m): ≤ 1, a 1 in every column
-    # values: [v, 1, 0…]·α, so that fp16 sums over n keys stay in range (bound in the docstring)
-    vv = torch.cat([v * consts.alpha if consts.alpha != 1.0 else v, v_tail], dim=-1)  # (B, H, N, D')
-    kv = kf.transpose(-1, -2) @ vv  # (B, H, m, D'): per feature α·Σ_j φ(k_j)[v_j, 1]
-    # per feature: divide by exp(L_l), L_l the log column sum rounded to the dtype, so that the queries
-    # add exactly the same L_l; the denominator column of kvn is then ≈ 1
-    log_sum = torch.log(kv[..., d:d + 1].detach())  # (B, H, m, 1)
-    kvn = kv / torch.exp(log_sum)
+    vv = torch.cat([v, v_tail], dim=-1)  # (B, H, N, D'): [v, 1, 0…]
+    if torch.is_grad_enabled() and (kf.requires_grad or vv.requires_grad):
+        kvn, log_sum = _KeyState.apply(kf, vv, alpha, d)
+    else:
+        kvn, log_sum, _ = _key_state(kf, vv, alpha, d)
     # queries: [q, 1, 1, 0…] against [ω·s; M; L; 0…]; −‖q‖²/2 and the row maxima are constants per
     # query, which cancel: the row softmax removes both in one pass
     qa = torch.cat([q, q_tail], dim=-1)  # (B, H, N, K)
@@ -313,6 +362,8 @@ class PerformerParams:
     positive: bool = True  # FAVOR+ positive features; False = trigonometric sin/cos (2m features)
     redraw_interval: int = 0  # training mode: redraw ω every this many forward calls; 0 = fixed by seed
     chunk_size: int = 128  # causal: prefix sums are taken over chunks of this many positions
+    compile: bool = False  # bidirectional positive: torch.compile the whole feature pipeline (fuses the
+    #                        small elementwise steps), compiled and warmed in the factory
 
 
 @dataclass(frozen=True)
@@ -333,6 +384,46 @@ class PerformerAttention(nn.Module):
         omega = draw_omega(self.m, ctx.head_dim, p.orthogonal, ctx.generator(salt=0))
         self.register_buffer("omega", omega.to(ctx.device, ctx.dtype))
         self._consts: tuple | None = None  # (key, FavorConstants) for the last ω, dtype and device
+        self._stats = {"nb_features_used": self.m}
+        self._compiled = None
+        if p.compile:
+            reason = _compile_knob(p, ctx)
+            if reason:
+                raise Unsupported(reason)
+            self._compiled = self._compile(ctx)
+
+    def _compile(self, ctx: BuildContext):
+        """``favor_compilable`` under torch.compile, warmed at the cell's shape (forward, and backward
+        on CUDA) so that compilation is not timed; as FlexAttention in ``sparse``."""
+        def sync():
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+
+        try:
+            import torch._dynamo.config as dynamo_config
+
+            # every cell compiles its own shapes; dynamo's default of 8 would drop later cells to eager
+            for knob in ("recompile_limit", "cache_size_limit"):
+                if hasattr(dynamo_config, knob):
+                    setattr(dynamo_config, knob, max(getattr(dynamo_config, knob), 1024))
+            fn = torch.compile(favor_compilable, dynamic=False)
+            consts = self.constants(ctx.dtype)[:5]
+            shape = (ctx.batch, ctx.heads, ctx.n, ctx.head_dim)
+            g = torch.Generator().manual_seed(0)
+            q, k, v = (torch.randn(shape, generator=g).to(ctx.device, ctx.dtype) for _ in range(3))
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                fn(q, k, v, *consts)
+            sync()
+            t1 = time.perf_counter()
+            q, k, v = (t.requires_grad_() for t in (q, k, v))
+            fn(q, k, v, *consts).sum().backward()
+            sync()
+        except Exception as exc:  # noqa: BLE001 - inductor/triton fail in many ways
+            raise Unsupported(f"torch.compile failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from exc
+        self._stats.update(compiled=True, compile_s=t1 - t0, compile_bwd_s=time.perf_counter() - t1)
+        return fn
 
     @torch.no_grad()
     def redraw(self) -> None:
@@ -373,6 +464,8 @@ class PerformerAttention(nn.Module):
             if self._calls > 0 and self._calls % self.p.redraw_interval == 0:
                 self.redraw()
             self._calls += 1
+        if self._compiled is not None:
+            return self._compiled(q, k, v, *self.constants(q.dtype)[:5])
         if self.p.positive and not self.causal:
             return favor_bidirectional(q, k, v, self.constants(q.dtype))
         if self.p.positive:
@@ -407,7 +500,7 @@ class PerformerAttention(nn.Module):
         return b * h * total
 
     def stats(self):
-        return {"nb_features_used": self.m}
+        return dict(self._stats)
 
 
 class LinearAttention(nn.Module):
@@ -438,8 +531,14 @@ def _positive_knobs(p, ctx):
     return f"invalid knobs: {', '.join(bad)}" if bad else None
 
 
+def _compile_knob(p, ctx):
+    if p.compile and (ctx.causal or not p.positive):
+        return "compile=true applies to the bidirectional positive-feature path only"
+    return None
+
+
 @register_method("performer", family="kernel", exact=False, params=PerformerParams, causal=True,
-                 constraints=(_positive_knobs,), budget="nb_features")
+                 constraints=(_positive_knobs, _compile_knob), budget="nb_features")
 def build_performer(p: PerformerParams, ctx: BuildContext) -> nn.Module:
     """Performer FAVOR+: positive orthogonal random features, O(n·m·d)."""
     return PerformerAttention(p, ctx)

@@ -185,10 +185,51 @@ def test_fp16_state_stays_in_range_when_every_key_weighs_one():
     k = torch.randn(1, 1, 1, d, generator=g).expand(1, 1, n, d)
     v = torch.randn(1, 1, n, d, generator=g).clamp(-3, 3) * 333
     m = performer(n, d=d, heads=1, nb_features=32, dtype=torch.float16)
-    out = m(q.half(), k.half(), v.half())
+    inputs = [t.half().requires_grad_() for t in (q, k, v)]
+    out = m(*inputs)
     assert torch.isfinite(out).all()
     want = v.mean(-2, keepdim=True).expand_as(v)  # equal keys: uniform attention
     assert error_metrics(out, want)["rel_err"] < 1e-2
+    grads = torch.autograd.grad(out, inputs, torch.ones_like(out))
+    assert all(torch.isfinite(t).all() for t in grads)
+    assert error_metrics(grads[2], torch.ones_like(v))["rel_err"] < 1e-2  # uniform: ∂Σ_i out_i/∂v_j = 1
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 4e-2)])
+def test_bidirectional_low_precision_gradients_close_to_float64(dtype, tol):
+    """The state's backward divides by the column sums before its matmuls: through the separate
+    steps autograd would scale the gradient by 1/α = 2^14 first and overflow fp16 (it did)."""
+    n, d = 1024, 64
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, d, generator=g) * s for s in (0.5, 0.5, 1.0))
+    grad_out = torch.randn(2, 4, n, d, generator=g)
+    m = performer(n, d=d, heads=4)
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    want = torch.autograd.grad(favor_positive_attention(*m.exponents(*exact[:2]), exact[2]), exact,
+                               grad_out.double())
+    low = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    got = torch.autograd.grad(m(*low), low, grad_out.to(dtype))
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all() and error_metrics(a, b)["rel_err"] < tol
+
+
+@pytest.mark.slow
+def test_compile_knob_matches_eager_and_is_declared():
+    spec = get_method("performer")
+    ctx = BuildContext(n=128, heads=2, head_dim=16, batch=1)
+    compiled = spec.build(spec.params(nb_features=32, compile=True), ctx)
+    eager = spec.build(spec.params(nb_features=32), ctx)
+    stats = compiled.stats()
+    assert stats["compiled"] and stats["compile_s"] > 0 and stats["nb_features_used"] == 32
+    inputs = [t.requires_grad_() for t in qkv(128, seed=12, d=16)]
+    a, b = compiled(*inputs), eager(*inputs)
+    assert error_metrics(a, b)["rel_err"] < 1e-5
+    for x, y in zip(torch.autograd.grad(a.sum(), inputs), torch.autograd.grad(b.sum(), inputs)):
+        assert error_metrics(x, y)["rel_err"] < 1e-5
+    causal = BuildContext(n=128, heads=2, head_dim=16, causal=True)
+    assert spec.unsupported_reason(spec.params(compile=True), causal) is not None
+    assert spec.unsupported_reason(spec.params(compile=True, positive=False), ctx) is not None
+    assert spec.unsupported_reason(spec.params(compile=True), ctx) is None
 
 
 def test_redraw_reaches_the_bidirectional_constants():
