@@ -14,12 +14,23 @@ cancel between the numerator φ(q)ᵀΣφ(k)vᵀ and the denominator φ(q)ᵀΣ�
 moved from the keys to the queries. FAVOR+ uses that freedom so fp16/bf16 neither overflow nor lose the
 keys that matter to a query:
 
-- bidirectional: each key feature column is divided by its sum over keys (a logsumexp shift c_l), the
-  queries are multiplied by exp(c_l) instead and then divided by their row maximum. Key features are
-  ≤ 1 and sum to 1 per column, query features are ≤ 1 with a 1 in every row, so the denominator lies in
-  [1, m], and whatever underflows is negligible next to that query's own largest term;
-- causal, earlier chunks: the running state keeps the same per-feature frame, now the logsumexp over
-  the keys of all earlier chunks only, rescaled as later chunks extend it (as online softmax does);
+- bidirectional (``favor_bidirectional``): the exponents come out of matmuls with their shifts folded
+  in, accumulated in fp32. ω carries the d^(-1/4) input scale; key rows are extended with
+  [‖k‖², ‖k‖², −1] against [−d^(-1/2)/2 in two parts, M_l], M_l the column maximum of the key exponents,
+  so key features exp(ωᵀk − ‖k‖²/2 − M_l) are ≤ 1 with a 1 in every column. The state Σ_j φ(k_j)[v_j, 1]
+  is taken with values scaled by α (2^-14 in fp16, else 1): column sums S_l ∈ [1, n] become
+  α·S_l ≥ 2^-14, a normal fp16 number, and nothing overflows while n·max|v| < 65504·2^14 ≈ 10^9.
+  Each feature of the state is divided by exp(L_l), L_l = log(α·S_l) rounded to the dtype, and the
+  query rows, extended with [1, 1] against [M_l, L_l], get exactly M_l + L_l added. A softmax over
+  each query row then removes the row maximum and ‖q‖²/2 (constants per query, which cancel): query
+  features are ≤ 1 and sum to 1, the state's denominator column is ≈ 1, so every denominator is ≈ 1
+  and whatever underflows is negligible next to that query's own largest term. The state's backward
+  divides the incoming gradient by S_l before its matmuls (through the separate steps autograd would
+  multiply it by 1/α first and overflow fp16). ``compile=true`` runs the same function under
+  torch.compile, compiled and warmed in the factory;
+- causal, earlier chunks: the running state keeps a per-feature frame, the logsumexp over the keys
+  of all earlier chunks only (M_l + L_l above is that over all keys, up to log α), rescaled as later
+  chunks extend it (as online softmax does);
 - causal, inside a chunk: a masked c×c product in which key j weighs exp(r_j − P_i) ≤ 1, r_j its row
   maximum and P_i the running maximum of r over positions ≤ i; these weights and the c×c reduction are
   taken in fp32, whose range they need. Nothing from the future enters any output; only
@@ -32,13 +43,15 @@ O(features). The stabilising shifts are detached: the output does not depend on 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.registry import BuildContext, register_method
+from attnbench.registry import BuildContext, Unsupported, register_method
 
 
 def resolve_nb_features(nb_features: int, head_dim: int) -> int:
@@ -149,7 +162,9 @@ def _lse(x: torch.Tensor, dim: int) -> torch.Tensor:
 def favor_positive_attention(q_exp: torch.Tensor, k_exp: torch.Tensor, v: torch.Tensor, *,
                              causal: bool = False, chunk_size: int = 128) -> torch.Tensor:
     """Σ_j φ(q_i)ᵀφ(k_j) v_j / Σ_j φ(q_i)ᵀφ(k_j) with φ = exp(exponent), from (B, H, N, m) exponents
-    ωᵀx − ‖x‖²/2, evaluated in the stabilised form the module docstring describes."""
+    ωᵀx − ‖x‖²/2. The causal path of the module; bidirectional, this is the earlier form (a logsumexp
+    per key feature, shifted exponent tensors), kept as the reference that ``favor_bidirectional`` is
+    tested and benchmarked against."""
     vv = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, N, D+1): last column = denominator
     if not causal:
         shift = _lse(k_exp.detach(), dim=-2)  # (B, H, 1, m): per-feature log column sum
@@ -161,6 +176,136 @@ def favor_positive_attention(q_exp: torch.Tensor, k_exp: torch.Tensor, v: torch.
         out = _positive_causal(q_exp, k_exp, vv, chunk_size)
     num, den = out[..., :-1], out[..., -1:]
     return (num / den.masked_fill(den == 0, 1.0)).to(v.dtype)
+
+
+class FavorConstants(NamedTuple):
+    """What ``favor_bidirectional`` multiplies with, built once per ω, dtype and device (no host to
+    device copies per call, so the forward can be captured in a CUDA graph)."""
+
+    proj: torch.Tensor  # (K, m), K = d + 3 rounded up to a multiple of 8
+    q_tail: torch.Tensor  # (K − d,): [1, 1, 0…], the query columns after q
+    k_tail: torch.Tensor  # (K − d − 2,): [−1, 0…], the key columns after [k, ‖k‖², ‖k‖²]
+    v_tail: torch.Tensor  # (D' − d,): [1, 0…], D' = d + 1 rounded up to a multiple of 8
+    alpha: float  # value scale: 2^-14 in fp16, else 1
+    views: dict  # (B, H, N) -> the expanded views of the above that one call needs (saves dispatch)
+
+
+def _pad8(width: int) -> int:
+    return -(-width // 8) * 8
+
+
+def favor_constants(omega: torch.Tensor, dtype: torch.dtype) -> FavorConstants:
+    """Rows 0..d−1 of ``proj`` are ωᵀ·d^(-1/4) (the input scale folded in); rows d and d+1 are
+    −d^(-1/2)/2 split into its value in ``dtype`` and the remainder (the keys carry ‖k‖² in two
+    columns, so the constant is applied to about twice the dtype's precision); the rest are zeros,
+    replaced per call by the stabilising shifts."""
+    m, d = omega.shape
+    width = _pad8(d + 3)
+    acc = torch.promote_types(dtype, torch.float32)
+    scale = d ** -0.25
+    c = torch.tensor(-scale * scale / 2, dtype=torch.float64)
+    c_hi = c.to(dtype)
+    proj = torch.zeros(width, m, dtype=dtype, device=omega.device)
+    proj[:d] = (omega.to(acc) * scale).t().to(dtype)
+    proj[d] = c_hi
+    proj[d + 1] = (c - c_hi.double()).to(dtype)
+    alpha = 2.0 ** -14 if dtype == torch.float16 else 1.0
+
+    def row(values, size):
+        return torch.tensor(values + [0.0] * (size - len(values)), dtype=dtype, device=omega.device)
+
+    return FavorConstants(proj, row([1.0, 1.0], width - d), row([-1.0], width - d - 2),
+                          row([1.0], _pad8(d + 1) - d), alpha, {})
+
+
+def _expand(proj, q_tail, k_tail, v_tail, b: int, h: int, n: int, d: int):
+    """The expanded views of the constants that one (B, H, N, d) call concatenates with."""
+    width, m = proj.shape
+    rows = proj.expand(b, h, width, m)
+    return (k_tail.expand(b, h, n, -1), v_tail.expand(b, h, n, -1), q_tail.expand(b, h, n, -1),
+            rows[:, :, :d + 2], rows[:, :, d + 3:], rows[:, :, :d], rows[:, :, d + 2:])
+
+
+def _views(consts: FavorConstants, b: int, h: int, n: int, d: int):
+    key = (b, h, n)
+    found = consts.views.get(key)
+    if found is None:
+        if len(consts.views) > 16:
+            consts.views.clear()
+        found = _expand(consts.proj, consts.q_tail, consts.k_tail, consts.v_tail, b, h, n, d)
+        consts.views[key] = found
+    return found
+
+
+def favor_compilable(q, k, v, proj, q_tail, k_tail, v_tail, alpha: float) -> torch.Tensor:
+    """``favor_bidirectional`` on plain tensor arguments (no view cache), for torch.compile."""
+    b, h, n, d = q.shape
+    return _favor(q, k, v, proj, alpha, *_expand(proj, q_tail, k_tail, v_tail, b, h, n, d))
+
+
+def _key_state(kf, vv, alpha: float, d: int):
+    """The per-feature state α·Σ_j φ(k_j)[v_j, 1, 0…] (α keeps fp16 sums over n keys in range, bound
+    in the module docstring) divided by exp(L_l), L_l its log denominator rounded to the dtype, so that
+    the queries can add exactly the same L_l; the denominator column of the result is ≈ 1."""
+    kv = kf.transpose(-1, -2) @ (vv * alpha if alpha != 1.0 else vv)  # (B, H, m, D')
+    log_sum = torch.log(kv[..., d:d + 1])  # (B, H, m, 1)
+    scale = torch.exp(log_sum)
+    return kv / scale, log_sum, scale
+
+
+class _KeyState(torch.autograd.Function):
+    """``_key_state`` with a backward that applies α/exp(L_l) = 1/S_l ≤ 1 to the incoming gradient
+    before the two matmuls; autograd through the separate steps would first multiply it by
+    1/exp(L_l), up to 2^14 in fp16, and overflow."""
+
+    @staticmethod
+    def forward(ctx, kf, vv, alpha: float, d: int):
+        kvn, log_sum, scale = _key_state(kf, vv, alpha, d)
+        ctx.save_for_backward(kf, vv, scale)
+        ctx.alpha = alpha
+        ctx.mark_non_differentiable(log_sum)
+        return kvn, log_sum
+
+    @staticmethod
+    def backward(ctx, grad, _grad_log_sum):
+        kf, vv, scale = ctx.saved_tensors
+        acc = torch.promote_types(grad.dtype, torch.float32)
+        g = (grad.to(acc) * (ctx.alpha / scale.to(acc))).to(grad.dtype)  # (B, H, m, D'): grad/S_l
+        grad_kf = vv @ g.transpose(-1, -2) if ctx.needs_input_grad[0] else None  # (B, H, N, m)
+        grad_vv = kf @ g if ctx.needs_input_grad[1] else None  # (B, H, N, D')
+        return grad_kf, grad_vv, None, None
+
+
+def favor_bidirectional(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        consts: FavorConstants) -> torch.Tensor:
+    """Bidirectional FAVOR+ from q, k, v (B, H, N, D) and ``favor_constants``, in the form the module
+    docstring describes: each exponent comes out of one matmul with its shifts folded in, so the
+    (B, H, N, m) tensors see a projection and a column max (keys, no autograd), a projection, exp and
+    the state matmul (keys), a projection, a row softmax and the readout matmul (queries)."""
+    b, h, n, d = q.shape
+    return _favor(q, k, v, consts.proj, consts.alpha, *_views(consts, b, h, n, d))
+
+
+def _favor(q, k, v, proj, alpha, k_tail, v_tail, q_tail, k_rows_lo, k_rows_hi, q_rows_lo, q_rows_hi):
+    d = q.shape[-1]
+    # keys: [k, ‖k‖², ‖k‖², −1, 0…] against [ω·s; c_hi; c_lo; M; 0…] is ωᵀk·s − s²‖k‖²/2 − M_l
+    sq = (k * k).sum(-1, keepdim=True)  # (B, H, N, 1), accumulated in fp32 by the reduction
+    ka = torch.cat([k, sq, sq, k_tail], dim=-1)  # (B, H, N, K)
+    top = (ka.detach() @ proj).amax(dim=-2, keepdim=True)  # (B, H, 1, m): M_l, column maxima
+    proj_k = torch.cat([k_rows_lo, top, k_rows_hi], dim=-2)  # (B, H, K, m)
+    kf = torch.matmul(ka, proj_k).exp_()  # (B, H, N, m): ≤ 1, a 1 in every column
+    vv = torch.cat([v, v_tail], dim=-1)  # (B, H, N, D'): [v, 1, 0…]
+    if torch.is_grad_enabled() and (kf.requires_grad or vv.requires_grad):
+        kvn, log_sum = _KeyState.apply(kf, vv, alpha, d)
+    else:
+        kvn, log_sum, _ = _key_state(kf, vv, alpha, d)
+    # queries: [q, 1, 1, 0…] against [ω·s; M; L; 0…]; −‖q‖²/2 and the row maxima are constants per
+    # query, which cancel: the row softmax removes both in one pass
+    qa = torch.cat([q, q_tail], dim=-1)  # (B, H, N, K)
+    proj_q = torch.cat([q_rows_lo, top, log_sum.transpose(-1, -2), q_rows_hi], dim=-2)
+    qf = torch.softmax(torch.matmul(qa, proj_q), dim=-1)  # (B, H, N, m): ≤ 1, rows sum to 1
+    out = qf @ kvn  # (B, H, N, D')
+    return out[..., :d] / out[..., d:d + 1]
 
 
 def _positive_causal(q_exp, k_exp, vv, chunk_size):
@@ -217,6 +362,8 @@ class PerformerParams:
     positive: bool = True  # FAVOR+ positive features; False = trigonometric sin/cos (2m features)
     redraw_interval: int = 0  # training mode: redraw ω every this many forward calls; 0 = fixed by seed
     chunk_size: int = 128  # causal: prefix sums are taken over chunks of this many positions
+    compile: bool = False  # bidirectional positive: torch.compile the whole feature pipeline (fuses the
+    #                        small elementwise steps), compiled and warmed in the factory
 
 
 @dataclass(frozen=True)
@@ -236,11 +383,60 @@ class PerformerAttention(nn.Module):
         self._calls = 0
         omega = draw_omega(self.m, ctx.head_dim, p.orthogonal, ctx.generator(salt=0))
         self.register_buffer("omega", omega.to(ctx.device, ctx.dtype))
+        self._consts: tuple | None = None  # (key, FavorConstants) for the last ω, dtype and device
+        self._stats = {"nb_features_used": self.m}
+        self._compiled = None
+        if p.compile:
+            reason = _compile_knob(p, ctx)
+            if reason:
+                raise Unsupported(reason)
+            self._compiled = self._compile(ctx)
+
+    def _compile(self, ctx: BuildContext):
+        """``favor_compilable`` under torch.compile, warmed at the cell's shape (forward, and backward
+        on CUDA) so that compilation is not timed; as FlexAttention in ``sparse``."""
+        def sync():
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+
+        try:
+            import torch._dynamo.config as dynamo_config
+
+            # every cell compiles its own shapes; dynamo's default of 8 would drop later cells to eager
+            for knob in ("recompile_limit", "cache_size_limit"):
+                if hasattr(dynamo_config, knob):
+                    setattr(dynamo_config, knob, max(getattr(dynamo_config, knob), 1024))
+            fn = torch.compile(favor_compilable, dynamic=False)
+            consts = self.constants(ctx.dtype)[:5]
+            shape = (ctx.batch, ctx.heads, ctx.n, ctx.head_dim)
+            g = torch.Generator().manual_seed(0)
+            q, k, v = (torch.randn(shape, generator=g).to(ctx.device, ctx.dtype) for _ in range(3))
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                fn(q, k, v, *consts)
+            sync()
+            t1 = time.perf_counter()
+            q, k, v = (t.requires_grad_() for t in (q, k, v))
+            fn(q, k, v, *consts).sum().backward()
+            sync()
+        except Exception as exc:  # noqa: BLE001 - inductor/triton fail in many ways
+            raise Unsupported(f"torch.compile failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from exc
+        self._stats.update(compiled=True, compile_s=t1 - t0, compile_bwd_s=time.perf_counter() - t1)
+        return fn
 
     @torch.no_grad()
     def redraw(self) -> None:
         omega = draw_omega(self.m, self.omega.shape[1], self.p.orthogonal, self._redraw_gen)
         self.omega.copy_(omega.to(self.omega))
+
+    def constants(self, dtype: torch.dtype) -> FavorConstants:
+        """``favor_constants`` of the current ω in ``dtype``, rebuilt after a redraw or a move."""
+        om = self.omega
+        key = (dtype, om.device, om.data_ptr(), om._version)
+        if self._consts is None or self._consts[0] != key:
+            self._consts = (key, favor_constants(om, dtype))
+        return self._consts[1]
 
     def exponents(self, q, k):
         """FAVOR+ exponents ωᵀx − ‖x‖²/2 of the scaled queries and keys, each (B, H, N, m)."""
@@ -268,6 +464,10 @@ class PerformerAttention(nn.Module):
             if self._calls > 0 and self._calls % self.p.redraw_interval == 0:
                 self.redraw()
             self._calls += 1
+        if self._compiled is not None:
+            return self._compiled(q, k, v, *self.constants(q.dtype)[:5])
+        if self.p.positive and not self.causal:
+            return favor_bidirectional(q, k, v, self.constants(q.dtype))
         if self.p.positive:
             q_exp, k_exp = self.exponents(q, k)
             return favor_positive_attention(q_exp, k_exp, v, causal=self.causal,
@@ -300,7 +500,7 @@ class PerformerAttention(nn.Module):
         return b * h * total
 
     def stats(self):
-        return {"nb_features_used": self.m}
+        return dict(self._stats)
 
 
 class LinearAttention(nn.Module):
@@ -331,8 +531,14 @@ def _positive_knobs(p, ctx):
     return f"invalid knobs: {', '.join(bad)}" if bad else None
 
 
+def _compile_knob(p, ctx):
+    if p.compile and (ctx.causal or not p.positive):
+        return "compile=true applies to the bidirectional positive-feature path only"
+    return None
+
+
 @register_method("performer", family="kernel", exact=False, params=PerformerParams, causal=True,
-                 constraints=(_positive_knobs,), budget="nb_features")
+                 constraints=(_positive_knobs, _compile_knob), budget="nb_features")
 def build_performer(p: PerformerParams, ctx: BuildContext) -> nn.Module:
     """Performer FAVOR+: positive orthogonal random features, O(n·m·d)."""
     return PerformerAttention(p, ctx)

@@ -9,7 +9,8 @@ import torch
 
 from attnbench.methods.full import NaiveAttention
 from attnbench.methods.performer import (LinearAttention, LinearParams, PerformerAttention,
-                                         PerformerParams, draw_omega, favor_features,
+                                         PerformerParams, draw_omega, favor_bidirectional,
+                                         favor_constants, favor_features, favor_positive_attention,
                                          resolve_nb_features)
 from attnbench.reference import error_metrics, is_causal, reference_attention
 from attnbench.registry import BuildContext, get_method
@@ -145,6 +146,113 @@ def test_forward_equals_implied_attention_matrix(positive, causal, chunk_size):
     assert error_metrics(m(q, k, v), want)["rel_err"] < 1e-10
     if positive:  # trigonometric denominators cancel and amplify fp32 rounding; positive ones do not
         assert error_metrics(m(q.float(), k.float(), v.float()), want)["rel_err"] < 1e-5
+
+
+@pytest.mark.parametrize("d,nb_features", [(32, 24), (64, 266), (48, 100), (5, 7)])
+def test_bidirectional_form_equals_the_reference_form(d, nb_features):
+    """The matmul-folded form (favor_bidirectional) and the logsumexp form it replaced compute the same
+    thing; widths that are not multiples of 8 exercise the padding."""
+    n = 300
+    q, k, v = (t.double() for t in qkv(n, seed=8, scale=0.8, heads=3, d=d))
+    k = k * torch.linspace(0.2, 2.5, n, dtype=torch.float64)[:, None]
+    m = performer(n, d=d, heads=3, nb_features=nb_features)
+    want = favor_positive_attention(*m.exponents(q, k), v)
+    assert error_metrics(favor_bidirectional(q, k, v, favor_constants(m.omega, q.dtype)),
+                         want)["rel_err"] < 1e-12
+    assert error_metrics(m(q, k, v), want)["rel_err"] < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_bidirectional_low_precision_no_worse_than_the_reference_form(dtype):
+    n, d = 1024, 64
+    q, k, v = qkv(n, seed=9, scale=0.6, heads=2, d=d)
+    m = performer(n, d=d, heads=2, nb_features=256)
+    want = favor_positive_attention(*m.exponents(q.double(), k.double()), v.double())
+    low = [t.to(dtype) for t in (q, k, v)]
+    new = m(*low)
+    old = favor_positive_attention(*m.exponents(*low[:2]), low[2])
+    assert new.dtype == dtype and torch.isfinite(new).all()
+    err_new, err_old = (error_metrics(o, want)["rel_err"] for o in (new, old))
+    assert err_new < 1.1 * err_old + 1e-4, (err_new, err_old)
+
+
+def test_fp16_state_stays_in_range_when_every_key_weighs_one():
+    """All keys equal: every key feature is 1, so each state column sums n·v; with n = 32768 and
+    |v| = 1000 that is 3·10⁷, far past fp16's 65504, but n·max|v| < 2^30 as the docstring requires."""
+    n, d = 32768, 16
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 1, n, d, generator=g)
+    k = torch.randn(1, 1, 1, d, generator=g).expand(1, 1, n, d)
+    v = torch.randn(1, 1, n, d, generator=g).clamp(-3, 3) * 333
+    m = performer(n, d=d, heads=1, nb_features=32, dtype=torch.float16)
+    inputs = [t.half().requires_grad_() for t in (q, k, v)]
+    out = m(*inputs)
+    assert torch.isfinite(out).all()
+    want = v.mean(-2, keepdim=True).expand_as(v)  # equal keys: uniform attention
+    assert error_metrics(out, want)["rel_err"] < 1e-2
+    grads = torch.autograd.grad(out, inputs, torch.ones_like(out))
+    assert all(torch.isfinite(t).all() for t in grads)
+    assert error_metrics(grads[2], torch.ones_like(v))["rel_err"] < 1e-2  # uniform: ∂Σ_i out_i/∂v_j = 1
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 4e-2)])
+def test_bidirectional_low_precision_gradients_close_to_float64(dtype, tol):
+    """The state's backward divides by the column sums before its matmuls: through the separate
+    steps autograd would scale the gradient by 1/α = 2^14 first and overflow fp16 (it did)."""
+    n, d = 1024, 64
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, d, generator=g) * s for s in (0.5, 0.5, 1.0))
+    grad_out = torch.randn(2, 4, n, d, generator=g)
+    m = performer(n, d=d, heads=4)
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    want = torch.autograd.grad(favor_positive_attention(*m.exponents(*exact[:2]), exact[2]), exact,
+                               grad_out.double())
+    low = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    got = torch.autograd.grad(m(*low), low, grad_out.to(dtype))
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all() and error_metrics(a, b)["rel_err"] < tol
+
+
+@pytest.mark.slow
+def test_compile_knob_matches_eager_and_is_declared():
+    spec = get_method("performer")
+    ctx = BuildContext(n=128, heads=2, head_dim=16, batch=1)
+    compiled = spec.build(spec.params(nb_features=32, compile=True), ctx)
+    eager = spec.build(spec.params(nb_features=32), ctx)
+    stats = compiled.stats()
+    assert stats["compiled"] and stats["compile_s"] > 0 and stats["nb_features_used"] == 32
+    inputs = [t.requires_grad_() for t in qkv(128, seed=12, d=16)]
+    a, b = compiled(*inputs), eager(*inputs)
+    assert error_metrics(a, b)["rel_err"] < 1e-5
+    for x, y in zip(torch.autograd.grad(a.sum(), inputs), torch.autograd.grad(b.sum(), inputs)):
+        assert error_metrics(x, y)["rel_err"] < 1e-5
+    causal = BuildContext(n=128, heads=2, head_dim=16, causal=True)
+    assert spec.unsupported_reason(spec.params(compile=True), causal) is not None
+    assert spec.unsupported_reason(spec.params(compile=True, positive=False), ctx) is not None
+    assert spec.unsupported_reason(spec.params(compile=True), ctx) is None
+
+
+def test_redraw_reaches_the_bidirectional_constants():
+    n = 64
+    q, k, v = (t.double() for t in qkv(n, seed=10))
+    m = performer(n, nb_features=16)
+    before = m(q, k, v)
+    m.redraw()
+    after = m(q, k, v)
+    assert not torch.allclose(before, after)
+    assert error_metrics(after, m.attention_matrix(q, k) @ v)["rel_err"] < 1e-10
+
+
+def test_bidirectional_gradients_match_the_reference_form():
+    n = 200
+    inputs = [t.double().requires_grad_() for t in qkv(n, seed=11, scale=0.8)]
+    m = performer(n, nb_features=48)
+    grad_out = torch.randn(1, 2, n, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    new = torch.autograd.grad(m(*inputs), inputs, grad_out)
+    old = torch.autograd.grad(favor_positive_attention(*m.exponents(*inputs[:2]), inputs[2]), inputs,
+                              grad_out)
+    for a, b in zip(new, old):
+        assert error_metrics(a, b)["rel_err"] < 1e-10
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -304,3 +412,30 @@ def test_cuda_low_precision_close_to_float64(dtype, name, params, causal):
     tol = 2e-2 if dtype == torch.float16 else 5e-2
     want = ref(q.double(), k.double(), v.double())  # same seed, same ω, in float64 on the CPU
     assert error_metrics(out.cpu(), want)["rel_err"] < tol
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+def test_cuda_graph_capture_matches_eager(mode):
+    """The bidirectional form makes no host-to-device copies per call, so it can be captured."""
+    from attnbench.measure import Step
+
+    dev, n, d = torch.device("cuda"), 1024, 64
+    m = performer(n, d=d, heads=4, dtype=torch.float16).to(dev)
+    q, k, v = (t.to(dev, torch.float16) for t in qkv(n, seed=0, scale=0.5, heads=4, d=d))
+    step = Step.make(m, (q, k, v), mode, (1, 4, n, d), torch.Generator().manual_seed(1))
+    eager = step()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    pairs = zip(eager, captured) if mode == "fwd_bwd" else [(eager, captured)]
+    for a, b in pairs:
+        assert a is not None and torch.allclose(a.float(), b.float(), atol=1e-3, rtol=1e-2)
