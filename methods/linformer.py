@@ -38,8 +38,10 @@ projecting K and V together, then one attention kernel over the k rows. It cover
 projections (``linear``, ``random``) in every sharing mode, and is forward-only: a call that needs
 gradients (grad mode on and an input, E or F requiring grad) runs the torch path, as does a call the
 kernels cannot take (e.g. head_dim 48); ``stats()`` says which kernel the last call ran and why it fell
-back. ``auto`` picks ``triton`` on CUDA for fp16/bf16 with a matrix projection when Triton is installed,
-and ``torch`` otherwise. ``triton`` on CPU needs Triton's interpreter (``TRITON_INTERPRET=1``; tests).
+back. ``auto`` is ``torch``: on an H100 (fp16, n = 65536, k = 256, 12 heads, head_dim 64) the Triton
+path took 0.56 ms against the torch path's 0.45 ms (projections 0.27 vs 0.30 ms, attention over the
+k rows 0.30 vs SDPA's 0.18–0.21 ms), so it stays an explicit, tested option rather than the default.
+``triton`` on CPU needs Triton's interpreter (``TRITON_INTERPRET=1``; tests).
 """
 from __future__ import annotations
 
@@ -61,8 +63,6 @@ Kernel = Literal["auto", "triton", "torch"]
 POOLED = ("mean_pool", "max_pool", "conv")  # windowed projections: need n divisible by k
 LEARNED = ("linear", "conv")
 MATRIX = ("linear", "random")  # (k, n) projections: the ones the Triton kernels take
-TRITON_DTYPES = (torch.float16, torch.bfloat16)  # what kernel="auto" sends to Triton
-TRITON_HEAD_DIMS = (16, 32, 64, 128)  # = linformer_triton.HEAD_DIMS, without importing it
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class LinformerParams:
     sharing: Sharing = "headwise"      # none | headwise | kv | layerwise
     freeze: bool = False               # linear/conv only: keep E, F fixed (requires_grad False)
     k_schedule: tuple[int, ...] = ()   # per-layer k (layer i uses k_schedule[i]); () = k everywhere
-    kernel: Kernel = "auto"            # auto: triton on CUDA (fp16/bf16, linear/random), else torch
+    kernel: Kernel = "auto"            # auto = torch (measured faster than triton on an H100)
 
 
 def layer_k(p: LinformerParams, layer: int) -> int:
@@ -123,12 +123,9 @@ def check_kernel(p: LinformerParams, ctx: BuildContext) -> str | None:
 
 
 def resolve_kernel(p: LinformerParams, ctx: BuildContext) -> str:
-    """``triton`` or ``torch`` for ``p.kernel``; ``auto`` takes Triton only where it is meant to pay."""
-    if p.kernel != "auto":
-        return p.kernel
-    fits = (ctx.device.type == "cuda" and ctx.dtype in TRITON_DTYPES and p.projection in MATRIX
-            and ctx.head_dim in TRITON_HEAD_DIMS)
-    return "triton" if fits and triton_available() else "torch"
+    """``triton`` or ``torch`` for ``p.kernel``; ``auto`` is ``torch``, measured the faster of the two
+    (module docstring)."""
+    return "torch" if p.kernel == "auto" else p.kernel
 
 
 CONSTRAINTS = (check_schedule, check_k, check_kernel)

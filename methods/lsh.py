@@ -24,12 +24,19 @@ Definitions used here (i = query position, j = key position, scores q_i·k_j/√
   correction), so more rounds can only widen the set each query sees. Without ``dedup`` the rounds are
   merged the same way but nothing is subtracted (a pair found in m rounds counts m times).
 
-Two kernels compute the same thing (``kernel``; ``auto`` = ``flex`` on CUDA, ``torch`` elsewhere or
-where FlexAttention fails to build, with the reason in ``stats()["flex_error"]``):
+Three kernels compute the same thing (``kernel``; ``auto`` = ``sdpa`` on CUDA, ``torch`` elsewhere;
+an explicit ``flex`` that fails to build is an ``unsupported`` row with the reason):
 
 - ``torch``: gathers every round's sorted chunks and scores each chunk of ``bucket_size`` queries
   against its 2·bucket_size candidate keys in one float32 (B, H, R, chunks, bucket_size,
   2·bucket_size) tensor. It is the reference, the CPU path and the one float64 inputs always take.
+- ``sdpa`` (``auto`` on CUDA): the torch kernel's sorted chunks, handed to PyTorch's fused
+  memory-efficient attention kernel (the one SDPA takes with a mask) as (B·H·R, chunks, bucket_size,
+  D) queries over 2·bucket_size keys, which returns each query's log-sum-exp beside its output. The
+  self rule is an additive bias (-1e5, or fp16's lowest value), one (bucket_size, 2·bucket_size)
+  matrix broadcast to every chunk; the causal test and -log N_ij make that bias pair-sized. The kernel
+  gives no gradient for the log-sum-exp, so a call that needs gradients runs the torch kernel
+  (``stats()["ran"]`` says which ran); on CPU the same bias and log-sum-exp logic runs on plain ops.
 - ``flex``: in each round's sorted order the candidate structure is static (slot s sees the slots of
   its chunk and the chunk before; causal: the ``bucket_size`` slots back), so one FlexAttention block
   mask, built in the factory, serves every call. Queries, keys and values are sorted per round into
@@ -60,7 +67,7 @@ from torch import nn
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 SELF_SCORE = -1e5  # Reformer's score for attending to oneself
-Kernel = Literal["auto", "flex", "torch"]
+Kernel = Literal["auto", "sdpa", "flex", "torch"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,8 @@ class LSHParams:
     # Reformer's cheaper default (reformer-pytorch's allow_duplicate_attention=True), which skips the
     # O(n_hashes²) duplicate count
     dedup: bool = True
-    # auto: FlexAttention on CUDA, the torch kernel elsewhere; flex on CPU runs uncompiled, forward only
+    # auto: sdpa on CUDA (forward only; a call that needs gradients takes the torch kernel), torch
+    # elsewhere; flex on CPU runs uncompiled, forward only
     kernel: Kernel = "auto"
 
 
@@ -82,8 +90,33 @@ def num_buckets(n: int, bucket_size: int) -> int:
 
 
 def default_kernel(device: torch.device) -> str:
-    """What ``kernel="auto"`` picks: FlexAttention on CUDA, the torch kernel elsewhere."""
-    return "flex" if device.type == "cuda" else "torch"
+    """What ``kernel="auto"`` picks: the fused chunk attention on CUDA, the torch kernel elsewhere."""
+    return "sdpa" if device.type == "cuda" else "torch"
+
+
+def chunk_attention(q, k, v, bias, scale):
+    """Attention of every chunk's queries over its candidate keys with an additive bias, returning the
+    output and the natural-log log-sum-exp of each query's biased scores.
+
+    ``q`` (B', C, c, D), ``k``/``v`` (B', C, S, D), ``bias`` broadcastable to (B', C, c, S) in q's dtype.
+    On CUDA this is PyTorch's memory-efficient attention kernel (the one SDPA uses with a mask), which
+    returns the log-sum-exp but no gradient for it; elsewhere the same in plain float32 ops."""
+    if q.is_cuda:
+        b, nc, c, _ = q.shape
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, bias.expand(b, nc, c, k.shape[-2]), True, scale=scale)[:2]
+        return out, lse[..., :c]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    s = (q.to(acc) @ k.to(acc).transpose(-1, -2)).mul_(scale).add_(bias.to(acc))
+    lse = torch.logsumexp(s, dim=-1)
+    return (torch.exp(s - lse[..., None]) @ v.to(acc)).to(q.dtype), lse
+
+
+def padded_bias(shape, dtype, device):
+    """A zero bias whose last dimension is padded to a multiple of 16 in memory, as the fused kernel
+    wants its rows aligned; returns the (..., S) view."""
+    *lead, s = shape
+    return torch.zeros(*lead, -(-s // 16) * 16, dtype=dtype, device=device)[..., :s]
 
 
 def shared_keys(q: torch.Tensor) -> torch.Tensor:
@@ -249,6 +282,12 @@ class LSHAttention(nn.Module):
     def forward(self, q, k, v):
         if self.kernel == "flex" and q.dtype != torch.float64:
             return self._forward_flex(q, v)
+        if self.kernel == "sdpa" and q.dtype != torch.float64 and not (
+                torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)):
+            self._stats["ran"] = "sdpa"
+            return self._forward_torch(q, v, fused=True)
+        if self.kernel == "sdpa":
+            self._stats["ran"] = "torch"  # its log-sum-exp has no gradient: the torch kernel instead
         return self._forward_torch(q, v)
 
     # FlexAttention kernel
@@ -336,7 +375,7 @@ class LSHAttention(nn.Module):
 
     # torch kernel
 
-    def _forward_torch(self, q, v):
+    def _forward_torch(self, q, v, fused: bool = False):
         b, h, n, d = q.shape
         rounds, c = self.n_hashes, self.bucket_size
         nc = n // c
@@ -355,6 +394,8 @@ class LSHAttention(nn.Module):
         qs, ks, vs = sort(q), with_previous(sort(key.to(q.dtype))), with_previous(sort(v))
         q_tok = order.view(b, h, rounds, nc, c)  # (B, H, R, nc, c)
         k_tok = with_previous(q_tok)  # (B, H, R, nc, c or 2c)
+        if fused:
+            return self._fused(qs, ks, vs, buckets, order, slot, q_tok, k_tok)
         # in place from here on: one score-sized buffer, none of these ops saves its input
         s = (qs @ ks.transpose(-1, -2)).to(acc).mul_(1.0 / math.sqrt(d))  # (B, H, R, nc, c, 2c)
         itself = torch.eye(c, ks.shape[-2], dtype=torch.bool, device=q.device)  # slot t is key t
@@ -374,6 +415,41 @@ class LSHAttention(nn.Module):
         lse = total.log() + mx[..., 0]
         o = (e.to(v.dtype) @ vs).to(acc) / total[..., None]  # (B, H, R, nc, c, D)
         return self._merge(o.view(b, h, rounds, n, d), lse.view(b, h, rounds, n), slot, q.dtype)
+
+    @torch.no_grad()
+    def _fused(self, qs, ks, vs, buckets, order, slot, q_tok, k_tok):
+        """The torch kernel's chunks through :func:`chunk_attention`: the self rule, the causal test and
+        -log N_ij become an additive bias; without causal or dedup it is one (c, 2c) matrix broadcast to
+        every chunk, so nothing score-sized is stored."""
+        b, h, rounds, nc, c, d = qs.shape
+        keys = ks.shape[-2]
+        dt = qs.dtype
+        self_score = max(SELF_SCORE, torch.finfo(dt).min)  # -1e5 overflows fp16
+        if not self.causal and not (self.dedup and rounds > 1):
+            bias = padded_bias((c, keys), dt, qs.device)
+        else:
+            bias = padded_bias((b, h, rounds, nc, c, keys), dt, qs.device)
+        bias.masked_fill_(torch.eye(c, keys, dtype=torch.bool, device=qs.device), self_score)
+        if self.causal:
+            pos = torch.arange(nc * c, device=qs.device)
+            sorted_slot = pos.view(nc, c)
+            k_slot = sorted_slot if nc == 1 else torch.cat([sorted_slot, sorted_slot.roll(1, 0)], 1)
+            q_bkt = buckets.gather(3, order).view(b, h, rounds, nc, c)
+            k_bkt = q_bkt if nc == 1 else torch.cat([q_bkt, q_bkt.roll(1, dims=3)], dim=4)
+            reach = self._reach(sorted_slot[..., :, None], k_slot[..., None, :],
+                                q_bkt[..., :, None], k_bkt[..., None, :])
+            bias.masked_fill_(~reach, float("-inf"))
+        if self.dedup and rounds > 1:
+            count = self._count(slot, buckets, q_tok, k_tok, torch.float32)
+            bias.sub_(count.clamp_min_(1).log_().to(dt))
+        flat = (b * h * rounds, nc)
+        out, lse = chunk_attention(qs.reshape(*flat, c, d), ks.reshape(*flat, keys, d),
+                                   vs.reshape(*flat, keys, d),
+                                   bias if bias.dim() == 2 else bias.view(*flat, c, keys),
+                                   1.0 / math.sqrt(d))
+        n = nc * c
+        return self._merge(out.view(b, h, rounds, n, d), lse.float().view(b, h, rounds, n), slot,
+                           qs.dtype)
 
     def _reach(self, q_slot, k_slot, q_bkt, k_bkt):
         """Causal candidates: same bucket, 0..bucket_size slots back."""

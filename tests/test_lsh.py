@@ -265,16 +265,64 @@ def test_hash_is_argmax_of_rotations_and_their_negatives():
     assert torch.equal(m.hash(key), torch.cat([rotated, -rotated], -1).argmax(-1))
 
 
+@pytest.mark.parametrize("kernel", ["flex", "sdpa"])
 @pytest.mark.parametrize("dedup", [True, False])
 @pytest.mark.parametrize("n_hashes", [1, 2, 4])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("n,bucket_size", [(128, 16), (64, 32), (96, 16), (64, 64)])
-def test_flex_kernel_matches_torch_kernel_on_cpu(n, bucket_size, causal, n_hashes, dedup):
+def test_kernels_match_torch_kernel_on_cpu(n, bucket_size, causal, n_hashes, dedup, kernel):
+    # sdpa on CPU runs its bias + log-sum-exp logic on plain ops; CUDA swaps in the fused kernel
     q, k, v = qkv(n, seed=12)
     kw = dict(seed=3, bucket_size=bucket_size, n_hashes=n_hashes, dedup=dedup)
-    flex, ref = build_kernel(n, causal, "flex", **kw), build_kernel(n, causal, "torch", **kw)
-    out, want = flex(q, k, v), ref(q, k, v)
+    fast, ref = build_kernel(n, causal, kernel, **kw), build_kernel(n, causal, "torch", **kw)
+    with torch.no_grad():
+        out, want = fast(q, k, v), ref(q, k, v)
     assert out.dtype == q.dtype and rel_err(out, want) < 1e-5
+    if kernel == "sdpa":
+        assert fast.stats()["ran"] == "sdpa"
+
+
+def test_sdpa_kernel_takes_the_torch_kernel_when_gradients_are_needed():
+    n = 64
+    q, k, v = qkv(n, seed=17)
+    m = build_kernel(n, False, "sdpa", bucket_size=16, n_hashes=2)
+    qg = q.clone().requires_grad_()
+    m(qg, k, v).sum().backward()
+    assert m.stats()["ran"] == "torch" and torch.isfinite(qg.grad).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dedup", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_sdpa_kernel_on_cuda_matches_torch_kernel(causal, dedup):
+    n, dev = 1024, "cuda"
+    kw = dict(seed=3, heads=4, dim=64, bucket_size=64, n_hashes=4, dedup=dedup)
+    ref = build_kernel(n, causal, "torch", device=dev, **kw)
+    q, k, v = (t.to(dev) for t in qkv(n, seed=15, heads=4, dim=64))
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)):
+        m = build_kernel(n, causal, "sdpa", dtype=dtype, device=dev, **kw)
+        low = tuple(t.to(dtype) for t in (q, k, v))
+        with torch.no_grad():
+            out, want = m(*low), ref(*low)
+        assert m.stats()["ran"] == "sdpa"
+        assert out.dtype == dtype and rel_err(out.float(), want.float()) < tol, dtype
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_sdpa_kernel_replays_in_a_cuda_graph():
+    from attnbench.measure import time_cuda_graph
+
+    n, dev = 1024, torch.device("cuda")
+    m = build_kernel(n, False, "auto", dtype=torch.float16, device=dev, heads=4, dim=64,
+                     bucket_size=64, n_hashes=4, dedup=False)
+    q, k, v = (t.to(dev, torch.float16) for t in qkv(n, seed=16, heads=4, dim=64))
+    with torch.no_grad():
+        want = m(q, k, v)
+        timing = time_cuda_graph(lambda: m(q, k, v), dev, warmup=2, repeats=3)
+    assert m.kernel == "sdpa" and timing.mode == "cuda-graph" and timing.median > 0
+    assert torch.isfinite(want).all()
 
 
 @pytest.mark.parametrize("causal", [False, True])
