@@ -109,7 +109,9 @@ def chunk_attention(q, k, v, bias, scale):
     acc = torch.promote_types(q.dtype, torch.float32)
     s = (q.to(acc) @ k.to(acc).transpose(-1, -2)).mul_(scale).add_(bias.to(acc))
     lse = torch.logsumexp(s, dim=-1)
-    return (torch.exp(s - lse[..., None]) @ v.to(acc)).to(q.dtype), lse
+    out = (torch.exp(s - lse[..., None]) @ v.to(acc)).to(q.dtype)
+    # in the fused kernel's memory layout ((B', c, C, D) underneath), so CPU tests see its strides
+    return out.transpose(1, 2).contiguous().transpose(1, 2), lse
 
 
 def padded_bias(shape, dtype, device):
@@ -171,7 +173,8 @@ def lsh_block_mask(n: int, bucket_size: int, causal: bool, device: torch.device)
                              _compile=device.type == "cuda")
 
 
-def make_flex_rounds(n: int, bucket_size: int, rounds: int, causal: bool, dedup: bool, scale: float):
+def make_flex_rounds(n: int, bucket_size: int, rounds: int, causal: bool, dedup: bool, scale: float,
+                     self_score: float = SELF_SCORE):
     """``fn(qs, ks, vs, block_mask, aux) -> (out, lse)`` on each round's sorted (B, H·R, N, D) tensors.
 
     ``aux`` (see :meth:`LSHAttention._flex_aux`): non-causal dedup: (B, H·R, W, N) int32 words packing
@@ -186,7 +189,7 @@ def make_flex_rounds(n: int, bucket_size: int, rounds: int, causal: bool, dedup:
     count_rounds = dedup and rounds > 1
 
     def score_mod(score, b, h, q_idx, kv_idx, aux):
-        score = torch.where(q_idx == kv_idx, SELF_SCORE, score)
+        score = torch.where(q_idx == kv_idx, self_score, score)
         if causal:
             g, g_own = aux
             back = g_own[b, h, q_idx] - g_own[b, h, kv_idx]  # 0..c slots back in the same bucket
@@ -294,7 +297,10 @@ class LSHAttention(nn.Module):
 
     def _init_flex(self, ctx: BuildContext):
         n, c, rounds = ctx.n, self.bucket_size, self.n_hashes
-        fn = make_flex_rounds(n, c, rounds, self.causal, self.dedup, 1.0 / math.sqrt(ctx.head_dim))
+        # the compiled score_mod holds the self score in the input dtype: -1e5 overflows fp16
+        self_score = max(SELF_SCORE, torch.finfo(ctx.dtype).min)
+        fn = make_flex_rounds(n, c, rounds, self.causal, self.dedup, 1.0 / math.sqrt(ctx.head_dim),
+                              self_score)
         cuda = ctx.device.type == "cuda"
         try:
             if cuda:
@@ -371,7 +377,7 @@ class LSHAttention(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # uncompiled (CPU) flex_attention warns that it is unfused
             out, lse = self._flex(sort(q), sort(key.to(q.dtype)), sort(v), self.block_mask, aux)
-        return self._merge(out.view(b, h, rounds, n, d), lse.view(b, h, rounds, n), slot, q.dtype)
+        return self._merge(out.reshape(b, h, rounds, n, d), lse.view(b, h, rounds, n), slot, q.dtype)
 
     # torch kernel
 
@@ -448,8 +454,9 @@ class LSHAttention(nn.Module):
                                    bias if bias.dim() == 2 else bias.view(*flat, c, keys),
                                    1.0 / math.sqrt(d))
         n = nc * c
-        return self._merge(out.view(b, h, rounds, n, d), lse.float().view(b, h, rounds, n), slot,
-                           qs.dtype)
+        # the fused kernel's output and log-sum-exp need not be contiguous in this shape: reshape
+        return self._merge(out.reshape(b, h, rounds, n, d), lse.float().reshape(b, h, rounds, n),
+                           slot, qs.dtype)
 
     def _reach(self, q_slot, k_slot, q_bkt, k_bkt):
         """Causal candidates: same bucket, 0..bucket_size slots back."""
