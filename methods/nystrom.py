@@ -13,9 +13,10 @@ Choices and omissions, all deliberate:
   over the whole batch). ``pinv = "exact"`` swaps in ``torch.linalg.pinv`` for ablations.
 - The m×m landmark kernel, its pseudo-inverse and the m×d product it multiplies are computed in fp32
   (at least), so fp16/bf16 inputs work; the n×m and m×n parts stay in the input dtype.
-- The two n-sized factors are attention calls, softmax(Q̃Kᵀ)V = SDPA(Q̃, K, V) and
-  softmax(QK̃ᵀ)M = SDPA(Q, K̃, M) with M = pinv·softmax(Q̃Kᵀ)V, so PyTorch's fused kernels run them
-  and the (n, m) and (m, n) softmax matrices are never stored: memory stays O(n·d + m²).
+- softmax(QK̃ᵀ)·M, with M = pinv·softmax(Q̃Kᵀ)V, is an attention call, SDPA(Q, K̃, M): the fused
+  kernel never stores the (n, m) softmax matrix. softmax(Q̃Kᵀ)V stays two explicit products: with
+  only m queries a fused kernel (which parallelises over queries) leaves most of a GPU idle; its
+  (m, n) matrix is the method's one n-sized intermediate.
 - The official code adds a depthwise convolution of V along the sequence to the output; that is a
   residual branch, not attention, and is left out. There is no causal variant: landmarks average over
   the whole sequence.
@@ -35,16 +36,21 @@ from attnbench.registry import BuildContext, register_method
 
 def iterative_pinv(a: torch.Tensor, iters: int) -> torch.Tensor:
     """Approximate Moore–Penrose inverse of a batch of (m, m) matrices by the paper's iteration
-    Z ← ¼Z(13I − AZ(15I − AZ(7I − AZ)))."""
+    Z ← ¼Z(13I − AZ(15I − AZ(7I − AZ))), each "cI − X·Y" one fused baddbmm (five kernels a step)."""
     abs_a = a.abs()
     norm_1 = abs_a.sum(-2).amax(-1)  # max column sum, (B, H)
     norm_inf = abs_a.sum(-1).amax(-1)  # max row sum, (B, H)
     z = a.transpose(-1, -2) / (norm_1 * norm_inf)[..., None, None]
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    lead, m = a.shape[:-2], a.shape[-1]
+    a3 = a.reshape(-1, m, m)  # baddbmm wants 3-d batches
+    z = z.reshape(-1, m, m)
+    eye = torch.eye(m, dtype=a.dtype, device=a.device).expand_as(a3)
     for _ in range(iters):
-        az = a @ z  # (B, H, m, m)
-        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
-    return z
+        az = torch.bmm(a3, z)
+        t = torch.baddbmm(eye, az, torch.baddbmm(eye, az, 7 * eye - az, beta=15, alpha=-1),
+                          beta=13, alpha=-1)  # 13I − AZ(15I − AZ(7I − AZ))
+        z = torch.baddbmm(z, z, t, beta=0, alpha=0.25)
+    return z.reshape(*lead, m, m)
 
 
 @dataclass(frozen=True)
@@ -74,11 +80,12 @@ class NystromAttention(nn.Module):
             inv = torch.linalg.pinv(kernel)
         else:
             inv = iterative_pinv(kernel, self.p.pinv_iters)
-        # softmax(Q̃Kᵀ)·V and softmax(QK̃ᵀ)·M are attention calls: m landmark queries over the n keys,
-        # then the n queries over m landmark keys with M as values. SDPA's fused kernels never
-        # materialise the (N, m) and (m, N) softmax matrices
-        right_v = F.scaled_dot_product_attention(q_land.to(q.dtype), k, v)  # (B, H, m, D)
-        middle = inv @ right_v.to(acc)  # (B, H, m, D)
+        # softmax(Q̃Kᵀ)·V: m landmark queries over all n keys, as explicit matrices: a fused attention
+        # kernel parallelises over queries, and m of them leave most of the GPU idle
+        right = torch.softmax(q_land.mul(scale).to(q.dtype) @ k.transpose(-1, -2), dim=-1)  # (B, H, m, N)
+        middle = inv @ (right @ v).to(acc)  # (B, H, m, D)
+        # softmax(QK̃ᵀ)·M: the n queries over the m landmark keys with M as values, one fused SDPA call
+        # that never stores the (N, m) softmax matrix
         return F.scaled_dot_product_attention(q, k_land.to(q.dtype), middle.to(q.dtype))  # (B, H, N, D)
 
     def flops(self, q, k, v):
