@@ -309,6 +309,12 @@ def cmd_report(args, console) -> int:
         from attnbench.grid import cmd_grid
 
         return cmd_grid(args, console)
+    if args.pairs:
+        from attnbench.pairs import render_pairs
+
+        for path in render_pairs(args.run_dir, args.pairs, console, args.out):
+            console.print(f"wrote {path}", highlight=False)
+        return 0
     if args.format is None:
         render_terminal(args.run_dir, console, args.baseline)
         for path in write_reports(args.run_dir, args.out, args.baseline):
@@ -330,6 +336,7 @@ EXAMPLES = """examples:
   attnbench report results/quick/RUN --format latex --baseline naive
   attnbench report results/linformer_table3/RUN --grid speedup --baseline naive --rows n --cols k
   attnbench report --all results/ --format html            # regenerate every committed report
+  attnbench report results/peers/RUN --pairs linformer=peer_linformer,performer=peer_performer
 """
 
 
@@ -350,4 +357,6 @@ def add_cli(sub) -> None:
     p.add_argument("--cols", default=None, help="grid columns: a param (default: each method's "
                    "budget knob, e.g. k)")
     p.add_argument("--method", help="grid: only this method (name or label)")
+    p.add_argument("--pairs", metavar="OURS=PEER,...", help="our time over a peer's, cell by cell, "
+                   "eager and CUDA-graph (e.g. linformer=peer_linformer,lsh=peer_reformer)")
     p.set_defaults(func=cmd_report)

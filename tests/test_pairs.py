@@ -1,0 +1,43 @@
+"""Pair tables: our time over a peer's, cell by cell, in both timing modes."""
+import pandas as pd
+import pytest
+
+from attnbench.cli import BadInput
+from attnbench.pairs import pair_table, parse_pairs
+
+
+def rows():
+    base = dict(status="ok", heads=8, head_dim=64, dtype="fp16", mode="fwd", level="layer",
+                causal=False, batching="fixed", batch=1)
+    out = []
+    for n, ours, peer in ((1024, (1.0, 0.1), (2.0, 0.4)), (4096, (3.0, 0.6), (4.0, 0.6))):
+        out.append(dict(base, method="mine", label="mine(k=2)", n=n, eager_time_ms=ours[0],
+                        time_ms=ours[1], timing_mode="cuda-graph"))
+        out.append(dict(base, method="peer_mine", label="peer_mine(k=2)", n=n, eager_time_ms=peer[0],
+                        time_ms=peer[1], timing_mode="cuda-graph"))
+        # a peer that cannot be captured: time_ms is its eager time
+        out.append(dict(base, method="peer_eager", label="peer_eager", n=n, eager_time_ms=peer[0],
+                        time_ms=peer[0], timing_mode="eager"))
+        # another dtype must not be matched with the fp16 rows
+        out.append(dict(base, method="peer_mine", label="peer_mine(k=2)", n=n, dtype="fp32",
+                        eager_time_ms=100.0, time_ms=100.0, timing_mode="cuda-graph"))
+    return pd.DataFrame(out)
+
+
+def test_ratios_per_cell_in_both_modes_and_the_worst():
+    headers, table = pair_table(rows(), [("mine", "peer_mine")])
+    assert headers[3:] == ["n=1k B=1", "n=4k B=1", "worst"]
+    assert len(table) == 1  # the fp32 peer rows have no fp16 partner
+    assert table[0][3:] == ["0.50 / 0.25", "0.75 / 1.00", "1.00"]
+
+
+def test_an_uncaptured_peer_uses_its_eager_time_and_is_marked():
+    _, table = pair_table(rows(), [("mine", "peer_eager")])
+    assert table[0][3] == "0.50 / 0.05*"  # 0.1 ms replay over the peer's 2.0 ms eager
+
+
+def test_bad_pairs_name_what_is_wrong():
+    with pytest.raises(BadInput, match="not OURS=PEER"):
+        parse_pairs("mine", {"mine", "peer_mine"})
+    with pytest.raises(BadInput, match="'nope' is not a method of this run; it has: mine, peer_mine"):
+        parse_pairs("nope=peer_mine", {"mine", "peer_mine"})
