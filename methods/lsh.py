@@ -397,11 +397,11 @@ class LSHAttention(nn.Module):
         def with_previous(x):  # chunk c sees chunks c and c - 1 (cyclic): (..., nc, c, *) -> 2c keys
             return x if nc == 1 else torch.cat([x, x.roll(1, dims=3)], dim=4)
 
-        qs, ks, vs = sort(q), with_previous(sort(key.to(q.dtype))), with_previous(sort(v))
         q_tok = order.view(b, h, rounds, nc, c)  # (B, H, R, nc, c)
-        k_tok = with_previous(q_tok)  # (B, H, R, nc, c or 2c)
         if fused:
-            return self._fused(qs, ks, vs, buckets, order, slot, q_tok, k_tok)
+            return self._fused(sort(q), sort(key.to(q.dtype)), sort(v), buckets, order, slot, q_tok)
+        qs, ks, vs = sort(q), with_previous(sort(key.to(q.dtype))), with_previous(sort(v))
+        k_tok = with_previous(q_tok)  # (B, H, R, nc, c or 2c)
         # in place from here on: one score-sized buffer, none of these ops saves its input
         s = (qs @ ks.transpose(-1, -2)).to(acc).mul_(1.0 / math.sqrt(d))  # (B, H, R, nc, c, 2c)
         itself = torch.eye(c, ks.shape[-2], dtype=torch.bool, device=q.device)  # slot t is key t
@@ -423,34 +423,47 @@ class LSHAttention(nn.Module):
         return self._merge(o.view(b, h, rounds, n, d), lse.view(b, h, rounds, n), slot, q.dtype)
 
     @torch.no_grad()
-    def _fused(self, qs, ks, vs, buckets, order, slot, q_tok, k_tok):
+    def _fused(self, qs, ks, vs, buckets, order, slot, q_tok):
         """The torch kernel's chunks through :func:`chunk_attention`: the self rule, the causal test and
         -log N_ij become an additive bias; without causal or dedup it is one (c, 2c) matrix broadcast to
-        every chunk, so nothing score-sized is stored."""
+        every chunk, so nothing score-sized is stored. Each chunk's keys are [previous chunk, own
+        chunk], an overlapping strided view of the sorted keys with the last chunk copied in front, so
+        the 2c-key windows cost one copy of the keys rather than a roll and a concatenation."""
         b, h, rounds, nc, c, d = qs.shape
-        keys = ks.shape[-2]
         dt = qs.dtype
+        one = nc == 1
+
+        def windows(x):  # (B, H, R, nc, c, D) -> (B, H, R, nc, 2c, D): chunk i-1 (cyclic), chunk i
+            if one:
+                return x
+            p = torch.cat([x[:, :, :, -1:], x], dim=3)  # (B, H, R, nc + 1, c, D), contiguous
+            return p.as_strided((b, h, rounds, nc, 2 * c, d), p.stride())
+
+        def prev_own(x, dim):  # the same [previous, own] order for small index tensors
+            return x if one else torch.cat([x.roll(1, dims=dim - 1), x], dim=dim)
+
+        keys = c if one else 2 * c
         self_score = max(SELF_SCORE, torch.finfo(dt).min)  # -1e5 overflows fp16
         if not self.causal and not (self.dedup and rounds > 1):
             bias = padded_bias((c, keys), dt, qs.device)
         else:
             bias = padded_bias((b, h, rounds, nc, c, keys), dt, qs.device)
-        bias.masked_fill_(torch.eye(c, keys, dtype=torch.bool, device=qs.device), self_score)
+        own = 0 if one else c  # where a chunk's own keys start in its window
+        itself = torch.arange(keys, device=qs.device)[None, :] == \
+            torch.arange(c, device=qs.device)[:, None] + own
+        bias.masked_fill_(itself, self_score)
         if self.causal:
-            pos = torch.arange(nc * c, device=qs.device)
-            sorted_slot = pos.view(nc, c)
-            k_slot = sorted_slot if nc == 1 else torch.cat([sorted_slot, sorted_slot.roll(1, 0)], 1)
+            sorted_slot = torch.arange(nc * c, device=qs.device).view(nc, c)
             q_bkt = buckets.gather(3, order).view(b, h, rounds, nc, c)
-            k_bkt = q_bkt if nc == 1 else torch.cat([q_bkt, q_bkt.roll(1, dims=3)], dim=4)
-            reach = self._reach(sorted_slot[..., :, None], k_slot[..., None, :],
-                                q_bkt[..., :, None], k_bkt[..., None, :])
+            reach = self._reach(sorted_slot[..., :, None], prev_own(sorted_slot, 1)[..., None, :],
+                                q_bkt[..., :, None], prev_own(q_bkt, 4)[..., None, :])
             bias.masked_fill_(~reach, float("-inf"))
         if self.dedup and rounds > 1:
-            count = self._count(slot, buckets, q_tok, k_tok, torch.float32)
+            count = self._count(slot, buckets, q_tok, prev_own(q_tok, 4), torch.float32)
             bias.sub_(count.clamp_min_(1).log_().to(dt))
         flat = (b * h * rounds, nc)
-        out, lse = chunk_attention(qs.reshape(*flat, c, d), ks.reshape(*flat, keys, d),
-                                   vs.reshape(*flat, keys, d),
+        out, lse = chunk_attention(qs.reshape(*flat, c, d), windows(ks).reshape(*flat, keys, d),
+                                   windows(vs).reshape(*flat, keys, d),
                                    bias if bias.dim() == 2 else bias.view(*flat, c, keys),
                                    1.0 / math.sqrt(d))
         n = nc * c
