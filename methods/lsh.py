@@ -64,6 +64,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from attnbench.compiling import allow_recompiles, compile_failure
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 SELF_SCORE = -1e5  # Reformer's score for attending to oneself
@@ -304,18 +305,11 @@ class LSHAttention(nn.Module):
         cuda = ctx.device.type == "cuda"
         try:
             if cuda:
-                import torch._dynamo.config as dynamo_config
-
-                # every cell compiles its own score_mod and mask; dynamo's default of 8 would drop later
-                # cells to the eager, fully materialising flex_attention
-                for knob in ("recompile_limit", "cache_size_limit"):
-                    if hasattr(dynamo_config, knob):
-                        setattr(dynamo_config, knob, max(getattr(dynamo_config, knob), 1024))
+                allow_recompiles()
                 fn = torch.compile(fn, dynamic=False)
             self.block_mask = lsh_block_mask(n, c, self.causal, ctx.device)
         except Exception as exc:  # noqa: BLE001 - inductor/triton fail in many ways
-            raise Unsupported(f"FlexAttention failed: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from exc
+            raise compile_failure("FlexAttention", exc) from exc
         self._flex = fn
         self._stats["compiled"] = False
         if not cuda or ctx.dtype == torch.float64:  # float64 always takes the torch kernel
@@ -331,8 +325,7 @@ class LSHAttention(nn.Module):
                 self._forward_flex(q, v)
             torch.cuda.synchronize(ctx.device)
         except Exception as exc:  # noqa: BLE001
-            raise Unsupported(f"FlexAttention failed: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from exc
+            raise compile_failure("FlexAttention", exc) from exc
         self._stats.update(compiled=True, compile_s=time.perf_counter() - t0)
 
     @torch.no_grad()

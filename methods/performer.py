@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnbench.compiling import allow_recompiles, compile_failure
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 
@@ -400,12 +401,7 @@ class PerformerAttention(nn.Module):
                 torch.cuda.synchronize(ctx.device)
 
         try:
-            import torch._dynamo.config as dynamo_config
-
-            # every cell compiles its own shapes; dynamo's default of 8 would drop later cells to eager
-            for knob in ("recompile_limit", "cache_size_limit"):
-                if hasattr(dynamo_config, knob):
-                    setattr(dynamo_config, knob, max(getattr(dynamo_config, knob), 1024))
+            allow_recompiles()
             fn = torch.compile(favor_compilable, dynamic=False)
             consts = self.constants(ctx.dtype)[:5]
             shape = (ctx.batch, ctx.heads, ctx.n, ctx.head_dim)
@@ -420,8 +416,7 @@ class PerformerAttention(nn.Module):
             fn(q, k, v, *consts).sum().backward()
             sync()
         except Exception as exc:  # noqa: BLE001 - inductor/triton fail in many ways
-            raise Unsupported(f"torch.compile failed: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from exc
+            raise compile_failure("torch.compile", exc) from exc
         self._stats.update(compiled=True, compile_s=t1 - t0, compile_bwd_s=time.perf_counter() - t1)
         return fn
 

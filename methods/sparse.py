@@ -27,7 +27,8 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from attnbench.registry import BuildContext, Unsupported, register_method
+from attnbench.compiling import allow_recompiles, compile_failure
+from attnbench.registry import BuildContext, register_method
 
 Kernel = Literal["auto", "flex", "blocked"]
 Pred = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -320,13 +321,7 @@ class SparseAttention(nn.Module):
                 torch.cuda.synchronize(ctx.device)
 
         try:
-            import torch._dynamo.config as dynamo_config
-
-            # every cell compiles its own mask_mod; dynamo's default of 8 would drop later cells to
-            # the eager, fully materialising flex_attention
-            for knob in ("recompile_limit", "cache_size_limit"):
-                if hasattr(dynamo_config, knob):
-                    setattr(dynamo_config, knob, max(getattr(dynamo_config, knob), 1024))
+            allow_recompiles()
             self.block_mask = flex_block_mask(self.pattern, ctx.device)
             self.flex = torch.compile(flex_attention)
             shape = (1, ctx.heads, ctx.n, ctx.head_dim)
@@ -340,8 +335,7 @@ class SparseAttention(nn.Module):
                 self.flex(q, k, v, block_mask=self.block_mask).sum().backward()
                 sync()
         except Exception as exc:  # noqa: BLE001 - inductor/triton fail in many ways
-            raise Unsupported(f"FlexAttention failed: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from exc
+            raise compile_failure("FlexAttention", exc) from exc
         self._stats.update(compiled=True, compile_s=t1 - t0)
         if ctx.device.type == "cuda":
             self._stats["compile_bwd_s"] = time.perf_counter() - t1
