@@ -68,7 +68,7 @@ from attnbench.compiling import allow_recompiles, compile_failure
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 SELF_SCORE = -1e5  # Reformer's score for attending to oneself
-Kernel = Literal["auto", "sdpa", "flex", "torch"]
+Kernel = Literal["auto", "triton", "sdpa", "flex", "torch"]
 
 
 @dataclass(frozen=True)
@@ -286,8 +286,24 @@ class LSHAttention(nn.Module):
     def forward(self, q, k, v):
         if self.kernel == "flex" and q.dtype != torch.float64:
             return self._forward_flex(q, v)
-        if self.kernel == "sdpa" and q.dtype != torch.float64 and not (
-                torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)):
+        grad = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
+        if self.kernel == "triton":
+            from attnbench.kernels import lsh_triton
+
+            why = "gradients needed: the Triton kernels are forward-only" if grad else \
+                lsh_triton.unsupported_reason(q, v, self.bucket_size)
+            if why is None:
+                self._stats["ran"] = "triton"
+                self._stats.pop("fallback", None)
+                return lsh_triton.lsh_forward(q, v, self.rotations, self.bucket_size,
+                                              causal=self.causal, dedup=self.dedup)
+            self._stats["fallback"] = why
+            if q.is_cuda and not grad and q.dtype != torch.float64:
+                self._stats["ran"] = "sdpa"
+                return self._forward_torch(q, v, fused=True)
+            self._stats["ran"] = "torch"
+            return self._forward_torch(q, v)
+        if self.kernel == "sdpa" and q.dtype != torch.float64 and not grad:
             self._stats["ran"] = "sdpa"
             return self._forward_torch(q, v, fused=True)
         if self.kernel == "sdpa":
@@ -511,6 +527,17 @@ def _lsh_constraint(p: LSHParams, ctx: BuildContext) -> str | None:
         return f"n_hashes={p.n_hashes} must be >= 1"
     if p.bucket_size < 1 or ctx.n % p.bucket_size:
         return f"n={ctx.n} must be divisible by bucket_size={p.bucket_size}"
+    if p.kernel == "triton":
+        from attnbench.kernels import lsh_triton, triton_available, triton_interpreting
+
+        if not triton_available():
+            return "unavailable: kernel='triton' needs triton (pip install triton)"
+        if ctx.device.type != "cuda" and not (ctx.device.type == "cpu" and triton_interpreting()):
+            return (f"kernel='triton' needs a CUDA device, not {ctx.device.type} (on CPU only under "
+                    f"TRITON_INTERPRET=1); kernel='auto' picks what the device has")
+        if p.bucket_size > lsh_triton.MAX_BUCKET or ctx.head_dim > lsh_triton.MAX_HEAD_DIM:
+            return (f"kernel='triton' takes bucket_size <= {lsh_triton.MAX_BUCKET} and head_dim <= "
+                    f"{lsh_triton.MAX_HEAD_DIM}, not {p.bucket_size} and {ctx.head_dim}")
     return None
 
 
