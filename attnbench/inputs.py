@@ -128,16 +128,26 @@ def _generator(seed: int, *salt: int) -> torch.Generator:
     return g
 
 
+# How core-level q, k, v (all seen as (B, H, N, D)) are stored: "bhnd" contiguous, the default;
+# "bnhd" as (B, N, H, D), the way a layer's input projection leaves them (FlashAttention's layout).
+STORAGES = ("bhnd", "bnhd")
+
+
 def make_qkv(input_spec: dict[str, Any], *, batch: int, heads: int, n: int, head_dim: int,
              dtype: torch.dtype, device: torch.device, seed: int):
-    """q, k, v of shape (B, H, N, D) for a core-level cell."""
+    """q, k, v of shape (B, H, N, D) for a core-level cell; the spec's ``storage`` (default "bhnd")
+    picks their memory layout, never their values."""
     spec = dict(input_spec)
     regime = REGIMES[spec.pop("regime", "gaussian")]
+    storage = spec.pop("storage", STORAGES[0])
     params = regime.params(**spec)
     sample = getattr(params, "sample", 0)
     shape = (batch, heads, n, head_dim) if regime.shape_salted else (-1,)
     g = _generator(seed, *shape, *((sample,) if sample else ()))
     q, k, v = regime.make((batch, heads, n, head_dim), params, g)
+    if storage == "bnhd":  # the same values, stored (B, N, H, D) and seen as (B, H, N, D)
+        return tuple(t.to(device=device, dtype=dtype).transpose(1, 2).contiguous().transpose(1, 2)
+                     for t in (q, k, v))
     return tuple(t.to(device=device, dtype=dtype).contiguous() for t in (q, k, v))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.dtypes import DTYPES
-from attnbench.inputs import REGIMES
+from attnbench.inputs import REGIMES, STORAGES
 from attnbench.params import check_params
 from attnbench.registry import REGISTRY, RegistryError, unknown_name_message
 
@@ -285,9 +285,18 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
         regime = table.get("regime", "gaussian")
         if not isinstance(regime, str) or regime not in REGIMES:  # a list or table is unhashable
             c.fail(f"inputs.{label}.regime", regime, f"allowed: {', '.join(REGIMES)}")
-        rest = {k: v for k, v in table.items() if k != "regime"}
+        rest = {k: v for k, v in table.items() if k not in ("regime", "storage")}
         grid = check_params(c, f"inputs.{label}", REGIMES[regime].params, rest)
-        inputs.append({"regime": [regime], **grid})
+        entry = {"regime": [regime], **grid}
+        layouts = table.get("storage", STORAGES[0])
+        layouts = layouts if isinstance(layouts, list) else [layouts]
+        if not layouts or any(not isinstance(x, str) or x not in STORAGES for x in layouts):
+            c.fail(f"inputs.{label}.storage", table.get("storage"),
+                   f"allowed: {', '.join(map(repr, STORAGES))} or a list of them (core-level q, k, v "
+                   "in (B, H, N, D) memory, or (B, N, H, D) memory as a layer's projection makes them)")
+        if layouts != [STORAGES[0]]:  # the default stays out of the cell keys (older runs resume)
+            entry["storage"] = layouts
+        inputs.append(entry)
 
     timing = _check_table(c, data, "timing", TIMING_DEFAULTS, {
         "warmup": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,

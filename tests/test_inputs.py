@@ -148,3 +148,35 @@ def test_suite_regime_params_are_validated(write_suite, table, message):
     path = write_suite(SUITE + "[inputs.x]\n" + table + "\n")
     with pytest.raises(SuiteError, match=message):
         load_suite(str(path))
+
+
+def test_bnhd_storage_stores_the_same_values_as_a_layer_would():
+    base = draw({"regime": "gaussian"})
+    for spec in ({"regime": "gaussian", "storage": "bnhd"}, {"regime": "peaked", "storage": "bnhd"}):
+        got = draw(spec)
+        want = base if spec["regime"] == "gaussian" else draw({"regime": "peaked"})
+        for t, w in zip(got, want):
+            assert t.shape == w.shape and torch.equal(t, w)
+            assert not t.is_contiguous() and t.transpose(1, 2).is_contiguous()  # (B, N, H, D) memory
+    assert all(t.is_contiguous() for t in base)
+
+
+def test_suite_storage_is_a_cell_key_only_when_not_the_default(tmp_path):
+    text = """
+name = "lay"
+[sweep]
+n = [64]
+heads = [2]
+head_dim = [16]
+[methods.sdpa]
+[inputs.plain]
+regime = "gaussian"
+[inputs.layer]
+regime = "gaussian"
+storage = ["bhnd", "bnhd"]
+"""
+    path = tmp_path / "lay.toml"
+    path.write_text(text)
+    cases = expand(load_suite(str(path)))
+    storages = sorted(str(dict(c.input).get("storage")) for c in cases)
+    assert storages == ["None", "bhnd", "bnhd"]

@@ -381,3 +381,28 @@ def test_cuda_projection_copies_neither_inputs_nor_projection(sharing):
         extra = measure_memory(lambda: m._project(x, m.E), dev)["extra_mem_mib"]
     x_mib = x.numel() * 2 / 2**20  # 48 MiB; the output is 3 MiB, a per-batch copy of E 192 MiB
     assert extra < 0.25 * x_mib
+
+
+@pytest.mark.parametrize("sharing", ["none", "headwise", "kv", "layerwise"])
+@pytest.mark.parametrize("m", [128, 100])
+def test_heads_stored_side_by_side_project_in_one_product_with_the_same_result(sharing, m):
+    """q, k, v as (B, N, H, D) memory (a layer's projection): a shared E multiplies all heads at once
+    through a (B, m, H·D) view; values and gradients equal the per-head product's."""
+    from attnbench.methods.linformer import _merged_heads
+
+    ctx = BuildContext(n=128, heads=4, head_dim=16, seed=0, dtype=torch.float64)
+    mod = get_method("linformer").build(LinformerParams(k=32, sharing=sharing), ctx)
+    g = torch.Generator().manual_seed(5)
+    packed = torch.randn(2, m, 3, 4, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, m, D) views
+    flat = _merged_heads(k)
+    assert flat is not None and flat.data_ptr() == k.data_ptr() and flat.shape == (2, m, 64)
+    assert _merged_heads(k.contiguous()) is None
+    out = mod(q, k, v)
+    grad_view, = torch.autograd.grad(out.square().sum(), packed)
+    p2 = packed.detach().clone().requires_grad_()
+    q2, k2, v2 = (t.contiguous() for t in p2.permute(2, 0, 3, 1, 4).unbind(0))
+    want = mod(q2, k2, v2)
+    grad_copy, = torch.autograd.grad(want.square().sum(), p2)
+    assert torch.allclose(out, want, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(grad_view, grad_copy, rtol=1e-10, atol=1e-12)

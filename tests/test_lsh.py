@@ -315,7 +315,7 @@ def test_fused_sdpa_kernel_replays_in_a_cuda_graph():
     from attnbench.measure import time_cuda_graph
 
     n, dev = 1024, torch.device("cuda")
-    m = build_kernel(n, False, "auto", dtype=torch.float16, device=dev, heads=4, dim=64,
+    m = build_kernel(n, False, "sdpa", dtype=torch.float16, device=dev, heads=4, dim=64,
                      bucket_size=64, n_hashes=4, dedup=False)
     q, k, v = (t.to(dev, torch.float16) for t in qkv(n, seed=16, heads=4, dim=64))
     with torch.no_grad():
@@ -394,7 +394,7 @@ def test_auto_falls_back_to_the_torch_kernel_when_flex_cannot_build(monkeypatch)
         raise Unsupported("FlexAttention failed: test")
 
     monkeypatch.setattr(LSHAttention, "_init_flex", fail)
-    monkeypatch.setattr(lsh, "default_kernel", lambda device: "flex")  # as on CUDA
+    monkeypatch.setattr(lsh, "default_kernel", lambda p, ctx: "flex")  # as on CUDA
     m = build(64, bucket_size=16)
     assert m.kernel == "torch" and m.stats()["flex_error"] == "FlexAttention failed: test"
     with pytest.raises(Unsupported):

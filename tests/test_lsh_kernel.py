@@ -89,8 +89,11 @@ def test_hash_keys_are_the_torch_hash_as_sort_keys(dev):
     assert torch.equal(skey % n, pos.expand_as(skey).int())
     want = m.hash(shared_keys(q)).view(4, 3, n)  # fp32 einsum of the unit keys
     agree = (skey // n == want).float().mean().item()
-    # fp32 here; on CUDA the dot runs in TF32, which may move a near-tie to the other bucket
+    # the kernel hashes q, not q/|q|: on CUDA the different rounding may move a near-tie
     assert agree == 1.0 if dev.type == "cpu" else agree > 0.99, agree
+    for dtype in dtypes(dev)[1:]:  # fp16/bf16 products: more near-ties move, most buckets stay
+        low = (hash_keys(q.to(dtype), m.rotations) // n == want).float().mean().item()
+        assert low > 0.9, (dtype, low)
 
 
 def test_hash_keys_cover_many_bucket_tiles(dev):
@@ -217,3 +220,16 @@ def test_triton_kernel_replays_in_a_cuda_graph():
         again = m(q, k, v)
     assert m.stats()["ran"] == "triton" and timing.mode == "cuda-graph" and timing.median > 0
     assert torch.isfinite(want).all() and torch.equal(want, again)
+
+
+def test_auto_picks_triton_on_cuda_where_it_takes_the_shape():
+    """The choice itself (no GPU needed): a CUDA context is only a description here."""
+    from attnbench.methods.lsh import default_kernel
+
+    cuda = dict(n=1024, heads=2, head_dim=64, seed=0, device=torch.device("cuda"))
+    cpu = dict(cuda, device=torch.device("cpu"))
+    assert default_kernel(LSHParams(), BuildContext(**cpu)) == "torch"
+    want = "triton" if triton_available() else "sdpa"
+    assert default_kernel(LSHParams(), BuildContext(**cuda)) == want
+    assert default_kernel(LSHParams(bucket_size=256), BuildContext(**cuda)) == "sdpa"
+    assert default_kernel(LSHParams(), BuildContext(**dict(cuda, head_dim=256))) == "sdpa"

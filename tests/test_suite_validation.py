@@ -45,6 +45,8 @@ MALFORMED = [
     (GOOD + "[inputs.a]\nregime = 'poisson'\n", ["inputs.a.regime", "poisson", "gaussian"]),
     (GOOD + "[inputs.a]\nregime = 'gaussian'\nqk = 2\n", ["inputs.a.qk", "unknown param",
                                                           "qk_scale"]),
+    (GOOD + "[inputs.a]\nregime = 'gaussian'\nstorage = 'nhd'\n", ["inputs.a.storage", "nhd",
+                                                                "'bhnd', 'bnhd'"]),
     (GOOD.replace("heads = [2]", "heads = [2]\ncausal = ['no']"), ["sweep.causal", "no"]),
     ("title = 'x'\n" + GOOD, ["title", "unknown key"]),
     ('name = "e"\nmethods = { sdpa = {}, naive = [] }\n[sweep]\nn = [64]\n',

@@ -21,8 +21,9 @@ replace them here (plus one ``argsort`` between the first two):
   (B, H, N, D).
 
 The scores, the softmax and the merge are fp32 for every input dtype; the products take the input
-dtype (fp32 inputs: TF32 on CUDA). The hash rounds too: a key within rounding of the boundary between
-two buckets may land in the other one than the torch kernel's fp32 hash puts it in; both are the same
+dtype on tensor cores, and fp32 inputs full fp32 products (no TF32), as torch's defaults do. The
+hash rounds like the products: in fp16/bf16 a key within rounding of the boundary between two
+buckets may land in the other one than the torch kernel's fp32 hash puts it in; both are the same
 random hash, and the tests compare the attention at equal buckets. Forward only: the method runs its
 torch kernel when a gradient is needed. In Triton's CPU interpreter (``TRITON_INTERPRET=1`` set before
 this module is first imported) the kernels run for the tests. Importing this module without Triton
@@ -80,7 +81,7 @@ if triton is not None:
     def _hash_kernel(X, ROT, OUT, n, nb2, H, n_blocks,
                      sx_b, sx_h, sx_n, sx_d, sr_r, sr_d, sr_k,
                      ROUNDS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, IEEE: tl.constexpr):
         """OUT[bh, r, i] = argmax([x_i R_r, -x_i R_r])·n + i, int32; OUT contiguous (B·H, R, n)."""
         pid = tl.program_id(0)
         bh = pid // n_blocks
@@ -104,7 +105,10 @@ if triton is not None:
                 b_ok = offs_b < nb2
                 rot = tl.load(ROT + r * sr_r + offs_d[:, None] * sr_d + offs_b[None, :] * sr_k,
                               mask=d_ok[:, None] & b_ok[None, :], other=0.0)
-                s = tl.dot(x, rot.to(x.dtype))  # (BLOCK_N, BLOCK_B) fp32
+                if IEEE:
+                    s = tl.dot(x, rot.to(x.dtype), input_precision="ieee")  # (BLOCK_N, BLOCK_B)
+                else:
+                    s = tl.dot(x, rot.to(x.dtype))  # (BLOCK_N, BLOCK_B) fp32
                 sp = tl.where(b_ok[None, :], s, float("-inf"))
                 sn = tl.where(b_ok[None, :], -s, float("-inf"))
                 mp = tl.max(sp, 1)
@@ -151,9 +155,13 @@ if triton is not None:
 
     @triton.jit
     def _scores(q, k, qtok, ktok, q_slot, k_slot, k_ok, SKEY, SLOT, bh, r, n, nc, scale, self_score,
-                C: tl.constexpr, ROUNDS: tl.constexpr, CAUSAL: tl.constexpr, DEDUP: tl.constexpr):
+                C: tl.constexpr, ROUNDS: tl.constexpr, CAUSAL: tl.constexpr, DEDUP: tl.constexpr,
+                IEEE: tl.constexpr):
         """One (queries, keys) score tile of round r, with every rule applied (natural-log units)."""
-        s = tl.dot(q, tl.trans(k)) * scale  # fp32
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        else:
+            s = tl.dot(q, tl.trans(k)) * scale  # fp32
         s = tl.where(qtok[:, None] == ktok[None, :], self_score, s)
         ok = k_ok[None, :]
         if CAUSAL:
@@ -172,7 +180,7 @@ if triton is not None:
                       sq_b, sq_h, sq_n, sq_d, sv_b, sv_h, sv_n, sv_d,
                       C: tl.constexpr, BLOCK_C: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
                       ROUNDS: tl.constexpr, TWO: tl.constexpr, CAUSAL: tl.constexpr,
-                      DEDUP: tl.constexpr):
+                      DEDUP: tl.constexpr, IEEE: tl.constexpr):
         """O[bh, r, token], LSE[bh, r, token] for the c queries of one sorted chunk in round r.
 
         ORDER (B·H, R, n): the token at each sorted slot; SKEY: bucket·n + position per token; SLOT:
@@ -197,7 +205,7 @@ if triton is not None:
         q = tl.load(q_base + qtok[:, None] * sq_n + offs_d[None, :] * sq_d, mask=tile_ok, other=0.0)
         v_own = tl.load(v_base + qtok[:, None] * sv_n + offs_d[None, :] * sv_d, mask=tile_ok, other=0.0)
         s_own = _scores(q, _unit(q), qtok, qtok, q_slot, q_slot, row_ok, SKEY, SLOT, bh, r, n, nc,
-                        scale, self_score, C, ROUNDS, CAUSAL, DEDUP)
+                        scale, self_score, C, ROUNDS, CAUSAL, DEDUP, IEEE)
         m = tl.max(s_own, 1)
         if TWO:  # the chunk before (cyclic): its c tokens are the other half of the keys
             prev = (chunk + nc - 1) % nc
@@ -208,18 +216,24 @@ if triton is not None:
             v_prev = tl.load(v_base + ptok[:, None] * sv_n + offs_d[None, :] * sv_d, mask=tile_ok,
                              other=0.0)
             s_prev = _scores(q, k_prev, qtok, ptok, q_slot, p_slot, row_ok, SKEY, SLOT, bh, r, n,
-                             nc, scale, self_score, C, ROUNDS, CAUSAL, DEDUP)
+                             nc, scale, self_score, C, ROUNDS, CAUSAL, DEDUP, IEEE)
             m = tl.maximum(m, tl.max(s_prev, 1))
         # every query has a finite score (its own, at worst): m is finite on valid rows; padded rows
         # (all keys masked) get m = -inf, which the where below keeps out of the arithmetic
         m = tl.where(row_ok, m, 0.0)
         p = tl.exp(s_own - m[:, None])
         total = tl.sum(p, 1)
-        acc = tl.dot(p.to(v_own.dtype), v_own)
+        if IEEE:
+            acc = tl.dot(p, v_own, input_precision="ieee")
+        else:
+            acc = tl.dot(p.to(v_own.dtype), v_own)
         if TWO:
             p2 = tl.exp(s_prev - m[:, None])
             total += tl.sum(p2, 1)
-            acc = tl.dot(p2.to(v_prev.dtype), v_prev, acc)
+            if IEEE:
+                acc = tl.dot(p2, v_prev, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(p2.to(v_prev.dtype), v_prev, acc)
         total = tl.where(row_ok, total, 1.0)
         out = acc / total[:, None]
         o_ptrs = O + (round_base + qtok[:, None]) * D + offs_d[None, :]
@@ -277,7 +291,7 @@ def hash_keys(q: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     _hash_kernel[(b * h * n_blocks,)](
         q, rotations, out, n, nb2, h, n_blocks, *q.stride(), *rotations.stride(),
         ROUNDS=rounds, D=d, BLOCK_D=_pow2(d), BLOCK_N=block_n, BLOCK_B=min(128, _pow2(nb2)),
-        num_warps=4)
+        IEEE=q.dtype == torch.float32, num_warps=4)
     return out
 
 
@@ -304,7 +318,7 @@ def chunk_attention(q: torch.Tensor, v: torch.Tensor, order: torch.Tensor, skey:
         q, v, order, skey, order if slot is None else slot, o, lse, n, nc, h, scale, SELF_SCORE,
         *q.stride(), *v.stride(),
         C=c, BLOCK_C=block_c, D=d, BLOCK_D=_pow2(d), ROUNDS=rounds, TWO=nc > 1, CAUSAL=causal,
-        DEDUP=dedup, num_warps=4 if block_c * _pow2(d) <= 64 * 64 else 8)
+        DEDUP=dedup, IEEE=q.dtype == torch.float32, num_warps=4 if block_c * _pow2(d) <= 64 * 64 else 8)
     return o, lse
 
 
