@@ -156,6 +156,8 @@ def run_suite(suite: Suite | str | Path, device: str | torch.device = "cpu", *,
         timeout_s = timeout_s or meta.get("timeout_s")
     elif not isinstance(suite, Suite):
         suite = load_suite(str(suite))
+    # the suite's [timing] cuda_graphs = true asks for the mode as --cuda-graphs does
+    cuda_graphs = bool(cuda_graphs or suite.timing.get("cuda_graphs"))
     if timeout_s is not None and isolate is None:
         isolate = "method"  # a hung cell can only be stopped from outside its process
     if isolate and not suite.text:

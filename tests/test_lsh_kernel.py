@@ -196,14 +196,16 @@ def test_float64_takes_the_torch_kernel(dev):
 
 def test_constraints_name_what_the_triton_kernel_takes():
     spec = get_method("lsh")
-    ctx = BuildContext(n=1024, heads=2, head_dim=64, seed=0)
+    here = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ctx = BuildContext(n=1024, heads=2, head_dim=64, seed=0, device=here)
     why = spec.unsupported_reason(LSHParams(kernel="triton", bucket_size=256), ctx)
     if not triton_available():
         assert "triton" in why
         return
     assert "bucket_size <= 128" in why
+    cpu = BuildContext(n=1024, heads=2, head_dim=64, seed=0)
     if not triton_interpreting():
-        assert "CUDA" in spec.unsupported_reason(LSHParams(kernel="triton"), ctx)
+        assert "CUDA" in spec.unsupported_reason(LSHParams(kernel="triton"), cpu)
 
 
 @pytest.mark.gpu

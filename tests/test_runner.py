@@ -191,3 +191,14 @@ def test_levels_layer_and_model_run_with_errors_against_exact_weights(tiny_suite
     d = 2 * 16
     assert layer.n_params == 4 * d * d + 4 * d
     assert model.n_params == 2 * (4 * d * d + 4 * d + 2 * d * 32 + 32 + d + 4 * d)
+
+
+def test_suite_timing_cuda_graphs_asks_for_the_mode_like_the_flag(tiny_suite, tmp_path):
+    """[timing] cuda_graphs = true in a suite is honoured, not only --cuda-graphs (on the CPU the
+    mode has nothing to capture, but the run records that it was asked for)."""
+    plain = run_suite(str(tiny_suite("[methods.sdpa]\n")), "cpu", out=tmp_path / "a",
+                      progress=False).run_dir
+    graphs = run_suite(str(tiny_suite("[methods.sdpa]\n", extra="cuda_graphs = true\n")),
+                       "cpu", out=tmp_path / "b", progress=False).run_dir
+    assert json.loads((plain / "meta.json").read_text())["cuda_graphs"] is False
+    assert json.loads((graphs / "meta.json").read_text())["cuda_graphs"] is True

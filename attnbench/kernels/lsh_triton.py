@@ -47,7 +47,6 @@ except ImportError:  # pragma: no cover - exercised on machines without triton
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_BUCKET = 128  # chunk tiles are (c, c) in registers; larger chunks take the sdpa/torch kernels
 MAX_HEAD_DIM = 128
-SELF_SCORE = -1e5  # Reformer's score for a query against itself (kept equal to methods.lsh's)
 
 
 def _pow2(x: int, low: int = 16) -> int:
@@ -297,12 +296,14 @@ def hash_keys(q: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
 
 def chunk_attention(q: torch.Tensor, v: torch.Tensor, order: torch.Tensor, skey: torch.Tensor,
                     slot: torch.Tensor | None, bucket_size: int, *, causal: bool, dedup: bool,
-                    scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    self_score: float, scale: float | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every round's attention within the sorted chunks: output (B·H, R, n, D) in q's dtype and
     log-sum-exp (B·H, R, n) fp32, both at the tokens' positions.
 
     ``order`` (B·H, R, n): token at each sorted slot; ``skey``: :func:`hash_keys`'s keys; ``slot``:
-    each token's slot, needed for ``dedup`` only."""
+    each token's slot, needed for ``dedup`` only; ``self_score``: the score of a query against itself
+    (Reformer's -1e5)."""
     b, h, n, d = q.shape
     rounds = order.shape[1]
     c = bucket_size
@@ -315,7 +316,7 @@ def chunk_attention(q: torch.Tensor, v: torch.Tensor, order: torch.Tensor, skey:
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     block_c = _pow2(c)
     _chunk_kernel[(b * h * rounds * nc,)](
-        q, v, order, skey, order if slot is None else slot, o, lse, n, nc, h, scale, SELF_SCORE,
+        q, v, order, skey, order if slot is None else slot, o, lse, n, nc, h, scale, self_score,
         *q.stride(), *v.stride(),
         C=c, BLOCK_C=block_c, D=d, BLOCK_D=_pow2(d), ROUNDS=rounds, TWO=nc > 1, CAUSAL=causal,
         DEDUP=dedup, IEEE=q.dtype == torch.float32, num_warps=4 if block_c * _pow2(d) <= 64 * 64 else 8)
@@ -334,7 +335,8 @@ def merge_rounds(o: torch.Tensor, lse: torch.Tensor, out: torch.Tensor) -> torch
 
 
 def lsh_forward(q: torch.Tensor, v: torch.Tensor, rotations: torch.Tensor, bucket_size: int, *,
-                causal: bool, dedup: bool, skey: torch.Tensor | None = None) -> torch.Tensor:
+                causal: bool, dedup: bool, self_score: float,
+                skey: torch.Tensor | None = None) -> torch.Tensor:
     """LSH attention (shared QK, the self rule, R rounds of sorted chunks) of q (B, H, n, D) over v.
 
     ``rotations`` (R, D, n_buckets/2); with ``n_buckets == 1`` (``bucket_size == n``) there is no
@@ -353,5 +355,6 @@ def lsh_forward(q: torch.Tensor, v: torch.Tensor, rotations: torch.Tensor, bucke
     if dedup and rounds > 1:
         pos = torch.arange(n, device=q.device).expand_as(order)
         slot = torch.empty_like(order).scatter_(-1, order, pos)
-    o, lse = chunk_attention(q, v, order, skey, slot, bucket_size, causal=causal, dedup=dedup)
+    o, lse = chunk_attention(q, v, order, skey, slot, bucket_size, causal=causal, dedup=dedup,
+                             self_score=self_score)
     return merge_rounds(o, lse, torch.empty_like(q, memory_format=torch.contiguous_format))
