@@ -48,8 +48,9 @@ fails to build is an ``unsupported`` row with the reason):
   gives no gradient for the log-sum-exp, so a call that needs gradients runs the torch kernel
   (``stats()["ran"]`` says which ran); on CPU the same bias and log-sum-exp logic runs on plain ops.
 - ``flex`` (score_mod and block mask in :mod:`attnbench.kernels.lsh_flex`): in each round's sorted
-  order the candidate structure is static (slot s sees the slots of its chunk and the chunk before; causal: the ``bucket_size`` slots back), so one FlexAttention block
-  mask, built in the factory, serves every call. Queries, keys and values are sorted per round into
+  order the candidate structure is static (slot s sees the slots of its chunk and the chunk before;
+  causal: the ``bucket_size`` slots back), so one FlexAttention block mask, built in the factory,
+  serves every call. Queries, keys and values are sorted per round into
   (B, H·R, N, D), one FlexAttention call returns each round's output and log-sum-exp, and the rounds
   are unsorted and merged as above. The self rule, the causal same-bucket test and -log N_ij are a
   ``score_mod`` reading small per-slot tensors (each token's chunk in every round, packed into int32
