@@ -267,3 +267,21 @@ def test_cuda_fwd_bwd_runs_torch_and_fwd_runs_triton(dtype):
     with torch.no_grad():
         out = m(q, k, v)
     assert m.stats()["kernel"] == "triton" and torch.isfinite(out).all()
+
+
+def test_per_head_projection_after_a_shared_one_of_the_same_shape(dev):
+    """The autotuner caches a config per shape; one tuned for a shared E (heads side by side) must not
+    serve per-head E of the same shape (found on an H100: rel_err 0.99 before the head strides were
+    part of the key)."""
+    from attnbench.kernels.linformer_triton import project_kv
+
+    b, h, n, k_, d = 1, 2, 256, 64, 16
+    x1, x2 = (randn(b, h, n, d, seed=s).to(dev, torch.float16) for s in (20, 21))
+    shared = randn(k_, n, seed=22, scale=k_**-0.5)
+    per_head = randn(h, k_, n, seed=23, scale=k_**-0.5)
+    for E in (shared, per_head, shared):
+        Ed = E.to(dev, torch.float16)
+        kp, vp = project_kv(x1, x2, Ed, Ed)
+        ref = (E if E.dim() == 3 else E[None, None]).to(torch.float16).double()
+        assert rel(kp, ref @ x1.double().cpu()) < TOL[torch.float16]
+        assert rel(vp, ref @ x2.double().cpu()) < TOL[torch.float16]

@@ -260,7 +260,10 @@ def _tuned(name: str):
     if name not in _TUNED:
         h = triton.heuristics
         if name == "project":
-            _TUNED[name] = triton.autotune(_project_configs(), key=["m", "rows", "BH", "H", "D"],
+            # the head strides of E and F are in the key: a config tuned for a shared E (HEADS > 1)
+            # must never be reused for per-head projections of the same shape
+            _TUNED[name] = triton.autotune(_project_configs(),
+                                           key=["m", "rows", "BH", "H", "D", "sp1_h", "sp2_h"],
                                            reset_to_zero=["OUT"],
                                            prune_configs_by={"early_config_prune": _prune_project})(
                 h({"EVEN_N": lambda a: a["m"] % a["CHUNK"] == 0,
