@@ -227,7 +227,8 @@ class LSHAttention(nn.Module):
         if self.kernel == "flex" and q.dtype != torch.float64:
             return self._forward_flex(q, v)
         grad = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
-        if self.kernel == "triton":
+        kernel = self.kernel
+        if kernel == "triton":
             from attnbench.kernels import lsh_triton
 
             why = "gradients needed: the Triton kernels are forward-only" if grad else \
@@ -239,15 +240,12 @@ class LSHAttention(nn.Module):
                                               causal=self.causal, dedup=self.dedup,
                                               self_score=SELF_SCORE)
             self._stats["fallback"] = why
-            if q.is_cuda and not grad and q.dtype != torch.float64:
-                self._stats["ran"] = "sdpa"
-                return self._forward_torch(q, v, fused=True)
+            kernel = "sdpa" if q.is_cuda else "torch"  # the next best this call can take
             self._stats["ran"] = "torch"
-            return self._forward_torch(q, v)
-        if self.kernel == "sdpa" and q.dtype != torch.float64 and not grad:
+        if kernel == "sdpa" and q.dtype != torch.float64 and not grad:
             self._stats["ran"] = "sdpa"
             return self._forward_torch(q, v, fused=True)
-        if self.kernel == "sdpa":
+        if kernel == "sdpa":
             self._stats["ran"] = "torch"  # its log-sum-exp has no gradient: the torch kernel instead
         return self._forward_torch(q, v)
 
