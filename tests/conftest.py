@@ -19,6 +19,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def triton_device(module: str, kernel: str) -> torch.device:
+    """Where a Triton kernel module's tests run: CUDA, or the CPU when ``attnbench.kernels.<module>``
+    was imported under TRITON_INTERPRET=1 (its ``kernel`` is then interpreted); skips otherwise."""
+    import importlib
+
+    from attnbench.kernels import triton_available, triton_interpreting
+
+    if not triton_available():
+        pytest.skip("triton not installed (pip install triton)")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mod = importlib.import_module(f"attnbench.kernels.{module}")
+    if not (triton_interpreting() and type(getattr(mod, kernel)).__name__ == "InterpretedFunction"):
+        pytest.skip("no CUDA, and the kernels were imported before TRITON_INTERPRET=1 could be set")
+    return torch.device("cpu")
+
+
 @pytest.fixture
 def faulty_plugin():
     """Register the test plugin's failing methods (once per process) and return its path."""

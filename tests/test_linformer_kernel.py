@@ -17,9 +17,9 @@ import torch
 if not torch.cuda.is_available() and "attnbench.kernels.linformer_triton" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"
 
-from conftest import cli_env  # noqa: E402
+from conftest import cli_env, triton_device  # noqa: E402
 
-from attnbench.kernels import triton_available, triton_interpreting  # noqa: E402
+from attnbench.kernels import triton_available  # noqa: E402
 from attnbench.methods.linformer import LinformerAttention, LinformerParams  # noqa: E402
 from attnbench.reference import error_metrics  # noqa: E402
 from attnbench.registry import BuildContext, Unsupported, get_method  # noqa: E402
@@ -33,15 +33,7 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 @pytest.fixture(scope="module")
 def dev() -> torch.device:
     """The device the kernels run on here: CUDA, or the CPU under Triton's interpreter."""
-    if not triton_available():
-        pytest.skip("triton not installed (pip install triton)")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    from attnbench.kernels import linformer_triton as lt
-
-    if not (triton_interpreting() and type(lt._project_kernel).__name__ == "InterpretedFunction"):
-        pytest.skip("no CUDA, and the kernels were imported before TRITON_INTERPRET=1 could be set")
-    return torch.device("cpu")
+    return triton_device("linformer_triton", "_project_kernel")
 
 
 def randn(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 if not torch.cuda.is_available() and "attnbench.kernels.lsh_triton" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"
 
+from conftest import triton_device  # noqa: E402
 from test_lsh import brute_force  # noqa: E402
 
 from attnbench.kernels import triton_available, triton_interpreting  # noqa: E402
@@ -30,15 +31,7 @@ TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 @pytest.fixture(scope="module")
 def dev() -> torch.device:
     """CUDA, or the CPU under Triton's interpreter."""
-    if not triton_available():
-        pytest.skip("triton not installed (pip install triton)")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    from attnbench.kernels import lsh_triton as lt
-
-    if not (triton_interpreting() and type(lt._chunk_kernel).__name__ == "InterpretedFunction"):
-        pytest.skip("no CUDA, and the kernels were imported before TRITON_INTERPRET=1 could be set")
-    return torch.device("cpu")
+    return triton_device("lsh_triton", "_chunk_kernel")
 
 
 def dtypes(dev: torch.device):
