@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.compiling import allow_recompiles, compile_failure
+from attnbench.kernels.causal_linear import causal_chunked, lse, positive_causal
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 
@@ -110,54 +111,9 @@ def kernel_attention(qf: torch.Tensor, kf: torch.Tensor, v: torch.Tensor,
         kv = kf.transpose(-1, -2) @ vv  # (B, H, F, D+1)
         out = qf @ kv  # (B, H, N, D+1)
     else:
-        out = _causal_chunked(qf, kf, vv, key_logscale, chunk_size)
+        out = causal_chunked(qf, kf, vv, key_logscale, chunk_size)
     num, den = out[..., :-1], out[..., -1:]
     return num / den.masked_fill(den == 0, 1.0)
-
-
-def _causal_chunked(qf, kf, vv, logscale, chunk_size):
-    """Causal Σ_{j≤i} by chunks: a masked c×c product inside each chunk plus the prefix state before it."""
-    b, h, n, f = qf.shape
-    c = max(1, min(chunk_size, n))
-    t = -(-n // c)
-    pad = t * c - n
-    if pad:
-        qf, kf, vv = (F.pad(x, (0, 0, 0, pad)) for x in (qf, kf, vv))
-        if logscale is not None:
-            logscale = F.pad(logscale, (0, pad))  # padded keys have zero features; value is moot
-    e = vv.shape[-1]
-    qc = qf.reshape(b, h, t, c, f)
-    kc = kf.reshape(b, h, t, c, f)
-    vc = vv.reshape(b, h, t, c, e)
-    tril = torch.ones(c, c, dtype=torch.bool, device=qf.device).tril()
-    scores = qc @ kc.transpose(-1, -2)  # (B, H, T, c, c)
-    if logscale is None:
-        intra = scores.masked_fill(~tril, 0.0) @ vc  # (B, H, T, c, D+1)
-        sums = kc.transpose(-1, -2) @ vc  # (B, H, T, F, D+1): each chunk's Σ φ(k) [v, 1]ᵀ
-        state = torch.cumsum(sums, dim=2) - sums  # exclusive prefix: keys of earlier chunks
-        return (intra + qc @ state).reshape(b, h, t * c, e)[:, :, :n]
-    ls = logscale.reshape(b, h, t, c)
-    run_max = torch.cummax(logscale.detach(), dim=-1).values.reshape(b, h, t, c)  # P_i, causal
-    pair = ls[..., None, :] - run_max[..., :, None]  # (B, H, T, c, c): r_j − P_i ≤ 0 for j ≤ i
-    intra = (scores * torch.exp(pair.masked_fill(~tril, float("-inf")))) @ vc
-    end = run_max[..., -1]  # (B, H, T): P at each chunk's last position
-    weighted = kc * torch.exp(ls - end[..., None])[..., None]  # (B, H, T, c, F), all ≤ its feature
-    sums = weighted.transpose(-1, -2) @ vc  # (B, H, T, F, D+1), relative to exp(end_t)
-    states = [torch.zeros_like(sums[:, :, 0])]
-    for i in range(1, t):  # state before chunk i, relative to exp(end_{i-1})
-        decay = torch.exp(end[..., i - 2] - end[..., i - 1]) if i > 1 else None
-        prev = states[-1] * decay[..., None, None] if decay is not None else states[-1]
-        states.append(prev + sums[:, :, i - 1])
-    state = torch.stack(states, dim=2)  # (B, H, T, F, D+1)
-    prev_end = torch.cat([end[..., :1], end[..., :-1]], dim=-1)  # chunk 0's state is zero anyway
-    inter = (qc @ state) * torch.exp(prev_end[..., None] - run_max)[..., None]  # (B, H, T, c, D+1)
-    return (intra + inter).reshape(b, h, t * c, e)[:, :, :n]
-
-
-def _lse(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """logsumexp in the input dtype, keepdim; only its range matters (it is a cancelling shift)."""
-    top = x.amax(dim=dim, keepdim=True)
-    return top + torch.log(torch.exp(x - top).sum(dim=dim, keepdim=True))
 
 
 def favor_positive_attention(q_exp: torch.Tensor, k_exp: torch.Tensor, v: torch.Tensor, *,
@@ -168,13 +124,13 @@ def favor_positive_attention(q_exp: torch.Tensor, k_exp: torch.Tensor, v: torch.
     tested and benchmarked against."""
     vv = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, N, D+1): last column = denominator
     if not causal:
-        shift = _lse(k_exp.detach(), dim=-2)  # (B, H, 1, m): per-feature log column sum
+        shift = lse(k_exp.detach(), dim=-2)  # (B, H, 1, m): per-feature log column sum
         kf = torch.exp(k_exp - shift)  # (B, H, N, m), columns sum to 1
         q_shifted = q_exp + shift
         qf = torch.exp(q_shifted - q_shifted.detach().amax(-1, keepdim=True))  # (B, H, N, m)
         out = qf @ (kf.transpose(-1, -2) @ vv)  # (B, H, N, D+1)
     else:
-        out = _positive_causal(q_exp, k_exp, vv, chunk_size)
+        out = positive_causal(q_exp, k_exp, vv, chunk_size)
     num, den = out[..., :-1], out[..., -1:]
     return (num / den.masked_fill(den == 0, 1.0)).to(v.dtype)
 
@@ -309,53 +265,6 @@ def _favor(q, k, v, proj, alpha, k_tail, v_tail, q_tail, k_rows_lo, k_rows_hi, q
     qf = torch.softmax(torch.matmul(qa, proj_q), dim=-1)  # (B, H, N, m): ≤ 1, rows sum to 1
     out = qf @ kvn  # (B, H, N, D')
     return out[..., :d] / out[..., d:d + 1]
-
-
-def _positive_causal(q_exp, k_exp, vv, chunk_size):
-    b, h, n, m = q_exp.shape
-    c = max(1, min(chunk_size, n))
-    t = -(-n // c)
-    pad = t * c - n
-    if pad:  # padded keys come after every real query and carry zero values
-        q_exp, k_exp, vv = (F.pad(x, (0, 0, 0, pad)) for x in (q_exp, k_exp, vv))
-    e = vv.shape[-1]
-    aq = q_exp.reshape(b, h, t, c, m)
-    ak = k_exp.reshape(b, h, t, c, m)
-    vc = vv.reshape(b, h, t, c, e)
-    tril = torch.ones(c, c, dtype=torch.bool, device=vv.device).tril()
-
-    # inside a chunk: scalar frames, exactly causal. The pair weights exp(r_j − P_i) span more range
-    # than fp16 has, so they and the c×c reduction are taken in (at least) fp32
-    acc = torch.promote_types(vv.dtype, torch.float32)
-    rho = aq.detach().amax(-1).to(acc)  # (B, H, T, c): query row maxima
-    r = ak.detach().amax(-1)  # (B, H, T, c): key row maxima
-    scores = torch.exp(aq - rho[..., None].to(aq.dtype)) @ torch.exp(ak - r[..., None]).transpose(-1, -2)
-    r = r.to(acc)
-    run_max = torch.cummax(r.reshape(b, h, t * c), dim=-1).values.reshape(b, h, t, c)  # P_i
-    pair = (r[..., None, :] - run_max[..., :, None]).masked_fill(~tril, float("-inf"))  # (B, H, T, c, c)
-    intra = (scores.to(acc) * torch.exp(pair)) @ vc.to(acc)  # (B, H, T, c, D+1), times exp(−rho − P)
-
-    # earlier chunks: per-feature frames E_t = logsumexp of the keys up to chunk t's end
-    chunk_lse = _lse(ak.detach(), dim=-2).squeeze(-2)  # (B, H, T, m)
-    frame = torch.logcumsumexp(chunk_lse.float(), dim=2).to(ak.dtype)  # (B, H, T, m)
-    sums = torch.exp(ak - frame[..., None, :]).transpose(-1, -2) @ vc  # (B, H, T, m, D+1)
-    states = [torch.zeros_like(sums[:, :, 0])]
-    for i in range(1, t):  # state before chunk i, in frame i−1
-        prev = states[-1] * torch.exp(frame[:, :, i - 2] - frame[:, :, i - 1])[..., None] if i > 1 \
-            else states[-1]
-        states.append(prev + sums[:, :, i - 1])
-    state = torch.stack(states, dim=2)  # (B, H, T, m, D+1)
-    prev_frame = torch.cat([torch.zeros_like(frame[:, :, :1]), frame[:, :, :-1]], dim=2)
-    q_shifted = aq + prev_frame[..., None, :]  # (B, H, T, c, m)
-    beta = q_shifted.detach().amax(-1)  # (B, H, T, c)
-    inter = torch.exp(q_shifted - beta[..., None]) @ state  # (B, H, T, c, D+1), times exp(−beta)
-    beta = beta.to(acc)
-    beta = torch.cat([torch.full_like(beta[:, :, :1], float("-inf")), beta[:, :, 1:]], dim=2)
-
-    alpha = rho + run_max
-    top = torch.maximum(alpha, beta)  # per query: the larger of the two parts' scales
-    out = intra * torch.exp(alpha - top)[..., None] + inter.to(acc) * torch.exp(beta - top)[..., None]
-    return out.reshape(b, h, t * c, e)[:, :, :n]  # in acc; the caller divides and casts back
 
 
 @dataclass(frozen=True)

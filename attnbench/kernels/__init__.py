@@ -1,7 +1,9 @@
-"""Hand-written kernels for methods whose plain-torch form leaves the GPU idle.
+"""Kernels the methods in ``methods/`` call: hand-written Triton kernels for methods whose plain-torch
+form leaves the GPU idle (``linformer_triton``, ``lsh_triton``), LSH's FlexAttention form
+(``lsh_flex``) and the chunked torch form of causal linear attention (``causal_linear``).
 
-Each module here imports its kernel library (Triton) lazily and guarded, so ``import attnbench`` and
-``attnbench list`` never need it; :func:`triton_available` answers without importing Triton.
+Modules that use Triton import it lazily and guarded, so ``import attnbench`` and ``attnbench list``
+never need it; :func:`triton_available` answers without importing Triton.
 """
 from __future__ import annotations
 
