@@ -388,16 +388,16 @@ def test_cuda_projection_copies_neither_inputs_nor_projection(sharing):
 def test_heads_stored_side_by_side_project_in_one_product_with_the_same_result(sharing, m):
     """q, k, v as (B, N, H, D) memory (a layer's projection): a shared E multiplies all heads at once
     through a (B, m, H·D) view; values and gradients equal the per-head product's."""
-    from attnbench.methods.linformer import _merged_heads
+    from attnbench.kernels import merged_heads
 
     ctx = BuildContext(n=128, heads=4, head_dim=16, seed=0, dtype=torch.float64)
     mod = get_method("linformer").build(LinformerParams(k=32, sharing=sharing), ctx)
     g = torch.Generator().manual_seed(5)
     packed = torch.randn(2, m, 3, 4, 16, generator=g, dtype=torch.float64, requires_grad=True)
     q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, m, D) views
-    flat = _merged_heads(k)
+    flat = merged_heads(k)
     assert flat is not None and flat.data_ptr() == k.data_ptr() and flat.shape == (2, m, 64)
-    assert _merged_heads(k.contiguous()) is None
+    assert merged_heads(k.contiguous()) is None
     out = mod(q, k, v)
     grad_view, = torch.autograd.grad(out.square().sum(), packed)
     p2 = packed.detach().clone().requires_grad_()

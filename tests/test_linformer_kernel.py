@@ -74,17 +74,39 @@ def test_project_kv_matches_matmul(dev, dtype, shape, proj):
     assert rel(vp, ref_F.to(dtype).double() @ x2r) < TOL[dtype]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("n_q,rows,d", [(512, 64, 64), (500, 40, 32), (96, 256, 16)])
-def test_attention_matches_sdpa(dev, dtype, n_q, rows, d):
-    from attnbench.kernels.linformer_triton import attention
+# the one-tile kernel (rows <= FEW_KEYS_MAX; PROGRAMS=2 makes each program walk several query tiles)
+# and the online-softmax kernel (more rows, or a config naming BLOCK_KV)
+ONE_TILE = dict(BLOCK_M=16, STAGES=1, PROGRAMS=2)
+ONLINE = dict(BLOCK_M=32, BLOCK_KV=32)
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("n_q,rows,d", [(512, 64, 64), (500, 40, 32), (96, 256, 16), (50, 1, 16),
+                                        (64, 300, 16)])
+@pytest.mark.parametrize("config", [None, ONE_TILE, ONLINE], ids=["default", "one_tile", "online"])
+def test_attention_matches_sdpa(dev, dtype, n_q, rows, d, config):
+    from attnbench.kernels.linformer_triton import FEW_KEYS_MAX, attention
+
+    if config is ONE_TILE and rows > FEW_KEYS_MAX:
+        pytest.skip("more rows than the one-tile kernel takes")
     q = randn(2, 3, n_q, d, seed=5).to(dtype)
     kp, vp = randn(2, 3, rows, d, seed=6).to(dtype), randn(2, 3, rows, d, seed=7).to(dtype)
-    out = attention(q.to(dev), kp.to(dev), vp.to(dev))
+    out = attention(q.to(dev), kp.to(dev), vp.to(dev), config=config)
     assert out.dtype == dtype and out.shape == q.shape
     ref = torch.nn.functional.scaled_dot_product_attention(q.double(), kp.double(), vp.double())
     assert rel(out, ref) < TOL[dtype]
+
+
+def test_attention_writes_in_the_layout_of_q(dev):
+    """q stored (B, N, H, D), as a layer leaves it: the output has the same strides (no copy after)."""
+    from attnbench.kernels.linformer_triton import attention
+
+    q = randn(2, 100, 3, 32, seed=11).to(dev).transpose(1, 2)  # (B, H, N, D) view
+    kp, vp = randn(2, 3, 48, 32, seed=12).to(dev), randn(2, 3, 48, 32, seed=13).to(dev)
+    out = attention(q, kp, vp, config=ONE_TILE)
+    assert out.stride() == q.stride()
+    ref = torch.nn.functional.scaled_dot_product_attention(q.double(), kp.double(), vp.double())
+    assert rel(out, ref) < TOL[torch.float32]
 
 
 def test_attention_takes_fp32_projections_and_a_scale(dev):
@@ -120,6 +142,23 @@ def test_module_triton_matches_torch(dev, dtype, sharing, projection):
     assert fast.stats()["kernel"] == "triton" and "kernel_fallback" not in fast.stats()
     assert ref.stats()["kernel"] == "torch"
     assert rel(out, want) < TOL[dtype]
+
+
+@pytest.mark.parametrize("sharing", ["none", "headwise", "kv"])
+def test_module_triton_with_heads_side_by_side(dev, sharing):
+    """q, k, v stored (B, N, H, D): shared E/F project through one cuBLAS product over (N, H·D), per-head
+    ones through the split-K kernel; either way the output equals the torch path's, in q's order."""
+    n = 256
+    fast = build(n, dev, torch.float32, "triton", heads=4, head_dim=32, k=48, sharing=sharing)
+    ref = build(n, dev, torch.float32, "torch", heads=4, head_dim=32, k=48, sharing=sharing)
+    packed = randn(2, n, 3, 4, 32, seed=21).to(dev, torch.float32)
+    q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, D) views
+    with torch.no_grad():
+        out, want = fast(q, k, v), ref(q, k, v)
+    assert fast.stats()["kernel"] == "triton"
+    assert out.transpose(1, 2).is_contiguous()  # (B, N, H, D) order, as q: no copy before the layer's
+    # output projection
+    assert rel(out, want.double()) < TOL[torch.float32]
 
 
 def test_module_short_input_slices_the_projection(dev):
