@@ -15,15 +15,19 @@ Choices and omissions, all deliberate:
   (at least), so fp16/bf16 inputs work; the n×m and m×n parts stay in the input dtype.
 - softmax(QK̃ᵀ)·M, with M = pinv·softmax(Q̃Kᵀ)V, is an attention call, SDPA(Q, K̃, M): the fused
   kernel never stores the (n, m) softmax matrix. softmax(Q̃Kᵀ)V, m landmark queries over all n keys,
-  is an SDPA call too on CUDA once its (B, H, m, n) score matrix would reach
-  :data:`FUSED_RIGHT_MIN` elements; below that (short inputs, batch 1) a fused kernel, which
-  parallelises over queries, leaves most of the GPU idle with only m of them, and two explicit
-  products are faster. On an H100 in fp32 (m = 256, 8 heads): explicit 0.048 vs fused 0.116 ms at
-  n = 1024, batch 1; 0.25 vs 0.16 ms at n = 1024, batch 8; 3.55 vs 2.32 ms at n = 16384, batch 8.
+  is an SDPA call too on CUDA in fp16/bf16, and in fp32 from :data:`FUSED_MIN_MATRICES` (batch·heads)
+  on; below that two explicit products are faster, because the fp32 fused kernel parallelises over
+  blocks of queries and m of them per head leave most of the GPU idle. On an H100 in fp32 (m = 256,
+  8 heads), explicit vs fused: 0.048 vs 0.117 ms at n = 1024, batch 1; 0.88 vs 1.79 ms at n = 16384,
+  batch 1; 0.15 vs 0.11 ms at n = 1024, batch 4; 3.53 vs 2.31 ms at n = 16384, batch 8. In fp16 the
+  fused call was as fast or faster everywhere (0.15 vs 1.67 ms at n = 16384, batch 8).
 - Kernels (``kernel``) for the pseudo-inverse: ``torch`` (batched products, "cI − XY" as fused
   ``baddbmm``) and ``triton`` (:mod:`attnbench.kernels.nystrom_triton`: one launch per product with
   the cI in its epilogue, and the three products known to be symmetric computing half their tiles).
-  ``auto`` is ``triton`` on CUDA where Triton is installed. The Triton kernels are forward-only and
+  ``auto`` runs ``triton`` on CUDA (where Triton is installed) from :data:`FUSED_MIN_MATRICES`
+  matrices on, and torch below: at batch·heads 64 the Triton iteration took 1.19 ms against 1.66,
+  but its 24 launches cost about 25 µs of CPU each, so with 8 matrices a call took 1.7 ms eager
+  against torch's 1.1 ms (the layer at n = 1024, batch 1). The Triton kernels are forward-only and
   fp32: a call that needs gradients, or float64, runs the torch path; ``stats()`` says which ran.
 - The official code adds a depthwise convolution of V along the sequence to the output; that is a
   residual branch, not attention, and is left out. There is no causal variant: landmarks average over
@@ -42,7 +46,9 @@ from torch import nn
 from attnbench.kernels import triton_available, triton_interpreting
 from attnbench.registry import BuildContext, Unsupported, register_method
 
-FUSED_RIGHT_MIN = 2**23  # B·H·m·n from which softmax(Q̃Kᵀ)V is one SDPA call on CUDA (see above)
+# batch·heads from which, on CUDA, fp32 softmax(Q̃Kᵀ)V is one SDPA call and ``auto`` runs the Triton
+# pseudo-inverse (see above)
+FUSED_MIN_MATRICES = 32
 
 
 def iterative_pinv(a: torch.Tensor, iters: int) -> torch.Tensor:
@@ -98,8 +104,10 @@ class NystromAttention(nn.Module):
         self.p = p
         self.kernel = default_kernel(p, ctx) if p.kernel == "auto" else p.kernel
         self._stats: dict = {"kernel": self.kernel}
-        # softmax(Q̃Kᵀ)V through SDPA from this many score elements on; never off CUDA (tests set it)
-        self.fused_right_min = FUSED_RIGHT_MIN if ctx.device.type == "cuda" else None
+        self.auto = p.kernel == "auto"
+        # fp32 softmax(Q̃Kᵀ)V through SDPA from this many (batch, head) pairs on (fp16/bf16: always);
+        # never off CUDA (tests set it)
+        self.fused_min = FUSED_MIN_MATRICES if ctx.device.type == "cuda" else None
 
     def landmarks(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         b, h, n, d = x.shape
@@ -116,8 +124,13 @@ class NystromAttention(nn.Module):
             from attnbench.kernels import nystrom_triton
 
             grad = torch.is_grad_enabled() and kernel.requires_grad
-            why = ("gradients needed: the Triton kernels are forward-only" if grad
-                   else nystrom_triton.unsupported_reason(kernel))
+            matrices = kernel.numel() // kernel.shape[-1] ** 2
+            if grad:
+                why = "gradients needed: the Triton kernels are forward-only"
+            elif self.auto and matrices < FUSED_MIN_MATRICES:
+                why = f"auto: {matrices} matrices < {FUSED_MIN_MATRICES}, where torch launches faster"
+            else:
+                why = nystrom_triton.unsupported_reason(kernel)
             if why is None:
                 self._stats.update(ran="triton", fallback=None)
                 return nystrom_triton.iterative_pinv(kernel, self.p.pinv_iters)
@@ -133,8 +146,8 @@ class NystromAttention(nn.Module):
         kernel = torch.softmax((q_land @ k_land.transpose(-1, -2)) * scale, dim=-1)  # (B, H, m, m)
         inv = self.pinv(kernel)
         # softmax(Q̃Kᵀ)·V: m landmark queries over all n keys (see the module docstring for the choice)
-        fused = (self.fused_right_min is not None and q.dtype != torch.float64
-                 and b * h * m * k.shape[-2] >= self.fused_right_min)
+        fused = self.fused_min is not None and q.dtype != torch.float64 and (
+            q.dtype != torch.float32 or b * h >= self.fused_min)
         self._stats["right"] = "sdpa" if fused else "explicit"
         if fused:
             right_v = F.scaled_dot_product_attention(q_land.to(q.dtype), k, v)  # (B, H, m, D)
