@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.kernels import merged_heads, triton_available, triton_interpreting
+from attnbench.kernels import merged_heads, project_merged, triton_available, triton_interpreting
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 Projection = Literal["linear", "random", "mean_pool", "max_pool", "conv"]
@@ -245,7 +245,7 @@ class LinformerAttention(nn.Module):
             flat = merged_heads(x)
             if flat is not None:  # one (k, m) @ (m, H·D) product per batch element: every head at once
                 b, h, _, d = x.shape
-                return (proj[None] @ flat).view(b, -1, h, d).transpose(1, 2)  # (B, H, k, D)
+                return project_merged(proj, flat).view(b, -1, h, d).transpose(1, 2)  # (B, H, k, D)
             return proj[None, None] @ x  # (B, H, k, D)
         return torch.stack([proj @ xb for xb in x.unbind(0)])  # (B, H, k, D)
 

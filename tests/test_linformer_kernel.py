@@ -144,14 +144,15 @@ def test_module_triton_matches_torch(dev, dtype, sharing, projection):
     assert rel(out, want) < TOL[dtype]
 
 
+@pytest.mark.parametrize("batch", [1, 2])  # batch 1: one plain matrix product per projection
 @pytest.mark.parametrize("sharing", ["none", "headwise", "kv"])
-def test_module_triton_with_heads_side_by_side(dev, sharing):
+def test_module_triton_with_heads_side_by_side(dev, sharing, batch):
     """q, k, v stored (B, N, H, D): shared E/F project through one cuBLAS product over (N, H·D), per-head
     ones through the split-K kernel; either way the output equals the torch path's, in q's order."""
     n = 256
     fast = build(n, dev, torch.float32, "triton", heads=4, head_dim=32, k=48, sharing=sharing)
     ref = build(n, dev, torch.float32, "torch", heads=4, head_dim=32, k=48, sharing=sharing)
-    packed = randn(2, n, 3, 4, 32, seed=21).to(dev, torch.float32)
+    packed = randn(batch, n, 3, 4, 32, seed=21).to(dev, torch.float32)
     q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, D) views
     with torch.no_grad():
         out, want = fast(q, k, v), ref(q, k, v)

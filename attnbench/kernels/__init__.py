@@ -36,3 +36,11 @@ def merged_heads(x: torch.Tensor) -> torch.Tensor | None:
     if h > 1 and x.stride(3) == 1 and x.stride(1) == d:
         return x.transpose(1, 2).view(b, m, h * d)
     return None
+
+
+def project_merged(p: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """(k, m) @ (B, m, H·D) -> (B, k, H·D): a plain matrix product when B = 1 (on an H100, cuBLAS ran
+    the batch-of-one product about 5 µs slower at k = 256, m = 65536, H·D = 768)."""
+    if flat.shape[0] == 1:
+        return torch.mm(p, flat[0]).unsqueeze(0)
+    return p[None] @ flat

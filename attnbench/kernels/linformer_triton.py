@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from attnbench.kernels import merged_heads, triton_available, triton_interpreting
+from attnbench.kernels import merged_heads, project_merged, triton_available, triton_interpreting
 
 try:  # guarded: the package and the torch path must work without Triton
     import triton
@@ -462,8 +462,8 @@ def linformer_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, E: torc
     if E.dim() == 2 and F.dim() == 2 and flat_k is not None and flat_v is not None \
             and project_config is None:
         b, h, _, d = k.shape
-        kp = (E[None] @ flat_k).view(b, -1, h, d).transpose(1, 2)  # (B, H, rows, D)
-        vp = (F[None] @ flat_v).view(b, -1, h, d).transpose(1, 2)
+        kp = project_merged(E, flat_k).view(b, -1, h, d).transpose(1, 2)  # (B, H, rows, D)
+        vp = project_merged(F, flat_v).view(b, -1, h, d).transpose(1, 2)
     else:
         kp, vp = project_kv(k, v, E, F, project_config)  # (B, H, rows, D) each
     return attention(q, kp, vp, config=attention_config)  # (B, H, N, D)
