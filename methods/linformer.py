@@ -34,14 +34,19 @@ the masked-after-projection variant only so tests can show that it leaks.
 
 Kernels (``kernel``): ``torch`` is the reference path above (strided matmuls for the projections, then
 SDPA over the k rows; where q, k, v are stored (B, N, H, D), as a layer's projection leaves them, a
-shared E or F projects all heads in one (k, n) @ (n, H·D) product). ``triton`` runs :mod:`attnbench.kernels.linformer_triton`: one split-K launch
-projecting K and V together, then one attention kernel over the k rows. It covers the matrix
-projections (``linear``, ``random``) in every sharing mode, and is forward-only: a call that needs
-gradients (grad mode on and an input, E or F requiring grad) runs the torch path, as does a call the
-kernels cannot take (e.g. head_dim 48); ``stats()`` says which kernel the last call ran and why it fell
-back. ``auto`` is ``torch``: on an H100 (fp16, n = 65536, k = 256, 12 heads, head_dim 64) the Triton
-path took 0.56 ms against the torch path's 0.45 ms (projections 0.27 vs 0.30 ms, attention over the
-k rows 0.30 vs SDPA's 0.18–0.21 ms), so it stays an explicit, tested option rather than the default.
+shared E or F projects all heads in one (k, n) @ (n, H·D) product). ``triton`` runs
+:mod:`attnbench.kernels.linformer_triton`: the projections (that same wide cuBLAS product where it
+applies, else one split-K launch projecting K and V together), then attention over the k rows (up to
+256 rows: one tile held by each program, no online rescaling). It covers the matrix projections
+(``linear``, ``random``) in every sharing mode, and is forward-only: a call that needs gradients
+(grad mode on and an input, E or F requiring grad) runs the torch path, as does a call the kernels
+cannot take (e.g. head_dim 48); ``stats()`` says which kernel the last call ran and why it fell back.
+``auto`` is ``torch``. On an H100 (fp16, n = 65536, k = 256, 12 heads, head_dim 64, CUDA-graph
+replay) the Triton path is the faster one, 0.239 against 0.275 ms with q, k, v stored (B, N, H, D)
+and 0.277 against 0.41 ms stored (B, H, N, D) (results/h100/roofline); but at layer sizes (8 heads,
+n ≤ 16k) its attention kernel was no faster than SDPA's in replay and about 0.05 ms slower in eager
+mode (a Triton launch costs more CPU than a torch op), it has no backward, and its projection
+accumulates with atomics (last bits vary between runs), so it stays an explicit choice.
 ``triton`` on CPU needs Triton's interpreter (``TRITON_INTERPRET=1``; tests).
 """
 from __future__ import annotations
@@ -73,7 +78,7 @@ class LinformerParams:
     sharing: Sharing = "headwise"      # none | headwise | kv | layerwise
     freeze: bool = False               # linear/conv only: keep E, F fixed (requires_grad False)
     k_schedule: tuple[int, ...] = ()   # per-layer k (layer i uses k_schedule[i]); () = k everywhere
-    kernel: Kernel = "auto"            # auto = torch (measured faster than triton on an H100)
+    kernel: Kernel = "auto"            # auto = torch; triton wins only on large cores (see above)
 
 
 def layer_k(p: LinformerParams, layer: int) -> int:

@@ -1,9 +1,10 @@
 """Kernels the methods in ``methods/`` call: hand-written Triton kernels for methods whose plain-torch
-form leaves the GPU idle (``linformer_triton``, ``lsh_triton``), LSH's FlexAttention form
+form leaves the GPU idle (``linformer_triton``, ``lsh_triton``, ``nystrom_triton``), LSH's FlexAttention form
 (``lsh_flex``) and the chunked torch form of causal linear attention (``causal_linear``).
 
 Modules that use Triton import it lazily and guarded, so ``import attnbench`` and ``attnbench list``
-never need it; :func:`triton_available` answers without importing Triton.
+never need it; :func:`triton_available` answers without importing Triton. :func:`merged_heads` and
+:func:`project_merged` are the layout helpers Linformer's torch and Triton paths share.
 """
 from __future__ import annotations
 
