@@ -75,7 +75,7 @@ class NystromParams:
     num_landmarks: int = 64  # m, segment-mean landmarks; n must be a multiple of m
     pinv_iters: int = 6  # iterations of the pseudo-inverse approximation (the paper uses 6)
     pinv: Literal["iterative", "exact"] = "iterative"  # exact = torch.linalg.pinv, for ablations
-    kernel: Literal["auto", "triton", "torch"] = "auto"  # the iteration's products; auto = triton on CUDA
+    kernel: Literal["auto", "triton", "torch"] = "auto"  # the iteration's products (auto: see above)
 
 
 def default_kernel(p: NystromParams, ctx: BuildContext) -> str:
