@@ -21,6 +21,11 @@ Choices and omissions, all deliberate:
   8 heads), explicit vs fused: 0.048 vs 0.117 ms at n = 1024, batch 1; 0.88 vs 1.79 ms at n = 16384,
   batch 1; 0.15 vs 0.11 ms at n = 1024, batch 4; 3.53 vs 2.31 ms at n = 16384, batch 8. In fp16 the
   fused call was as fast or faster everywhere (0.15 vs 1.67 ms at n = 16384, batch 8).
+  Where one call leaves the GPU idle (few batch·heads) and no gradient is needed, CUDA runs it
+  instead over key ranges folded into the batch, merged by their log-sum-exps
+  (:mod:`attnbench.kernels.split_keys`, whose rule picks the number of ranges): at batch 1, fp32,
+  0.097 vs 0.238 ms (explicit) at n = 4096 and 0.31 vs 0.88 ms at 16384; fp16, 0.058 vs 0.143 ms
+  (one call) at 16384. ``stats()["right"]`` says which of ``split``, ``sdpa``, ``explicit`` ran.
 - Kernels (``kernel``) for the pseudo-inverse: ``torch`` (batched products, "cI − XY" as fused
   ``baddbmm``) and ``triton`` (:mod:`attnbench.kernels.nystrom_triton`: one launch per product with
   the cI in its epilogue, and the three products known to be symmetric computing half their tiles).
@@ -44,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.kernels import triton_available, triton_interpreting
+from attnbench.kernels.split_keys import choose_splits, split_key_attention
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 # batch·heads from which, on CUDA, fp32 softmax(Q̃Kᵀ)V is one SDPA call and ``auto`` runs the Triton
@@ -53,7 +59,8 @@ FUSED_MIN_MATRICES = 32
 
 def iterative_pinv(a: torch.Tensor, iters: int) -> torch.Tensor:
     """Approximate Moore–Penrose inverse of a batch of (m, m) matrices by the paper's iteration
-    Z ← ¼Z(13I − AZ(15I − AZ(7I − AZ))), each "cI − X·Y" one fused baddbmm (five kernels a step)."""
+    Z ← ¼Z(13I − AZ(15I − AZ(7I − AZ))), each "cI − X·Y" one fused baddbmm (seven kernels a step:
+    a baddbmm with an input copies it into its output first)."""
     abs_a = a.abs()
     norm_1 = abs_a.sum(-2).amax(-1)  # max column sum, (B, H)
     norm_inf = abs_a.sum(-1).amax(-1)  # max row sum, (B, H)
@@ -61,10 +68,12 @@ def iterative_pinv(a: torch.Tensor, iters: int) -> torch.Tensor:
     lead, m = a.shape[:-2], a.shape[-1]
     a3 = a.reshape(-1, m, m)  # baddbmm wants 3-d batches
     z = z.reshape(-1, m, m)
-    eye = torch.eye(m, dtype=a.dtype, device=a.device).expand_as(a3)
+    eye = torch.eye(m, dtype=a.dtype, device=a.device)
+    eye7 = eye * 7  # built once: 7I − AZ is then one launch a step
+    eye = eye.expand_as(a3)
     for _ in range(iters):
         az = torch.bmm(a3, z)
-        t = torch.baddbmm(eye, az, torch.baddbmm(eye, az, 7 * eye - az, beta=15, alpha=-1),
+        t = torch.baddbmm(eye, az, torch.baddbmm(eye, az, eye7 - az, beta=15, alpha=-1),
                           beta=13, alpha=-1)  # 13I − AZ(15I − AZ(7I − AZ))
         z = torch.baddbmm(z, z, t, beta=0, alpha=0.25)
     return z.reshape(*lead, m, m)
@@ -108,6 +117,9 @@ class NystromAttention(nn.Module):
         # fp32 softmax(Q̃Kᵀ)V through SDPA from this many (batch, head) pairs on (fp16/bf16: always);
         # never off CUDA (tests set it)
         self.fused_min = FUSED_MIN_MATRICES if ctx.device.type == "cuda" else None
+        # multiprocessors the key-range split of softmax(Q̃Kᵀ)V aims to fill; 0 = never split
+        self.split_sms = (torch.cuda.get_device_properties(ctx.device).multi_processor_count
+                          if ctx.device.type == "cuda" else 0)
 
     def landmarks(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         b, h, n, d = x.shape
@@ -137,6 +149,20 @@ class NystromAttention(nn.Module):
         self._stats.update(ran="torch", fallback=why)
         return iterative_pinv(kernel, self.p.pinv_iters)
 
+    def right_kernel(self, q, k, v) -> tuple[str, int]:
+        """How this call computes softmax(Q̃Kᵀ)V, and over how many key ranges: ``split`` (CUDA, no
+        gradient, fp32/fp16/bf16, when the one-call kernels would leave the GPU idle), ``sdpa``
+        (fp16/bf16 on CUDA, or fp32 from ``fused_min`` matrices) or ``explicit`` (two products)."""
+        if self.fused_min is None or q.dtype == torch.float64:
+            return "explicit", 1
+        b, h, n = q.shape[0], q.shape[1], k.shape[-2]
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        if self.split_sms and not needs_grad:
+            splits = choose_splits(b * h, self.p.num_landmarks, n, self.split_sms, q.dtype)
+            if splits > 1:
+                return "split", splits
+        return ("sdpa" if q.dtype != torch.float32 or b * h >= self.fused_min else "explicit"), 1
+
     def forward(self, q, k, v):
         b, h, n, d = q.shape
         m = self.p.num_landmarks
@@ -146,10 +172,11 @@ class NystromAttention(nn.Module):
         kernel = torch.softmax((q_land @ k_land.transpose(-1, -2)) * scale, dim=-1)  # (B, H, m, m)
         inv = self.pinv(kernel)
         # softmax(Q̃Kᵀ)·V: m landmark queries over all n keys (see the module docstring for the choice)
-        fused = self.fused_min is not None and q.dtype != torch.float64 and (
-            q.dtype != torch.float32 or b * h >= self.fused_min)
-        self._stats["right"] = "sdpa" if fused else "explicit"
-        if fused:
+        how, splits = self.right_kernel(q, k, v)
+        self._stats["right"] = how
+        if how == "split":
+            right_v = split_key_attention(q_land.to(q.dtype), k, v, scale, splits)  # (B, H, m, D)
+        elif how == "sdpa":
             right_v = F.scaled_dot_product_attention(q_land.to(q.dtype), k, v)  # (B, H, m, D)
         else:
             right = torch.softmax(q_land.mul(scale).to(q.dtype) @ k.transpose(-1, -2), dim=-1)

@@ -1,6 +1,7 @@
 """Kernels the methods in ``methods/`` call: hand-written Triton kernels for methods whose plain-torch
 form leaves the GPU idle (``linformer_triton``, ``lsh_triton``, ``nystrom_triton``), LSH's FlexAttention form
-(``lsh_flex``) and the chunked torch form of causal linear attention (``causal_linear``).
+(``lsh_flex``), the chunked torch form of causal linear attention (``causal_linear``) and few-query
+attention over key ranges merged by log-sum-exp (``split_keys``, Nyströmformer's landmark queries).
 
 Modules that use Triton import it lazily and guarded, so ``import attnbench`` and ``attnbench list``
 never need it; :func:`triton_available` answers without importing Triton. :func:`merged_heads` and
