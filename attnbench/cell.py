@@ -239,6 +239,9 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
         row.update(_stats(module))
         timing, extra = _time(ctx, step)
         row.update(extra)
+        if extra.get("timing_mode") == "cuda-graph":  # the captured call may have chosen otherwise
+            row.update({f"graph_{key}": value for key, value in _stats(module).items()
+                        if row.get(key) != value})
         row.update(time_ms=timing.median, time_ms_iqr=timing.iqr, time_ms_min=timing.min,
                    time_samples_ms=list(timing.samples_ms), n_samples=len(timing.samples_ms))
         row["noisy"] = timing.iqr > NOISY_IQR * timing.median

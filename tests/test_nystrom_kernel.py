@@ -19,6 +19,7 @@ if not torch.cuda.is_available() and "attnbench.kernels.nystrom_triton" not in s
 from conftest import triton_device  # noqa: E402
 
 from attnbench.kernels import triton_available, triton_interpreting  # noqa: E402
+from attnbench.methods import nystrom as nystrom_module  # noqa: E402
 from attnbench.methods.nystrom import NystromParams, iterative_pinv  # noqa: E402
 from attnbench.reference import error_metrics  # noqa: E402
 from attnbench.registry import BuildContext, get_method  # noqa: E402
@@ -94,6 +95,50 @@ def test_method_triton_kernel_matches_torch_kernel(dev):
     with torch.no_grad():
         tri(q, k, v)
     assert tri.stats()["ran"] == "torch" and "auto" in tri.stats()["fallback"]
+
+
+def test_auto_takes_triton_for_few_matrices_while_capturing(dev, monkeypatch):
+    """Below FUSED_MIN_MATRICES, auto runs torch in eager calls (cheaper launches) but Triton in a
+    call being captured into a CUDA graph, whose launches cost CPU only once; both give the same
+    pseudo-inverse to fp32 rounding."""
+    n, m = 128, 32
+    ctx = BuildContext(n=n, heads=2, head_dim=16, seed=0, device=dev)
+    mod = get_method("nystrom").build(NystromParams(num_landmarks=m, kernel="triton"), ctx)
+    mod.auto = True  # as kernel="auto" builds it on CUDA
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=g).to(dev) for _ in range(3))
+    with torch.no_grad():
+        eager = mod(q, k, v)
+        assert mod.stats()["ran"] == "torch" and "auto" in mod.stats()["fallback"]
+        monkeypatch.setattr(nystrom_module, "capturing", lambda x: True)
+        captured = mod(q, k, v)
+    assert mod.stats()["ran"] == "triton" and "fallback" not in mod.stats()
+    assert error_metrics(captured, eager)["rel_err"] < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_module_replays_triton_in_a_cuda_graph():
+    """Built with auto at batch·heads 8, the module has its Triton kernels compiled before any
+    capture; a captured call runs them, and the replay equals an eager call."""
+    from attnbench.measure import time_cuda_graph
+
+    dev = torch.device("cuda")
+    ctx = BuildContext(n=1024, heads=8, head_dim=64, seed=0, device=dev, batch=1)
+    mod = get_method("nystrom").build(NystromParams(num_landmarks=256), ctx)
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 8, 1024, 64, generator=g).to(dev) for _ in range(3))
+    out = torch.empty(1, 8, 1024, 64, device=dev)
+    with torch.no_grad():
+        eager = mod(q, k, v)
+        assert mod.stats()["ran"] == "torch"
+
+        def step():
+            out.copy_(mod(q, k, v))
+
+        time_cuda_graph(step, dev, warmup=2, repeats=3)
+    assert mod.stats()["ran"] == "triton"
+    assert error_metrics(out, eager)["rel_err"] < 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
