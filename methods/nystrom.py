@@ -188,9 +188,7 @@ class NystromAttention(nn.Module):
         return ("sdpa" if q.dtype != torch.float32 or b * h >= self.fused_min else "explicit"), 1
 
     def forward(self, q, k, v):
-        b, h, n, d = q.shape
-        m = self.p.num_landmarks
-        scale = 1.0 / math.sqrt(d)
+        scale = 1.0 / math.sqrt(q.shape[-1])
         acc = torch.promote_types(q.dtype, torch.float32)
         q_land, k_land = self.landmarks(q, acc), self.landmarks(k, acc)
         kernel = torch.softmax((q_land @ k_land.transpose(-1, -2)) * scale, dim=-1)  # (B, H, m, m)
