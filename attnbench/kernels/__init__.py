@@ -4,7 +4,8 @@ form leaves the GPU idle (``linformer_triton``, ``lsh_triton``, ``nystrom_triton
 attention over key ranges merged by log-sum-exp (``split_keys``, Nyströmformer's landmark queries).
 
 Modules that use Triton import it lazily and guarded, so ``import attnbench`` and ``attnbench list``
-never need it; :func:`triton_available` answers without importing Triton. :func:`merged_heads` and
+never need it; :func:`triton_available` answers without importing Triton, and the kernels' input checks
+share :data:`TRITON_MISSING` and :func:`device_reason`. :func:`merged_heads` and
 :func:`project_merged` are the layout helpers Linformer's torch and Triton paths share.
 """
 from __future__ import annotations
@@ -27,6 +28,17 @@ def triton_interpreting() -> bool:
     the environment is what it reads then.
     """
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+TRITON_MISSING = "triton not installed (pip install triton)"
+
+
+def device_reason(device: torch.device) -> str | None:
+    """Why the Triton kernels cannot run on ``device`` (None if they can): CUDA, or the CPU under
+    Triton's interpreter."""
+    if device.type != "cuda" and not (device.type == "cpu" and triton_interpreting()):
+        return f"device {device.type}: needs CUDA (or TRITON_INTERPRET=1 for the CPU interpreter)"
+    return None
 
 
 def merged_heads(x: torch.Tensor) -> torch.Tensor | None:

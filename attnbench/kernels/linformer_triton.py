@@ -31,7 +31,8 @@ import math
 
 import torch
 
-from attnbench.kernels import merged_heads, project_merged, triton_available, triton_interpreting
+from attnbench.kernels import (TRITON_MISSING, device_reason, merged_heads, project_merged,
+                               triton_available, triton_interpreting)
 
 try:  # guarded: the package and the torch path must work without Triton
     import triton
@@ -55,13 +56,13 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, E: tor
     """Why the kernels cannot run these inputs (None if they can). E and F are already sliced to the
     input length: (rows, m) or (H, rows, m)."""
     if not triton_available():
-        return "triton not installed (pip install triton)"
+        return TRITON_MISSING
     devices = {t.device for t in (q, k, v, E, F)}
     if len(devices) != 1:
         return f"inputs on several devices: {sorted(map(str, devices))}"
     device = devices.pop()
-    if device.type != "cuda" and not (device.type == "cpu" and triton_interpreting()):
-        return f"device {device.type}: needs CUDA (or TRITON_INTERPRET=1 for the CPU interpreter)"
+    if (why := device_reason(device)) is not None:
+        return why
     dtypes = {t.dtype for t in (q, k, v, E, F)}
     if len(dtypes) != 1:
         return f"mixed dtypes {sorted(map(str, dtypes))}"

@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from attnbench.kernels import triton_available, triton_interpreting
+from attnbench.kernels import TRITON_MISSING, device_reason, triton_available
 
 try:  # guarded: the package and the torch kernels must work without Triton
     import triton
@@ -56,11 +56,11 @@ def _pow2(x: int, low: int = 16) -> int:
 def unsupported_reason(q: torch.Tensor, v: torch.Tensor, bucket_size: int) -> str | None:
     """Why the kernels cannot run these inputs (None if they can)."""
     if not triton_available():
-        return "triton not installed (pip install triton)"
+        return TRITON_MISSING
     if q.device != v.device:
         return f"q on {q.device}, v on {v.device}"
-    if q.device.type != "cuda" and not (q.device.type == "cpu" and triton_interpreting()):
-        return f"device {q.device.type}: needs CUDA (or TRITON_INTERPRET=1 for the CPU interpreter)"
+    if (why := device_reason(q.device)) is not None:
+        return why
     if q.dtype not in DTYPES or v.dtype != q.dtype:
         return f"dtypes q {q.dtype}, v {v.dtype}: the kernels take one of {DTYPES}"
     if q.dim() != 4 or v.shape != q.shape:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.kernels import triton_available, triton_interpreting
+from attnbench.kernels import TRITON_MISSING, device_reason, triton_available, triton_interpreting
 
 try:  # guarded: the package and the torch path must work without Triton
     import triton
@@ -41,9 +41,9 @@ INTERPRET_CONFIG = dict(BLOCK=16, BLOCK_K=16)  # small tiles for the interpreter
 def unsupported_reason(a: torch.Tensor) -> str | None:
     """Why the kernels cannot invert this batch of (m, m) matrices (None if they can)."""
     if not triton_available():
-        return "triton not installed (pip install triton)"
-    if a.device.type != "cuda" and not (a.device.type == "cpu" and triton_interpreting()):
-        return f"device {a.device.type}: needs CUDA (or TRITON_INTERPRET=1 for the CPU interpreter)"
+        return TRITON_MISSING
+    if (why := device_reason(a.device)) is not None:
+        return why
     if a.dtype != torch.float32:
         return f"dtype {a.dtype}: the kernels take the fp32 landmark matrix"
     m = a.shape[-1]
