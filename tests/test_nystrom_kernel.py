@@ -62,6 +62,24 @@ def test_triton_pinv_matches_the_torch_iteration(dev, m, config):
     assert rel(z0, a64.transpose(-1, -2) / norms[..., None, None]) < 1e-6
 
 
+@pytest.mark.parametrize("m, elements", [(48, 16 * 64), (64, 8 * 64), (32, 32 * 32)])
+def test_triton_start_reduces_norms_over_row_blocks(dev, m, elements, monkeypatch):
+    """Z₀ = Aᵀ/(‖A‖₁‖A‖∞) when the norms come from several row blocks' parts: 3 blocks of 16 rows
+    (padded to 4, one empty), 8 of 8, and one block. Rows of very different sums, so a block that
+    dropped out or a max taken over the wrong axis changes the answer."""
+    from attnbench.kernels import nystrom_triton
+
+    monkeypatch.setattr(nystrom_triton, "START_ELEMENTS", elements)
+    g = torch.Generator().manual_seed(m)
+    a = (torch.rand(2, 3, m, m, generator=g) * torch.linspace(0.1, 5.0, m)[:, None]).to(dev)
+    a[0, 1, m - 1] *= 40  # the largest row sum in the last block
+    a[1, 2, :, 0] *= 90  # the largest column sum in one column, across every block
+    got = nystrom_triton.iterative_pinv(a, 0).cpu()
+    a64 = a.double().cpu()
+    norms = a64.abs().sum(-2).amax(-1) * a64.abs().sum(-1).amax(-1)
+    assert rel(got, a64.transpose(-1, -2) / norms[..., None, None]) < 1e-6
+
+
 def test_triton_pinv_intermediate_products_are_symmetric(dev):
     """The kernels compute half of AZ and its polynomials and mirror it: that is exact only because
     A·Z_k is symmetric for every step of this iteration. Check the fact the shortcut rests on, with the

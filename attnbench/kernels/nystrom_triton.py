@@ -14,6 +14,9 @@ short inputs (1.6 ms of 2.5 at n = 1024, batch 8, fp32, on an H100). Two facts m
   64-tiles); the tiles below return at once. Only ¼Z·T, which is not symmetric, computes every tile.
   In exact arithmetic this is the same iteration; in floating point the lower half mirrors the upper
   instead of carrying its own rounding.
+- The start Z₀ = Aᵀ/(‖A‖₁‖A‖∞) is two launches (the norms' parts over row blocks, then the scaled
+  transpose by tiles) where torch takes seven: 0.027 against 0.031 ms at 8 matrices, 0.039 against
+  0.105 at 64 (m = 256, H100).
 
 Products are fp32 fused multiply-adds (``input_precision="ieee"``, no TF32), as torch's fp32
 default is: the iteration runs in fp32 for every input dtype (see the method). Forward only (the
@@ -103,15 +106,51 @@ if triton is not None:
                     tl.store(OUT2 + base + offs_n[None, :] * M + offs_m[:, None], r2, mask=ok)
 
 
+    @triton.jit
+    def _norm_parts_kernel(A, PART_COLS, PART_ROW, M, BLOCK_ROWS: tl.constexpr,
+                           WIDTH: tl.constexpr):
+        """For one block of BLOCK_ROWS rows of one matrix: its column sums of |A| (WIDTH ≥ M wide) and
+        its largest row sum, into (batch, blocks, M) and (batch, blocks)."""
+        b, r = tl.program_id(0).to(tl.int64), tl.program_id(1)
+        blocks = tl.num_programs(1)
+        rows = r * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+        cols = tl.arange(0, WIDTH)
+        ok = (rows[:, None] < M) & (cols[None, :] < M)
+        t = tl.abs(tl.load(A + b * M * M + rows[:, None] * M + cols[None, :], mask=ok, other=0.0))
+        tl.store(PART_COLS + (b * blocks + r) * M + cols, tl.sum(t, axis=0), mask=cols < M)
+        tl.store(PART_ROW + b * blocks + r, tl.max(tl.sum(t, axis=1), axis=0))
+
+    @triton.jit
+    def _start_kernel(A, Z, PART_COLS, PART_ROW, M, BLOCKS: tl.constexpr, WIDTH: tl.constexpr,
+                      TILE: tl.constexpr):
+        """Z[b] = A[b]ᵀ / (‖A[b]‖₁‖A[b]‖∞) for one (TILE, TILE) tile of Z, the norms reduced from
+        the row blocks' parts (max column sum, max row sum)."""
+        b = tl.program_id(1).to(tl.int64)
+        tiles = tl.cdiv(M, TILE)
+        ti, tj = tl.program_id(0) // tiles, tl.program_id(0) % tiles
+        blocks = tl.arange(0, BLOCKS)
+        cols = tl.arange(0, WIDTH)
+        parts = tl.load(PART_COLS + (b * BLOCKS + blocks[:, None]) * M + cols[None, :],
+                        mask=cols[None, :] < M, other=0.0)
+        norms = tl.max(tl.sum(parts, axis=0), axis=0) * tl.max(tl.load(PART_ROW + b * BLOCKS +
+                                                                        blocks), axis=0)
+        rows = tj * TILE + tl.arange(0, TILE)  # rows of A = columns of Z
+        zcols = ti * TILE + tl.arange(0, TILE)
+        ok = (rows[:, None] < M) & (zcols[None, :] < M)
+        t = tl.load(A + b * M * M + rows[:, None] * M + zcols[None, :], mask=ok, other=0.0)
+        tl.store(Z + b * M * M + zcols[None, :] * M + rows[:, None], t / norms, mask=ok)
+
+
 # One fixed tiling, no autotuning (its per-launch Python cost would be paid 24 times a call in eager
-# mode). Measured on an H100 (fp32, m = 256, six steps): 64-tiles with BLOCK_K = 32 took 0.30 ms at
-# batch·heads 8 and 1.35 ms at 64, against 0.40 and 1.64 ms for torch's batched products (all tiles).
-CUDA_CONFIG = dict(BLOCK=64, BLOCK_K=32, num_warps=4, num_stages=2)
-# Up to SMALL_BATCH matrices the products leave most multiprocessors idle, and a shorter, deeper
-# pipeline over k did better: 0.287 against 0.314 ms at 8 matrices, 0.458 against 0.492 at 16 (but
-# 1.23 against 1.19 at 64).
-SMALL_BATCH = 16
-SMALL_CUDA_CONFIG = dict(BLOCK=64, BLOCK_K=16, num_warps=4, num_stages=3)
+# mode). Measured on an H100 (fp32, m = 256, six steps, graph replay), 64-tiles with BLOCK_K = 32 and a
+# three-stage pipeline against the next best tilings: 0.271 against 0.276 ms (BLOCK_K 16) at 8
+# matrices, 0.749 against 0.776 (two stages) at 32, 1.065 against 1.136 (two stages) at 64; torch's
+# batched products took 0.39 and 1.59 ms at 8 and 64. 128-tiles took twice as long; 3×TF32 products
+# (``input_precision="tf32x3"``) were 10–30% slower than these fp32 ones, and one-pass TF32 was not
+# accurate enough (3e-3 off the float64 iteration, against 2e-6).
+CUDA_CONFIG = dict(BLOCK=64, BLOCK_K=32, num_warps=4, num_stages=3)
+# The start Z₀: row blocks of about START_ELEMENTS elements for the norms, then START_TILE-wide tiles
+START_ELEMENTS, START_TILE = 4096, 64
 
 
 def _product(x, y, out, alpha, beta, *, sym, out2=None, gamma=0.0, delta=0.0, config=None):
@@ -119,32 +158,45 @@ def _product(x, y, out, alpha, beta, *, sym, out2=None, gamma=0.0, delta=0.0, co
     batch, m = x.shape[0], x.shape[-1]
     args = (x, y, out, out2 if out2 is not None else out, m, alpha, beta, gamma, delta)
     if config is None:
-        config = (INTERPRET_CONFIG if triton_interpreting() else
-                  SMALL_CUDA_CONFIG if batch <= SMALL_BATCH else CUDA_CONFIG)
+        config = INTERPRET_CONFIG if triton_interpreting() else CUDA_CONFIG
     cfg = dict(config)
     launch = {key: cfg.pop(key) for key in ("num_warps", "num_stages") if key in cfg}
     grid = (triton.cdiv(m, cfg["BLOCK"]) ** 2, batch)
     _product_kernel[grid](*args, SYM=sym, TWO=out2 is not None, **cfg,
-                          EVEN=m % cfg["BLOCK"] == 0 and m % cfg["BLOCK_K"] == 0, **launch)
+                          EVEN=m % cfg["BLOCK"] == 0 and m % cfg["BLOCK_K"] == 0,
+                          **launch)
+
+
+def _start(a3: torch.Tensor, z: torch.Tensor) -> None:
+    """z = a3ᵀ/(‖a3‖₁‖a3‖∞) per matrix: two launches (the norms' parts over row blocks, then the
+    scaled transpose by tiles), where torch needs seven small ones."""
+    batch, m = a3.shape[0], a3.shape[-1]
+    width = triton.next_power_of_2(m)
+    rows = triton.next_power_of_2(max(1, START_ELEMENTS // width))
+    blocks = triton.cdiv(m, rows)
+    if blocks & (blocks - 1):  # a power of two, for tl.arange: pad with empty blocks
+        blocks = triton.next_power_of_2(blocks)
+    part_cols = a3.new_empty(batch, blocks, m)
+    part_row = a3.new_empty(batch, blocks)
+    _norm_parts_kernel[(batch, blocks)](a3, part_cols, part_row, m, BLOCK_ROWS=rows, WIDTH=width)
+    tile = 16 if triton_interpreting() else START_TILE
+    _start_kernel[(triton.cdiv(m, tile) ** 2, batch)](a3, z, part_cols, part_row, m, BLOCKS=blocks,
+                                                      WIDTH=width, TILE=tile)
 
 
 def iterative_pinv(a: torch.Tensor, iters: int, config: dict | None = None) -> torch.Tensor:
     """The paper's pseudo-inverse iteration over a batch (..., m, m) of fp32 matrices, started from
     Z₀ = Aᵀ/(‖A‖₁‖A‖∞) per matrix, as :func:`attnbench.methods.nystrom.iterative_pinv` (the torch
     reference). ``config``: BLOCK, BLOCK_K and optionally num_warps, num_stages (default
-    :data:`CUDA_CONFIG`, :data:`SMALL_CUDA_CONFIG` up to :data:`SMALL_BATCH` matrices,
-    :data:`INTERPRET_CONFIG` in the interpreter)."""
+    :data:`CUDA_CONFIG`, :data:`INTERPRET_CONFIG` in the interpreter)."""
     if triton is None:
         raise RuntimeError("attnbench.kernels.nystrom_triton needs triton (pip install triton)")
     if (why := unsupported_reason(a)) is not None:
         raise ValueError(f"Nyström Triton kernels cannot run this: {why}")
     lead, m = a.shape[:-2], a.shape[-1]
     a3 = a.reshape(-1, m, m).contiguous()
-    abs_a = a3.abs()
-    norm_1 = abs_a.sum(-2).amax(-1)  # max column sum
-    norm_inf = abs_a.sum(-1).amax(-1)  # max row sum
-    z = (a3.transpose(-1, -2) / (norm_1 * norm_inf)[:, None, None]).contiguous()
-    az, t1, t2, t3, z_next = (torch.empty_like(a3) for _ in range(5))
+    z, az, t1, t2, t3, z_next = (torch.empty_like(a3) for _ in range(6))
+    _start(a3, z)
     for _ in range(iters):
         _product(a3, z, az, 1.0, 0.0, sym=True, out2=t1, gamma=-1.0, delta=7.0, config=config)
         _product(az, t1, t2, -1.0, 15.0, sym=True, config=config)  # 15I − AZ(7I − AZ)
