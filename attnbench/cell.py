@@ -5,6 +5,7 @@ becomes a row with a ``status`` and a one-line ``reason``.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ from attnbench.dtypes import to_torch
 from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import (NoExactCounterpart, attention_modules, build_level, count_parameters,
                               reference_output)
-from attnbench.measure import (Step, Timing, free_memory, is_oom, live_bytes, measure_memory, time_call,
-                               time_cuda_graph)
+from attnbench.measure import (Step, Timing, capture_cuda_graph, free_memory, is_oom, live_bytes,
+                               measure_memory, take_samples, warm_up)
 from attnbench.reference import error_metrics
 from attnbench.roofline import copy_bandwidth_gbs, matmul_tflops, roofline_columns
 from attnbench.registry import REGISTRY, MethodSpec, Unsupported
@@ -183,113 +184,256 @@ def _baseline_error(ctx: CellContext, case: Case, inputs, dtype, ref) -> float |
         return None
 
 
-def _time(ctx: CellContext, step: Step) -> tuple[Timing, dict]:
-    t = ctx.suite.timing
-    kw = dict(warmup=t["warmup"], repeats=t["repeats"], max_time_s=t["max_time_s"],
-              warmup_s=t["warmup_s"])
-    timing = time_call(step, ctx.device, **kw)
-    extra: dict[str, Any] = {"timing_mode": "eager"}
-    if ctx.cuda_graphs and ctx.device.type == "cuda":
-        extra["eager_time_ms"] = timing.median
-        try:
-            timing = time_cuda_graph(step, ctx.device, **kw)
-            extra["timing_mode"] = "cuda-graph"
-        except Exception as exc:  # noqa: BLE001 - some methods can't be captured (host syncs)
-            extra["graph_error"] = one_line(exc)
-    return timing, extra
-
-
 def _out_shape(case: Case, batch: int) -> tuple[int, ...]:
     if case.level == "core":
         return (batch, case.heads, case.n, case.head_dim)
     return (batch, case.n, case.heads * case.head_dim)
 
 
-def run_cell(ctx: CellContext, case: Case) -> dict:
-    row: dict[str, Any] = {}
-    device = ctx.device
-    dtype = to_torch(case.dtype)
-    spec = REGISTRY.get(case.method)
-    module = inputs = step = None
-    failed = False
-    try:
-        params = spec.params(**case.params_dict)
-        batch = case.batch
-        t0 = time.perf_counter()
-        module = _build(spec, params, case, dtype, device)
-        row["build_s"] = time.perf_counter() - t0
-        if case.batching == "capacity":
-            if device.type == "cpu" and not (ctx.capacity_limit_mib or ctx.suite.capacity["limit_mib"]):
-                raise Unsupported("capacity mode on CPU needs a memory limit "
-                                  "(attnbench run ... --capacity-limit-mib MIB)")
-            cap = ctx.suite.capacity
-            limit = ctx.capacity_limit_mib or cap["limit_mib"]
-            probe = CapacityProbe(module, lambda b: probe_inputs(case, b, dtype, device),
-                                  lambda b: _out_shape(case, b), case.mode, device, limit)
-            batch = max_batch(probe, device, limit, cap["max_batch"], cap["rel_tol"])
-            row.update(max_batch=batch, capacity_probes=probe.probes,
-                       capacity_rel_tol=cap["rel_tol"], capacity_limit_mib=limit or None)
-            if batch == 0:
-                return {**row, "status": "oom", "reason": "batch 1 does not fit in memory"}
-        row.update(count_parameters(module))
-        inputs = make_inputs(case, batch, dtype, device)
-        gen = torch.Generator().manual_seed(case.seed + 1)
-        step = Step.make(module, inputs, case.mode, _out_shape(case, batch), gen)
-        step()  # first call: lazy setup and compilation happen here, untimed
-        row.update(_stats(module))
-        timing, extra = _time(ctx, step)
-        row.update(extra)
-        if extra.get("timing_mode") == "cuda-graph":  # the captured call may have chosen otherwise
-            row.update({f"graph_{key}": value for key, value in _stats(module).items()
-                        if row.get(key) != value})
-        row.update(time_ms=timing.median, time_ms_iqr=timing.iqr, time_ms_min=timing.min,
-                   time_samples_ms=list(timing.samples_ms), n_samples=len(timing.samples_ms))
-        row["noisy"] = timing.iqr > NOISY_IQR * timing.median
-        row["tokens_per_s"] = batch * case.n / (timing.median / 1e3)
-        if case.batching == "capacity":
-            row["time_per_seq_ms"] = timing.median / batch
-        flops = _flops(module, step.inputs)
-        if flops:
-            row["flops"] = flops * (3 if case.mode == "fwd_bwd" else 1)
-            row["tflops_per_s"] = row["flops"] / (timing.median / 1e3) / 1e12
-        if device.type == "cuda":
-            rates = ctx.cached(("rates", case.dtype), lambda: {
-                "copy_gbs": copy_bandwidth_gbs(device), "matmul_tflops": matmul_tflops(device, dtype)})
-            row.update(roofline_columns(rates, step, _out_shape(case, batch), timing.median,
-                                        row.get("flops")))
-        row.update(measure_memory(step, device, live=live_bytes(step.inputs, [module])))
-        skip = _error_skip_reason(ctx, case)
-        if skip is None:
+class CellRun:
+    """One cell in phases, so that the runner can interleave the timing of several cells:
+
+    ``prepare`` (build, first call, stats; untimed), ``capture`` (the CUDA graph, in graph mode),
+    ``sample`` (one block of timed eager calls and graph replays, after a short warm-up; callable
+    again to add samples), ``finish`` (the timing columns, roofline, memory, error: the row) and
+    ``release``. Whatever a phase raises ends the cell with a status row (``result``); later phases
+    then do nothing.
+    """
+
+    def __init__(self, ctx: CellContext, case: Case):
+        self.ctx, self.case = ctx, case
+        self.row: dict[str, Any] = {}
+        self.result: dict | None = None  # the final row, once the cell has one
+        self.module = self.inputs = self.step = self.graph = None
+        self.batch = case.batch
+        self.eager: list[float] = []
+        self.replays: list[float] = []
+        self._warmed: set[str] = set()
+        self.failed = False
+        self._released = False  # an exception ended it (free its memory thoroughly)
+
+    @property
+    def alive(self) -> bool:
+        return self.result is None
+
+    @contextlib.contextmanager
+    def _guard(self):
+        if not self.alive:
+            yield False
+            return
+        try:
+            yield True
+        except Unsupported as exc:
+            self.result = {**self.row, "status": "unsupported", "reason": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - any failure of a method becomes a row
+            self.failed = True
+            if is_oom(exc):
+                self.result = {**self.row, "status": "oom", "reason": one_line(exc, 200)}
+            else:
+                tb = traceback.extract_tb(exc.__traceback__)[-3:]
+                where = "; ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in tb)
+                self.result = {**self.row, "status": "error", "reason": one_line(exc),
+                               "where": where}
+
+    def prepare(self) -> None:
+        ctx, case, row, device = self.ctx, self.case, self.row, self.ctx.device
+        with self._guard() as ok:
+            if not ok:
+                return
+            dtype = to_torch(case.dtype)
+            spec = REGISTRY.get(case.method)
+            params = spec.params(**case.params_dict)
+            t0 = time.perf_counter()
+            self.module = module = _build(spec, params, case, dtype, device)
+            row["build_s"] = time.perf_counter() - t0
+            if case.batching == "capacity":
+                if device.type == "cpu" and not (ctx.capacity_limit_mib or
+                                                 ctx.suite.capacity["limit_mib"]):
+                    raise Unsupported("capacity mode on CPU needs a memory limit "
+                                      "(attnbench run ... --capacity-limit-mib MIB)")
+                cap = ctx.suite.capacity
+                limit = ctx.capacity_limit_mib or cap["limit_mib"]
+                probe = CapacityProbe(module, lambda b: probe_inputs(case, b, dtype, device),
+                                      lambda b: _out_shape(case, b), case.mode, device, limit)
+                self.batch = max_batch(probe, device, limit, cap["max_batch"], cap["rel_tol"])
+                row.update(max_batch=self.batch, capacity_probes=probe.probes,
+                           capacity_rel_tol=cap["rel_tol"], capacity_limit_mib=limit or None)
+                if self.batch == 0:
+                    self.result = {**row, "status": "oom", "reason": "batch 1 does not fit in memory"}
+                    return
+            row.update(count_parameters(module))
+            self.inputs = make_inputs(case, self.batch, dtype, device)
+            gen = torch.Generator().manual_seed(case.seed + 1)
+            self.step = Step.make(module, self.inputs, case.mode, _out_shape(case, self.batch), gen)
+            self.step()  # first call: lazy setup and compilation happen here, untimed
+            row.update(_stats(module))
+
+    @property
+    def graphs(self) -> bool:
+        return self.ctx.cuda_graphs and self.ctx.device.type == "cuda"
+
+    def capture(self) -> None:
+        """Capture the step in a CUDA graph (graph mode only); a method that cannot be captured (a
+        host sync, say) keeps its eager times and says why in ``graph_error``."""
+        if not self.graphs or "graph_error" in self.row:
+            return
+        with self._guard() as ok:
+            if not ok or self.graph is not None:
+                return
             try:
-                err = _error(ctx, case, module, inputs, dtype)
-            except Exception as exc:  # noqa: BLE001 - the reference must not sink a measured cell
-                if not is_oom(exc):
+                self.graph = capture_cuda_graph(self.step, self.ctx.device,
+                                                warmup=self.ctx.suite.timing["warmup"])
+            except Exception as exc:  # noqa: BLE001 - some methods can't be captured (host syncs)
+                if is_oom(exc):
                     raise
-                free_memory(device, collect=True)
-                err = {"error_skipped": f"out of memory computing the float64 reference: "
-                                        f"{one_line(exc, 120)}"}
-            if err.pop("_nan", False):
-                return {**row, "status": "nan", "reason": "non-finite values in the output"}
-            row.update(err)
-        else:
-            out = step.forward_output()
-            if not torch.isfinite(out).all():
-                return {**row, "status": "nan", "reason": "non-finite values in the output"}
-            del out
-            row["error_skipped"] = skip
-        row["status"], row["reason"] = "ok", ""
-        if row.get("noisy"):
-            row["reason"] = f"noisy: IQR {timing.iqr / timing.median:.0%} of median"
-        return row
-    except Unsupported as exc:
-        return {**row, "status": "unsupported", "reason": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - any failure of a method becomes a row
-        failed = True
-        if is_oom(exc):
-            return {**row, "status": "oom", "reason": one_line(exc, 200)}
-        tb = traceback.extract_tb(exc.__traceback__)[-3:]
-        where = "; ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in tb)
-        return {**row, "status": "error", "reason": one_line(exc), "where": where}
+                self.row["graph_error"] = one_line(exc)
+                return
+            # the captured call may have chosen otherwise than the eager one
+            self.row.update({f"graph_{key}": value for key, value in _stats(self.module).items()
+                             if self.row.get(key) != value})
+
+    def sample(self, kind: str, repeats: int, max_time_s: float) -> None:
+        """One block of ``kind`` ("eager" calls or "graph" replays, the latter only where captured):
+        warm-up calls, then up to ``repeats`` timed ones. A kind's first block also warms for the
+        suite's ``warmup_s``."""
+        t = self.ctx.suite.timing
+        fn = self.step if kind == "eager" else self.graph.replay if self.graph is not None else None
+        with self._guard() as ok:
+            if not ok or fn is None:
+                return
+            warm_up(fn, self.ctx.device, warmup=t["warmup"],
+                    warmup_s=0.0 if kind in self._warmed else t["warmup_s"])
+            self._warmed.add(kind)
+            samples = self.eager if kind == "eager" else self.replays
+            samples += take_samples(fn, self.ctx.device, repeats=repeats, max_time_s=max_time_s,
+                                    min_repeats=min(3, repeats))
+
+    def finish(self, held_by_others: int = 0, rounds: int = 1) -> dict:
+        """The row: timing columns from every block's samples, roofline, memory and error.
+        ``held_by_others``: bytes other cells keep allocated meanwhile (left out of the peak)."""
+        ctx, case, row, device = self.ctx, self.case, self.row, self.ctx.device
+        with self._guard() as ok:
+            if not ok:
+                return self.result
+            eager = Timing(tuple(self.eager))
+            if self.graphs:
+                row.update(eager_time_ms=eager.median, eager_time_ms_iqr=eager.iqr,
+                           eager_samples_ms=list(eager.samples_ms))
+            timing = Timing(tuple(self.replays), "cuda-graph") if self.replays else eager
+            row["timing_mode"] = timing.mode
+            if rounds > 1:
+                row["timing_rounds"] = rounds
+            row.update(time_ms=timing.median, time_ms_iqr=timing.iqr, time_ms_min=timing.min,
+                       time_samples_ms=list(timing.samples_ms), n_samples=len(timing.samples_ms))
+            row["noisy"] = timing.iqr > NOISY_IQR * timing.median
+            row["tokens_per_s"] = self.batch * case.n / (timing.median / 1e3)
+            if case.batching == "capacity":
+                row["time_per_seq_ms"] = timing.median / self.batch
+            step, module = self.step, self.module
+            flops = _flops(module, step.inputs)
+            if flops:
+                row["flops"] = flops * (3 if case.mode == "fwd_bwd" else 1)
+                row["tflops_per_s"] = row["flops"] / (timing.median / 1e3) / 1e12
+            if device.type == "cuda":
+                dtype = to_torch(case.dtype)
+                rates = ctx.cached(("rates", case.dtype), lambda: {
+                    "copy_gbs": copy_bandwidth_gbs(device),
+                    "matmul_tflops": matmul_tflops(device, dtype)})
+                row.update(roofline_columns(rates, step, _out_shape(case, self.batch),
+                                            timing.median, row.get("flops")))
+            row.update(measure_memory(step, device, live=live_bytes(step.inputs, [module]),
+                                      held_by_others=held_by_others))
+            skip = _error_skip_reason(ctx, case)
+            if skip is None:
+                try:
+                    err = _error(ctx, case, module, self.inputs, to_torch(case.dtype))
+                except Exception as exc:  # noqa: BLE001 - the reference must not sink a measured cell
+                    if not is_oom(exc):
+                        raise
+                    free_memory(device, collect=True)
+                    err = {"error_skipped": f"out of memory computing the float64 reference: "
+                                            f"{one_line(exc, 120)}"}
+                if err.pop("_nan", False):
+                    self.result = {**row, "status": "nan", "reason": "non-finite values in the output"}
+                    return self.result
+                row.update(err)
+            else:
+                out = step.forward_output()
+                if not torch.isfinite(out).all():
+                    self.result = {**row, "status": "nan", "reason": "non-finite values in the output"}
+                    return self.result
+                del out
+                row["error_skipped"] = skip
+            row["status"], row["reason"] = "ok", ""
+            if row.get("noisy"):
+                row["reason"] = f"noisy: IQR {timing.iqr / timing.median:.0%} of median"
+            self.result = row
+        return self.result
+
+    def held_bytes(self) -> int:
+        """Bytes this cell keeps allocated between its phases (inputs, parameters, buffers)."""
+        if self.step is None:
+            return 0
+        return live_bytes(self.step.inputs, [self.module])
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.module = self.inputs = self.step = self.graph = None
+        free_memory(self.ctx.device, collect=self.failed)
+
+
+def run_cell(ctx: CellContext, case: Case) -> dict:
+    """Run one cell start to end: its eager samples, then (graph mode) capture and replays."""
+    cell = CellRun(ctx, case)
+    t = ctx.suite.timing
+    try:
+        cell.prepare()
+        cell.sample("eager", t["repeats"], t["max_time_s"])
+        cell.capture()
+        cell.sample("graph", t["repeats"], t["max_time_s"])
+        return cell.finish()
     finally:
-        del module, inputs, step
-        free_memory(device, collect=failed)
+        cell.release()
+
+
+def run_interleaved(ctx: CellContext, cases: list[Case], rounds: int) -> list[dict]:
+    """Run cells that share their inputs' shape (a comparison group) with their timing interleaved.
+
+    Every cell is prepared (and captured, in graph mode); then come ``rounds`` rounds, each one block
+    of eager calls of every cell and one block of replays of every cell, in an order rotated by one
+    each round. Slow drift of the host (CPU contention, clocks) then lands on every method alike
+    instead of on whichever ran during it. Each block takes ⌈repeats / rounds⌉ samples after
+    ``warmup`` calls, within ``max_time_s / rounds``. The group's cells are held in memory together
+    while they are timed; memory and error are measured afterwards, one cell at a time, without the
+    graphs. Rows come back in ``cases`` order.
+    """
+    t = ctx.suite.timing
+    per_block = max(1, -(-t["repeats"] // rounds))
+    budget = t["max_time_s"] / rounds
+    cells = [CellRun(ctx, case) for case in cases]
+    try:
+        for cell in cells:
+            cell.prepare()
+            cell.capture()
+            if not cell.alive:
+                cell.release()  # its row is set: free its memory for the others
+        live = [c for c in cells if c.alive]
+        for r in range(rounds):
+            order = live[r % len(live):] + live[:r % len(live)] if live else []
+            for kind in ("eager", "graph"):
+                for cell in order:
+                    cell.sample(kind, per_block, budget)
+        for cell in cells:
+            cell.graph = None
+        free_memory(ctx.device)
+        rows = []
+        for i, cell in enumerate(cells):
+            held = sum(c.held_bytes() for c in cells[i + 1:])
+            rows.append(cell.finish(held_by_others=held, rounds=rounds))
+            cell.release()
+        return rows
+    finally:
+        for cell in cells:
+            cell.release()

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
     p.add_argument("--dry-run", action="store_true", help="print the cells and exit")
     p.add_argument("--cuda-graphs", action="store_true", help="time CUDA-graph replays")
+    p.add_argument("--rounds", type=int, metavar="R",
+                   help="time the methods of each shape interleaved, in R rounds (default: the "
+                        "suite's [timing] rounds, 1)")
     p.add_argument("--capacity-limit-mib", type=float, default=0.0,
                    help="memory limit for capacity mode (default: the device's own)")
     p.add_argument("--no-progress", action="store_true")
@@ -157,7 +160,7 @@ def cmd_run(args, console) -> int:
                         command=["attnbench", *sys.argv[1:]] if sys.argv else None,
                         cuda_graphs=args.cuda_graphs, capacity_limit_mib=args.capacity_limit_mib,
                         isolate=args.isolate_per or ("method" if args.isolate else None),
-                        timeout_s=args.timeout_s,
+                        timeout_s=args.timeout_s, rounds=args.rounds,
                         plugins=args.plugin)
     try:  # the rows are safe on disk; a report that can't be made must not turn into a failed run
         write_reports(outcome.run_dir)

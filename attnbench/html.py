@@ -51,7 +51,7 @@ def table(headers: list[str], rows: list[list[str]], status_col: str | None = "s
 def provenance_rows(meta: dict) -> list[list[str]]:
     keys = ("suite", "suite_version", "suite_path", "suite_sha256", "baseline", "command", "device_type",
             "started", "finished", "state", "resumes", "cells_planned", "counts", "only", "skip",
-            "cuda_graphs")
+            "cuda_graphs", "rounds")
     rows = [[k, meta[k] if not isinstance(meta[k], (dict, list)) else
              ", ".join(f"{a} {b}" for a, b in meta[k].items()) if isinstance(meta[k], dict)
              else " ".join(map(str, meta[k]))] for k in keys if meta.get(k) not in (None, "", [])]

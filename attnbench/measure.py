@@ -71,17 +71,22 @@ class Timing:
         return min(self.samples_ms)
 
 
-def time_call(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, repeats: int = 10,
-              max_time_s: float | None = None, min_repeats: int = 3, warmup_s: float = 0.1) -> Timing:
-    """Time ``fn`` after warm-up (at least ``warmup`` calls and at least ``warmup_s`` seconds: CPU
-    thread pools and GPU clocks take a while to settle); stop early once ``max_time_s`` is spent
-    (keeping at least ``min_repeats`` samples) so one slow cell cannot stall a sweep."""
+def warm_up(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3,
+            warmup_s: float = 0.1) -> None:
+    """At least ``warmup`` calls and at least ``warmup_s`` seconds of them (CPU thread pools and GPU
+    clocks take a while to settle), at most 100 calls past ``warmup``."""
     t_warm = time.perf_counter()
     calls = 0
     while calls < warmup or (time.perf_counter() - t_warm < warmup_s and calls < 100):
         fn()
         sync(device)
         calls += 1
+
+
+def take_samples(fn: Callable[[], Any], device: torch.device, *, repeats: int = 10,
+                 max_time_s: float | None = None, min_repeats: int = 3) -> list[float]:
+    """``repeats`` timed calls (ms): CUDA events on GPU, ``perf_counter`` on CPU; stop early once
+    ``max_time_s`` is spent, keeping at least ``min_repeats``."""
     samples: list[float] = []
     start_all = time.perf_counter()
     if device.type == "cuda":
@@ -101,12 +106,22 @@ def time_call(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, r
             samples.append((time.perf_counter() - t0) * 1e3)
             if max_time_s and i + 1 >= min_repeats and time.perf_counter() - start_all > max_time_s:
                 break
-    return Timing(tuple(samples))
+    return samples
 
 
-def time_cuda_graph(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, repeats: int = 10,
-                    max_time_s: float | None = None, warmup_s: float = 0.1) -> Timing:
-    """Capture one call of ``fn`` in a CUDA graph and time its replays: kernel time without launch gaps."""
+def time_call(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, repeats: int = 10,
+              max_time_s: float | None = None, min_repeats: int = 3, warmup_s: float = 0.1) -> Timing:
+    """Time ``fn`` after warm-up; stop early once ``max_time_s`` is spent (keeping at least
+    ``min_repeats`` samples) so one slow cell cannot stall a sweep."""
+    warm_up(fn, device, warmup=warmup, warmup_s=warmup_s)
+    return Timing(tuple(take_samples(fn, device, repeats=repeats, max_time_s=max_time_s,
+                                     min_repeats=min_repeats)))
+
+
+def capture_cuda_graph(fn: Callable[[], Any], device: torch.device, *,
+                       warmup: int = 3) -> torch.cuda.CUDAGraph:
+    """One call of ``fn`` captured in a CUDA graph, after ``warmup`` calls on a side stream (lazy
+    setup must not happen inside the capture)."""
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
@@ -116,6 +131,13 @@ def time_cuda_graph(fn: Callable[[], Any], device: torch.device, *, warmup: int 
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
+    return graph
+
+
+def time_cuda_graph(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, repeats: int = 10,
+                    max_time_s: float | None = None, warmup_s: float = 0.1) -> Timing:
+    """Capture one call of ``fn`` in a CUDA graph and time its replays: kernel time without launch gaps."""
+    graph = capture_cuda_graph(fn, device, warmup=warmup)
     t = time_call(graph.replay, device, warmup=warmup, repeats=repeats, max_time_s=max_time_s,
                   warmup_s=warmup_s)
     return Timing(t.samples_ms, mode="cuda-graph")
@@ -169,10 +191,12 @@ def live_bytes(tensors: Sequence[torch.Tensor] = (), modules: Sequence[nn.Module
 
 
 def measure_memory(fn: Callable[[], Any], device: torch.device | str, *,
-                   live: int = 0) -> dict[str, float]:
+                   live: int = 0, held_by_others: int = 0) -> dict[str, float]:
     """Peak memory of one call of ``fn``: ``extra_mem_mib`` (over what was allocated before),
     ``peak_mem_mib`` (absolute), and on CUDA ``reserved_mem_mib`` (the caching allocator's peak).
-    ``live`` is, on CPU, the bytes already held before the call (inputs, parameters)."""
+    ``live`` is, on CPU, the bytes already held before the call (inputs, parameters);
+    ``held_by_others``, on CUDA, bytes other cells kept allocated meanwhile (interleaved timing),
+    left out of the absolute peak."""
     device = torch.device(device)
     if device.type == "cuda":
         sync(device)
@@ -182,9 +206,10 @@ def measure_memory(fn: Callable[[], Any], device: torch.device | str, *,
         out = fn()
         sync(device)
         del out
-        peak = torch.cuda.max_memory_allocated(device)
+        peak = torch.cuda.max_memory_allocated(device) - held_by_others
+        before -= held_by_others
         return {"peak_mem_mib": peak / MIB, "extra_mem_mib": (peak - before) / MIB,
-                "reserved_mem_mib": torch.cuda.max_memory_reserved(device) / MIB}
+                "reserved_mem_mib": (torch.cuda.max_memory_reserved(device) - held_by_others) / MIB}
     extra = _cpu_extra_bytes(fn)
     return {"peak_mem_mib": (extra + live) / MIB, "extra_mem_mib": extra / MIB,
             "reserved_mem_mib": float("nan")}

@@ -6,6 +6,9 @@
   recorded as ``oom-pruned`` without running.
 - ``--resume RUN_DIR`` runs exactly the cells that have no row yet.
 - Ctrl-C or SIGTERM abandons the current cell, records the run as interrupted and returns 130.
+- ``rounds > 1`` (``--rounds``, or the suite's ``[timing] rounds``) runs each comparison group (the
+  cells that share shape and inputs, whatever the method) together, its timing interleaved in that
+  many rounds (:func:`attnbench.cell.run_interleaved`); an interruption then abandons the group.
 - ``isolate="method"`` or ``"cell"`` runs cells in worker processes (:mod:`attnbench.isolate`): a
   worker that dies gives a ``crashed`` row, a cell past ``timeout_s`` a ``timeout`` row, and the sweep
   goes on in a fresh worker.
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import shlex
 import signal
 import sys
@@ -22,7 +26,7 @@ from typing import Iterable
 
 import torch
 
-from attnbench.cell import CellContext, run_cell
+from attnbench.cell import CellContext, run_cell, run_interleaved
 from attnbench.env import device_tag, provenance
 from attnbench.registry import REGISTRY, BuildContext
 from attnbench.store import (META, ResultWriter, RunDirError, RunLock, iter_rows, new_run_dir,
@@ -127,12 +131,16 @@ def run_suite(suite: Suite | str | Path, device: str | torch.device = "cpu", *,
               out: str | Path = "results", only=None, skip=None, resume: str | Path | None = None,
               progress: bool = True, command: list[str] | None = None, cuda_graphs: bool = False,
               capacity_limit_mib: float = 0.0, on_row=None, isolate: str | None = None,
-              timeout_s: float | None = None, plugins: list[str | Path] | None = None) -> RunOutcome:
+              timeout_s: float | None = None, plugins: list[str | Path] | None = None,
+              rounds: int | None = None) -> RunOutcome:
     """Run a suite (object, built-in name or path) and return where its rows went.
 
     With ``resume``, the suite is the copy saved in that run directory and only cells without a row run.
     ``isolate`` ("method" or "cell") runs cells in worker processes with a per-cell ``timeout_s``;
     ``plugins`` are the plugin files the workers load (default: those loaded in this process).
+    ``rounds`` (default: the suite's ``[timing] rounds``) above 1 times the cells of each comparison
+    group (same shape and inputs, any method) interleaved, in that many rounds
+    (:func:`attnbench.cell.run_interleaved`).
     """
     if isolate is not None and isolate not in ISOLATE_MODES:
         raise SuiteError(f"--isolate {isolate!r}: allowed: {', '.join(ISOLATE_MODES)}")
@@ -154,10 +162,18 @@ def run_suite(suite: Suite | str | Path, device: str | torch.device = "cpu", *,
         cuda_graphs = meta.get("cuda_graphs", cuda_graphs)
         isolate = isolate or meta.get("isolate")
         timeout_s = timeout_s or meta.get("timeout_s")
+        rounds = rounds or meta.get("rounds")
     elif not isinstance(suite, Suite):
         suite = load_suite(str(suite))
     # the suite's [timing] cuda_graphs = true asks for the mode as --cuda-graphs does
     cuda_graphs = bool(cuda_graphs or suite.timing.get("cuda_graphs"))
+    rounds = suite.timing.get("rounds", 1) if rounds is None else rounds
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 1000:
+        raise SuiteError(f"--rounds {rounds!r}: expected a whole number from 1 to 1000")
+    if rounds > 1 and (isolate is not None or timeout_s is not None):
+        raise SuiteError(f"--rounds {rounds} times a group's cells together in one process; "
+                         "--isolate and --timeout-s run each cell in a worker of its own: "
+                         "use one or the other (--rounds 1 turns interleaving off)")
     if timeout_s is not None and isolate is None:
         isolate = "method"  # a hung cell can only be stopped from outside its process
     if isolate and not suite.text:
@@ -174,7 +190,7 @@ def run_suite(suite: Suite | str | Path, device: str | torch.device = "cpu", *,
                 "only": sorted(only) if only else None, "skip": sorted(skip) if skip else None,
                 "cuda_graphs": cuda_graphs, "cells_planned": len(cells), "started": _now(),
                 "provenance": provenance(device)}
-    meta.update(isolate=isolate, timeout_s=timeout_s, plugins=plugins)
+    meta.update(isolate=isolate, timeout_s=timeout_s, plugins=plugins, rounds=rounds)
     executor = None
     if isolate:
         from attnbench.isolate import IsolatedCells
@@ -186,7 +202,7 @@ def run_suite(suite: Suite | str | Path, device: str | torch.device = "cpu", *,
         executor = IsolatedCells(init, isolate, timeout_s)
     with RunLock(run_dir):
         return _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_limit_mib,
-                      on_row, resumed=resume is not None, executor=executor)
+                      on_row, resumed=resume is not None, executor=executor, rounds=rounds)
 
 
 def _check_meta(run_dir: Path, meta: dict) -> None:
@@ -205,6 +221,9 @@ def _check_meta(run_dir: Path, meta: dict) -> None:
         bad("cuda_graphs")
     if meta.get("isolate") not in (None, *ISOLATE_MODES):
         bad("isolate")
+    r = meta.get("rounds")
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 1000):
+        bad("rounds")
     t = meta.get("timeout_s")
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1e7):
         bad("timeout_s")
@@ -218,8 +237,27 @@ def loaded_plugins() -> list[str]:
                    if name.startswith("attnbench_plugin_") and getattr(m, "__file__", None)})
 
 
+def group_key(case: Case) -> tuple:
+    """Everything but the method and its params: cells with equal keys time the same inputs."""
+    d = case.identity()
+    d.pop("method")
+    d.pop("params")
+    return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in d.items()))
+
+
+def _batches(todo: list[PlannedCell], rounds: int) -> list[list[PlannedCell]]:
+    """What runs together: one cell at a time, or with rounds > 1 each comparison group (in the
+    order its first cell was planned)."""
+    if rounds <= 1:
+        return [[c] for c in todo]
+    groups: dict[tuple, list[PlannedCell]] = {}
+    for c in todo:
+        groups.setdefault(group_key(c.case), []).append(c)
+    return list(groups.values())
+
+
 def _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_limit_mib, on_row,
-           resumed, executor=None):
+           resumed, executor=None, rounds=1):
     writer = ResultWriter(run_dir)  # sets a torn last line aside before the rows are read
     existing = list(iter_rows(run_dir))
     done = {r["cell_id"] for r in existing}
@@ -243,28 +281,50 @@ def _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_
     for s in old:
         signal.signal(s, _raise_interrupt)
     interrupted = False
+
+    def write(row):
+        row["finished"] = _now()
+        writer.append(row)
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        if on_row is not None:
+            on_row(row)
+
     try:
         with _progress(progress, len(cells), len(cells) - len(todo)) as bar:
-            for cell in todo:
-                case = cell.case
-                bar(case)
-                row = _base_row(case, suite, device)
-                row["started"] = _now()
-                fam = case.family_key()
-                if cell.skip_reason is not None:
-                    row.update(status="unsupported", reason=cell.skip_reason)
-                elif fam in oom_at and case.n > oom_at[fam]:
-                    row.update(status="oom-pruned",
-                               reason=f"out of memory at n={oom_at[fam]}; larger n not run")
+            for batch in _batches(todo, rounds):
+                runnable = []
+                for cell in batch:
+                    case = cell.case
+                    row = _base_row(case, suite, device)
+                    row["started"] = _now()
+                    fam = case.family_key()
+                    if cell.skip_reason is not None:
+                        row.update(status="unsupported", reason=cell.skip_reason)
+                    elif fam in oom_at and case.n > oom_at[fam]:
+                        row.update(status="oom-pruned",
+                                   reason=f"out of memory at n={oom_at[fam]}; larger n not run")
+                    else:
+                        runnable.append((case, row))
+                        continue
+                    bar(case)
+                    write(row)
+                if rounds > 1 and runnable:
+                    bar(runnable[0][0])
+                    results = run_interleaved(ctx, [case for case, _ in runnable], rounds)
                 else:
-                    row.update(run_cell(ctx, case) if executor is None else executor.run(case))
+                    results = None
+                for i, (case, row) in enumerate(runnable):
+                    if results is None:
+                        bar(case)
+                        row.update(run_cell(ctx, case) if executor is None else executor.run(case))
+                    else:
+                        if i:
+                            bar(case)
+                        row.update(results[i])
                     if row["status"] == "oom":
+                        fam = case.family_key()
                         oom_at[fam] = min(oom_at.get(fam, case.n), case.n)
-                row["finished"] = _now()
-                writer.append(row)
-                counts[row["status"]] = counts.get(row["status"], 0) + 1
-                if on_row is not None:
-                    on_row(row)
+                    write(row)
     except Interrupted as exc:
         interrupted = True
         meta["interrupted_by"] = str(exc)

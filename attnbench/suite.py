@@ -183,7 +183,7 @@ SWEEP_AXES: dict[str, tuple] = {
 SWEEP_DEFAULTS = {"batch": [1], "heads": [8], "head_dim": [64], "dtype": ["fp32"], "mode": ["fwd"],
                   "causal": [False], "level": ["core"], "batching": ["fixed"]}
 TIMING_DEFAULTS = {"warmup": 3, "warmup_s": 0.1, "repeats": 10, "max_time_s": 2.0,
-                   "cuda_graphs": False}
+                   "cuda_graphs": False, "rounds": 1}
 ERROR_DEFAULTS = {"enabled": True, "max_n": 16384}
 MODEL_DEFAULTS = {"layers": 12, "ffn_dim": 3072}
 CAPACITY_DEFAULTS = {"max_batch": 1 << 16, "rel_tol": 0.0, "limit_mib": 0.0}
@@ -303,7 +303,8 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
         "warmup_s": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
         "repeats": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
         "max_time_s": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-        "cuda_graphs": lambda v: isinstance(v, bool)})
+        "cuda_graphs": lambda v: isinstance(v, bool),
+        "rounds": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1000})
     error = _check_table(c, data, "error", ERROR_DEFAULTS, {
         "enabled": lambda v: isinstance(v, bool),
         "max_n": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1})
@@ -320,7 +321,8 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
 
 
 _RULES = {"warmup": "an integer >= 0", "warmup_s": "a number >= 0", "repeats": "an integer >= 1",
-          "max_time_s": "a number > 0", "cuda_graphs": "true or false", "enabled": "true or false", "max_n": "an integer >= 1",
+          "max_time_s": "a number > 0", "cuda_graphs": "true or false",
+          "rounds": "an integer from 1 to 1000 (rounds of interleaved timing)", "enabled": "true or false", "max_n": "an integer >= 1",
           "layers": "an integer >= 1", "ffn_dim": "an integer >= 1", "max_batch": "an integer >= 1",
           "rel_tol": "a number in [0, 1)", "limit_mib": "a number >= 0 (MiB; 0 = the device's)"}
 
