@@ -256,7 +256,7 @@ def to_latex(run_dir: str | Path, baseline: str | None = None) -> str:
 
 def to_csv(run_dir: str | Path, baseline: str | None = None) -> str:
     df, _ = summary(run_dir, baseline)
-    return df.drop(columns=[c for c in ("time_samples_ms",) if c in df.columns]).to_csv(index=False)
+    return df.drop(columns=[c for c in ("time_samples_ms", "eager_samples_ms") if c in df.columns]).to_csv(index=False)
 
 
 def write_reports(run_dir: str | Path, out_dir: str | Path | None = None,

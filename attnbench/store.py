@@ -206,7 +206,7 @@ def load_results(run_dir) -> "pandas.DataFrame":  # noqa: F821
         rows.append(flat)
     df = pd.DataFrame(rows)
     for col in df.columns:
-        if col == "time_samples_ms":  # a list per row
+        if col in ("time_samples_ms", "eager_samples_ms"):  # a list per row
             continue
         if col.endswith(("_ms", "_mib", "_err", "_per_s", "_s", "iqr")) or col in ("cosine",):
             df[col] = pd.to_numeric(df[col], errors="coerce")

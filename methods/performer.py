@@ -197,14 +197,20 @@ def _views(consts: FavorConstants, b: int, h: int, n: int, d: int):
 def favor_compilable(q, k, v, proj, q_tail, k_tail, v_tail, alpha: float) -> torch.Tensor:
     """``favor_bidirectional`` on plain tensor arguments (no view cache), for torch.compile."""
     b, h, n, d = q.shape
-    return _favor(q, k, v, proj, alpha, *_expand(proj, q_tail, k_tail, v_tail, b, h, n, d))
+    out = _favor(q, k, v, proj, alpha, *_expand(proj, q_tail, k_tail, v_tail, b, h, n, d))
+    return out[..., :d] / out[..., d:d + 1]
 
 
 def _key_state(kf, vv, alpha: float, d: int):
     """The per-feature state α·Σ_j φ(k_j)[v_j, 1, 0…] (α keeps fp16 sums over n keys in range, bound
     in the module docstring) divided by exp(L_l), L_l its log denominator rounded to the dtype, so that
     the queries can add exactly the same L_l; the denominator column of the result is ≈ 1."""
-    kv = kf.transpose(-1, -2) @ (vv * alpha if alpha != 1.0 else vv)  # (B, H, m, D')
+    if alpha == 1.0:
+        kv = kf.transpose(-1, -2) @ vv  # (B, H, m, D')
+    else:  # α applied to the fp32 product, one launch (α·vv first would round v·α to subnormals)
+        b, h, n, m = kf.shape
+        kv = torch.baddbmm(kf.new_zeros(()), kf.reshape(b * h, n, m).transpose(1, 2),
+                           vv.reshape(b * h, n, -1), beta=0.0, alpha=alpha).view(b, h, m, -1)
     log_sum = torch.log(kv[..., d:d + 1])  # (B, H, m, 1)
     scale = torch.exp(log_sum)
     return kv / scale, log_sum, scale
@@ -240,7 +246,13 @@ def favor_bidirectional(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     (B, H, N, m) tensors see a projection and a column max (keys, no autograd), a projection, exp and
     the state matmul (keys), a projection, a row softmax and the readout matmul (queries)."""
     b, h, n, d = q.shape
-    return _favor(q, k, v, consts.proj, consts.alpha, *_views(consts, b, h, n, d))
+    out = _favor(q, k, v, consts.proj, consts.alpha, *_views(consts, b, h, n, d))  # (B, H, N, D')
+    if torch.is_grad_enabled() and out.requires_grad:
+        return out[..., :d] / out[..., d:d + 1]
+    # without autograd the quotient goes straight into (B, N, H, D) memory, whose (B, H, N, D) view
+    # this returns: a layer's output projection then reads it without a transposing copy
+    res = out.new_empty(b, n, h, d).transpose(1, 2)
+    return torch.div(out[..., :d], out[..., d:d + 1], out=res)
 
 
 def _favor(q, k, v, proj, alpha, k_tail, v_tail, q_tail, k_rows_lo, k_rows_hi, q_rows_lo, q_rows_hi):
@@ -263,8 +275,7 @@ def _favor(q, k, v, proj, alpha, k_tail, v_tail, q_tail, k_rows_lo, k_rows_hi, q
     qa = torch.cat([q, q_tail], dim=-1)  # (B, H, N, K)
     proj_q = torch.cat([q_rows_lo, top, log_sum.transpose(-1, -2), q_rows_hi], dim=-2)
     qf = torch.softmax(torch.matmul(qa, proj_q), dim=-1)  # (B, H, N, m): ≤ 1, rows sum to 1
-    out = qf @ kvn  # (B, H, N, D')
-    return out[..., :d] / out[..., d:d + 1]
+    return qf @ kvn  # (B, H, N, D'): numerators, then the denominator column
 
 
 @dataclass(frozen=True)

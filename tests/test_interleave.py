@@ -173,7 +173,8 @@ def test_interleaved_cuda_graph_rows_on_gpu(write_suite, tmp_path):
     does not count what the other cells of its group hold meanwhile."""
     text = SUITE.replace('[methods.t_clocked]\ntag = ["a", "b"]\n', "[methods.sdpa]\n"
                          "[methods.linformer]\nk = [32]\n[methods.performer]\nnb_features = [32]\n")
-    path = write_suite(text.format(timing="repeats = 6").replace("n = [64]", "n = [1024]"))
+    path = write_suite(text.format(timing="").replace("n = [64]", "n = [1024]")
+                       .replace("repeats = 12", "repeats = 6"))
     one = load_results(run_suite(str(path), "cuda", out=tmp_path / "one", progress=False,
                                  cuda_graphs=True).run_dir).set_index("method")
     two = load_results(run_suite(str(path), "cuda", out=tmp_path / "two", progress=False,
