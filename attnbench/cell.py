@@ -384,8 +384,13 @@ class CellRun:
         free_memory(self.ctx.device, collect=self.failed)
 
 
+def _allocated(device: torch.device) -> int | None:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+
+
 def run_cell(ctx: CellContext, case: Case) -> dict:
     """Run one cell start to end: its eager samples, then (graph mode) capture and replays."""
+    baseline = _allocated(ctx.device)
     cell = CellRun(ctx, case)
     t = ctx.suite.timing
     try:
@@ -396,6 +401,7 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
         return cell.finish()
     finally:
         cell.release()
+        free_memory(ctx.device, baseline=baseline)
 
 
 def run_interleaved(ctx: CellContext, cases: list[Case], rounds: int) -> list[dict]:
@@ -409,6 +415,7 @@ def run_interleaved(ctx: CellContext, cases: list[Case], rounds: int) -> list[di
     while they are timed; memory and error are measured afterwards, one cell at a time, without the
     graphs. Rows come back in ``cases`` order.
     """
+    baseline = _allocated(ctx.device)
     t = ctx.suite.timing
     per_block = max(1, -(-t["repeats"] // rounds))
     budget = t["max_time_s"] / rounds
@@ -437,3 +444,4 @@ def run_interleaved(ctx: CellContext, cases: list[Case], rounds: int) -> list[di
     finally:
         for cell in cells:
             cell.release()
+        free_memory(ctx.device, baseline=baseline)

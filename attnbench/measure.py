@@ -39,10 +39,15 @@ def is_oom(exc: BaseException) -> bool:
         "out of memory" in msg or "can't allocate memory" in msg or isinstance(exc, MemoryError))
 
 
-def free_memory(device: torch.device, collect: bool = False) -> None:
+def free_memory(device: torch.device, collect: bool = False, baseline: int | None = None) -> None:
     """Release a cell's memory. Tensors go with their last reference; a full ``gc.collect`` (a third
-    of a second with torch's object graph loaded) is only worth it after a failure, whose traceback
-    frames may keep tensors alive."""
+    of a second with torch's object graph loaded) runs after a failure, whose traceback frames may
+    keep tensors alive, and on CUDA when more is still allocated than ``baseline`` (bytes allocated
+    before the cell): a module caught in a reference cycle (some community packages build them) keeps
+    its tensors until the collector runs, and they would count in every later cell's absolute peak."""
+    if device.type == "cuda" and baseline is not None and not collect:
+        torch.cuda.synchronize(device)
+        collect = torch.cuda.memory_allocated(device) > baseline
     if collect:
         gc.collect()
     if device.type == "cuda":

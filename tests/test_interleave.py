@@ -169,11 +169,12 @@ def test_suite_rounds_must_be_a_whole_number(tiny_suite):
 
 @pytest.mark.gpu
 def test_interleaved_cuda_graph_rows_on_gpu(write_suite, tmp_path):
-    """On CUDA: eager and replay samples from every round, and the absolute peak memory of a cell
-    does not count what the other cells of its group hold meanwhile."""
+    """On CUDA: eager and replay samples from every round, and a cell's absolute peak memory does
+    not count what the other cells of its group hold meanwhile (48 MiB of inputs each here)."""
     text = SUITE.replace('[methods.t_clocked]\ntag = ["a", "b"]\n', "[methods.sdpa]\n"
                          "[methods.linformer]\nk = [32]\n[methods.performer]\nnb_features = [32]\n")
-    path = write_suite(text.format(timing="").replace("n = [64]", "n = [1024]")
+    path = write_suite(text.format(timing="").replace("n = [64]", "n = [8192]")
+                       .replace("heads = [2]", "heads = [8]").replace("head_dim = [16]", "head_dim = [64]")
                        .replace("repeats = 12", "repeats = 6"))
     one = load_results(run_suite(str(path), "cuda", out=tmp_path / "one", progress=False,
                                  cuda_graphs=True).run_dir).set_index("method")
@@ -182,5 +183,5 @@ def test_interleaved_cuda_graph_rows_on_gpu(write_suite, tmp_path):
     assert set(two.status) == {"ok"} and set(two.timing_mode) == {"cuda-graph"}
     assert two.n_samples.eq(6).all() and two.eager_samples_ms.map(len).eq(6).all()
     for m in one.index:
-        assert abs(one.loc[m, "peak_mem_mib"] - two.loc[m, "peak_mem_mib"]) < 1.0, m
         assert abs(one.loc[m, "extra_mem_mib"] - two.loc[m, "extra_mem_mib"]) < 1.0, m
+        assert abs(one.loc[m, "peak_mem_mib"] - two.loc[m, "peak_mem_mib"]) < 32.0, m
