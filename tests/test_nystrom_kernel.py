@@ -143,7 +143,7 @@ def test_auto_module_replays_triton_in_a_cuda_graph():
 
     dev = torch.device("cuda")
     ctx = BuildContext(n=1024, heads=8, head_dim=64, seed=0, device=dev, batch=1)
-    mod = get_method("nystrom").build(NystromParams(num_landmarks=256), ctx)
+    mod = get_method("nystrom").build(NystromParams(num_landmarks=256, graph_pinv=False), ctx)
     g = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(1, 8, 1024, 64, generator=g).to(dev) for _ in range(3))
     out = torch.empty(1, 8, 1024, 64, device=dev)
@@ -157,6 +157,42 @@ def test_auto_module_replays_triton_in_a_cuda_graph():
         time_cuda_graph(step, dev, warmup=2, repeats=3)
     assert mod.stats()["ran"] == "triton"
     assert error_metrics(out, eager)["rel_err"] < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_eager_calls_replay_the_pinv_graph_with_fresh_inputs():
+    """graph_pinv: an eager call replays the iteration captured on the first call. A second call on
+    other inputs gets its own answer (the static input is refilled), the first call's output is not
+    overwritten (the result is cloned out), it equals the iteration run directly, and a caller's own
+    capture of the module (which cannot nest another) runs the iteration inside it."""
+    from attnbench.measure import time_cuda_graph
+
+    dev = torch.device("cuda")
+    ctx = BuildContext(n=1024, heads=8, head_dim=64, seed=0, device=dev, batch=1)
+    spec = get_method("nystrom")
+    graphed = spec.build(NystromParams(num_landmarks=256), ctx)
+    direct = spec.build(NystromParams(num_landmarks=256, graph_pinv=False, kernel="triton"), ctx)
+    g = torch.Generator().manual_seed(5)
+    first, second = ([torch.randn(1, 8, 1024, 64, generator=g).to(dev) * s for _ in range(3)]
+                     for s in (1.0, 3.0))
+    with torch.no_grad():
+        a = graphed(*first)
+        assert graphed.stats()["pinv_graph"] is True and graphed.stats()["ran"] == "triton"
+        a_copy = a.clone()
+        b = graphed(*second)
+        assert torch.equal(a, a_copy)
+        assert error_metrics(a, direct(*first))["rel_err"] < 1e-5
+        assert error_metrics(b, direct(*second))["rel_err"] < 1e-5
+        assert len(graphed._pinv_graphs) == 1
+        out = torch.empty_like(a)
+
+        def step():
+            out.copy_(graphed(*second))
+
+        time_cuda_graph(step, dev, warmup=2, repeats=3)
+        assert "pinv_graph" not in graphed.stats()
+    assert error_metrics(out, b)["rel_err"] < 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
