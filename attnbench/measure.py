@@ -123,11 +123,25 @@ def time_call(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, r
                                      min_repeats=min_repeats)))
 
 
+_SIDE_STREAMS: dict = {}
+
+
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for the warm-up calls before captures. A new stream per capture
+    would cost a cuBLAS workspace each (cuBLAS keeps one per stream, tens of MiB, never freed), which
+    then counts in every later cell's absolute peak memory."""
+    device = torch.device(device)
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _SIDE_STREAMS:
+        _SIDE_STREAMS[key] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[key]
+
+
 def capture_cuda_graph(fn: Callable[[], Any], device: torch.device, *,
                        warmup: int = 3) -> torch.cuda.CUDAGraph:
     """One call of ``fn`` captured in a CUDA graph, after ``warmup`` calls on a side stream (lazy
     setup must not happen inside the capture)."""
-    stream = torch.cuda.Stream(device)
+    stream = side_stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
         for _ in range(max(warmup, 1)):

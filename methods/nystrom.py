@@ -60,6 +60,7 @@ from torch import nn
 
 from attnbench.kernels import triton_available, triton_interpreting
 from attnbench.kernels.split_keys import choose_splits, split_key_attention
+from attnbench.measure import side_stream
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 # batch·heads from which, on CUDA, fp32 softmax(Q̃Kᵀ)V is one SDPA call and ``auto`` runs the Triton
@@ -176,7 +177,7 @@ class NystromAttention(nn.Module):
         entry = self._pinv_graphs.get(key)
         if entry is None:
             static_in = kernel.clone()
-            side = torch.cuda.Stream(kernel.device)
+            side = side_stream(kernel.device)
             side.wait_stream(torch.cuda.current_stream(kernel.device))
             with torch.cuda.stream(side):
                 self._pinv(static_in)

@@ -176,6 +176,8 @@ def test_interleaved_cuda_graph_rows_on_gpu(write_suite, tmp_path):
     path = write_suite(text.format(timing="").replace("n = [64]", "n = [8192]")
                        .replace("heads = [2]", "heads = [8]").replace("head_dim = [16]", "head_dim = [64]")
                        .replace("repeats = 12", "repeats = 6"))
+    # a first run sets up what stays for the process (the capture stream and its cuBLAS workspace)
+    run_suite(str(path), "cuda", out=tmp_path / "zero", progress=False, cuda_graphs=True)
     one = load_results(run_suite(str(path), "cuda", out=tmp_path / "one", progress=False,
                                  cuda_graphs=True).run_dir).set_index("method")
     two = load_results(run_suite(str(path), "cuda", out=tmp_path / "two", progress=False,
@@ -184,4 +186,4 @@ def test_interleaved_cuda_graph_rows_on_gpu(write_suite, tmp_path):
     assert two.n_samples.eq(6).all() and two.eager_samples_ms.map(len).eq(6).all()
     for m in one.index:
         assert abs(one.loc[m, "extra_mem_mib"] - two.loc[m, "extra_mem_mib"]) < 1.0, m
-        assert abs(one.loc[m, "peak_mem_mib"] - two.loc[m, "peak_mem_mib"]) < 32.0, m
+        assert abs(one.loc[m, "peak_mem_mib"] - two.loc[m, "peak_mem_mib"]) < 8.0, m
