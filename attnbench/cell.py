@@ -398,6 +398,8 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
         cell.sample("eager", t["repeats"], t["max_time_s"])
         cell.capture()
         cell.sample("graph", t["repeats"], t["max_time_s"])
+        cell.graph = None  # its memory pool must not count in the cell's memory
+        free_memory(ctx.device)
         return cell.finish()
     finally:
         cell.release()
