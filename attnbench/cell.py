@@ -194,8 +194,8 @@ class CellRun:
     """One cell in phases, so that the runner can interleave the timing of several cells:
 
     ``prepare`` (build, first call, stats; untimed), ``capture`` (the CUDA graph, in graph mode),
-    ``sample`` (one block of timed eager calls and graph replays, after a short warm-up; callable
-    again to add samples), ``finish`` (the timing columns, roofline, memory, error: the row) and
+    ``sample`` (one block of timed eager calls or graph replays after a short warm-up; called again,
+    it adds samples), ``finish`` (the timing columns, roofline, memory, error: the row) and
     ``release``. Whatever a phase raises ends the cell with a status row (``result``); later phases
     then do nothing.
     """
@@ -209,8 +209,8 @@ class CellRun:
         self.eager: list[float] = []
         self.replays: list[float] = []
         self._warmed: set[str] = set()
-        self.failed = False
-        self._released = False  # an exception ended it (free its memory thoroughly)
+        self.failed = False  # an exception ended it (free its memory thoroughly)
+        self._released = False
 
     @property
     def alive(self) -> bool:
@@ -384,13 +384,14 @@ class CellRun:
         free_memory(self.ctx.device, collect=self.failed)
 
 
-def _allocated(device: torch.device) -> int | None:
+def allocated_bytes(device: torch.device) -> int | None:
+    """Bytes the CUDA allocator holds for tensors now (None off CUDA)."""
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
 
 
 def run_cell(ctx: CellContext, case: Case) -> dict:
     """Run one cell start to end: its eager samples, then (graph mode) capture and replays."""
-    baseline = _allocated(ctx.device)
+    baseline = allocated_bytes(ctx.device)
     cell = CellRun(ctx, case)
     t = ctx.suite.timing
     try:
@@ -403,47 +404,4 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
         return cell.finish()
     finally:
         cell.release()
-        free_memory(ctx.device, baseline=baseline)
-
-
-def run_interleaved(ctx: CellContext, cases: list[Case], rounds: int) -> list[dict]:
-    """Run cells that share their inputs' shape (a comparison group) with their timing interleaved.
-
-    Every cell is prepared (and captured, in graph mode); then come ``rounds`` rounds, each one block
-    of eager calls of every cell and one block of replays of every cell, in an order rotated by one
-    each round. Slow drift of the host (CPU contention, clocks) then lands on every method alike
-    instead of on whichever ran during it. Each block takes ⌈repeats / rounds⌉ samples after
-    ``warmup`` calls, within ``max_time_s / rounds``. The group's cells are held in memory together
-    while they are timed; memory and error are measured afterwards, one cell at a time, without the
-    graphs. Rows come back in ``cases`` order.
-    """
-    baseline = _allocated(ctx.device)
-    t = ctx.suite.timing
-    per_block = max(1, -(-t["repeats"] // rounds))
-    budget = t["max_time_s"] / rounds
-    cells = [CellRun(ctx, case) for case in cases]
-    try:
-        for cell in cells:
-            cell.prepare()
-            cell.capture()
-            if not cell.alive:
-                cell.release()  # its row is set: free its memory for the others
-        live = [c for c in cells if c.alive]
-        for r in range(rounds):
-            order = live[r % len(live):] + live[:r % len(live)] if live else []
-            for kind in ("eager", "graph"):
-                for cell in order:
-                    cell.sample(kind, per_block, budget)
-        for cell in cells:
-            cell.graph = None
-        free_memory(ctx.device)
-        rows = []
-        for i, cell in enumerate(cells):
-            held = sum(c.held_bytes() for c in cells[i + 1:])
-            rows.append(cell.finish(held_by_others=held, rounds=rounds))
-            cell.release()
-        return rows
-    finally:
-        for cell in cells:
-            cell.release()
         free_memory(ctx.device, baseline=baseline)

@@ -8,7 +8,7 @@
 - Ctrl-C or SIGTERM abandons the current cell, records the run as interrupted and returns 130.
 - ``rounds > 1`` (``--rounds``, or the suite's ``[timing] rounds``) runs each comparison group (the
   cells that share shape and inputs, whatever the method) together, its timing interleaved in that
-  many rounds (:func:`attnbench.cell.run_interleaved`); an interruption then abandons the group.
+  many rounds (:func:`attnbench.interleave.run_interleaved`); an interruption then abandons the group.
 - ``isolate="method"`` or ``"cell"`` runs cells in worker processes (:mod:`attnbench.isolate`): a
   worker that dies gives a ``crashed`` row, a cell past ``timeout_s`` a ``timeout`` row, and the sweep
   goes on in a fresh worker.
@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import shlex
 import signal
 import sys
@@ -26,7 +25,8 @@ from typing import Iterable
 
 import torch
 
-from attnbench.cell import CellContext, run_cell, run_interleaved
+from attnbench.cell import CellContext, run_cell
+from attnbench.interleave import batches, run_interleaved
 from attnbench.env import device_tag, provenance
 from attnbench.registry import REGISTRY, BuildContext
 from attnbench.store import (META, ResultWriter, RunDirError, RunLock, iter_rows, new_run_dir,
@@ -140,7 +140,7 @@ def run_suite(suite: Suite | str | Path, device: str | torch.device = "cpu", *,
     ``plugins`` are the plugin files the workers load (default: those loaded in this process).
     ``rounds`` (default: the suite's ``[timing] rounds``) above 1 times the cells of each comparison
     group (same shape and inputs, any method) interleaved, in that many rounds
-    (:func:`attnbench.cell.run_interleaved`).
+    (:func:`attnbench.interleave.run_interleaved`).
     """
     if isolate is not None and isolate not in ISOLATE_MODES:
         raise SuiteError(f"--isolate {isolate!r}: allowed: {', '.join(ISOLATE_MODES)}")
@@ -237,25 +237,6 @@ def loaded_plugins() -> list[str]:
                    if name.startswith("attnbench_plugin_") and getattr(m, "__file__", None)})
 
 
-def group_key(case: Case) -> tuple:
-    """Everything but the method and its params: cells with equal keys time the same inputs."""
-    d = case.identity()
-    d.pop("method")
-    d.pop("params")
-    return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in d.items()))
-
-
-def _batches(todo: list[PlannedCell], rounds: int) -> list[list[PlannedCell]]:
-    """What runs together: one cell at a time, or with rounds > 1 each comparison group (in the
-    order its first cell was planned)."""
-    if rounds <= 1:
-        return [[c] for c in todo]
-    groups: dict[tuple, list[PlannedCell]] = {}
-    for c in todo:
-        groups.setdefault(group_key(c.case), []).append(c)
-    return list(groups.values())
-
-
 def _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_limit_mib, on_row,
            resumed, executor=None, rounds=1):
     writer = ResultWriter(run_dir)  # sets a torn last line aside before the rows are read
@@ -291,7 +272,7 @@ def _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_
 
     try:
         with _progress(progress, len(cells), len(cells) - len(todo)) as bar:
-            for batch in _batches(todo, rounds):
+            for batch in batches(todo, rounds):
                 runnable = []
                 for cell in batch:
                     case = cell.case
