@@ -76,3 +76,26 @@ def test_cuda_memory_and_events():
     assert mem["peak_mem_mib"] >= 8.0 and mem["reserved_mem_mib"] >= mem["peak_mem_mib"]
     t = time_call(lambda: x @ x, dev, warmup=2, repeats=5)
     assert len(t.samples_ms) == 5 and t.median > 0
+
+
+@pytest.mark.parametrize("left, baseline, collect, want", [
+    (100, 100, False, 0),  # nothing left behind: no collector pass (it costs a third of a second)
+    (164, 100, False, 1),  # more allocated than before the cell: collect
+    (100, None, False, 0),  # no baseline given: only after failures
+    (100, 100, True, 1),  # after a failure: always
+])
+def test_free_memory_collects_when_cuda_keeps_more_than_before(monkeypatch, left, baseline, collect,
+                                                               want):
+    """The CUDA-only decision, with the CUDA calls stubbed: a full gc pass runs when the allocator
+    still holds more than it did before the cell (a reference cycle keeps a module's tensors alive)."""
+    import gc
+
+    from attnbench import measure
+
+    passes = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: left)
+    monkeypatch.setattr(gc, "collect", lambda *a: passes.append(1) or 0)
+    measure.free_memory(torch.device("cuda", 0), collect=collect, baseline=baseline)
+    assert len(passes) == want
