@@ -5,12 +5,14 @@ cell (same n, batch, heads, head_dim, dtype, mode, level and input), our time ov
 timing modes of a ``--cuda-graphs`` run: eager (``eager_time_ms``) and graph replay (``time_ms``; for
 a peer that could not be captured that is its eager time, and the row says so). Every variant of
 either side (e.g. ``performer`` with and without ``compile``) gets its own row, and each row ends with
-its worst ratio, so a target such as "<= 0.7x of the peer everywhere" reads off one column.
+its worst ratio, so a target such as "<= 0.7x of the peer everywhere" reads off one column. An eager
+ratio whose two sides' samples spread widely (launch-bound calls on a busy host) is marked "~".
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from attnbench.report import cell_key_columns, fmt_n, md_table, row_keys
@@ -68,13 +70,33 @@ def pair_table(df: pd.DataFrame, pairs: list[tuple[str, str]]) -> tuple[list[str
                     replay = x["graph_ms"] / (y["graph_ms"] if pd.notna(y["graph_ms"]) else y["eager_time_ms"])
                     worst = max(worst, eager, replay if pd.notna(replay) else 0.0)
                     star = "*" if pd.notna(x["graph_ms"]) and pd.isna(y["graph_ms"]) else ""
-                    cells.append(f"{eager:.2f} / {replay:.2f}{star}" if pd.notna(replay) else f"{eager:.2f}")
+                    tilde = "~" if eager_spread(x, y) > NOISY_SPREAD else ""
+                    cells.append(f"{eager:.2f}{tilde} / {replay:.2f}{star}" if pd.notna(replay)
+                                 else f"{eager:.2f}{tilde}")
                 rows.append([label, plabel, str(a["dtype"].iloc[0])] + cells + [f"{worst:.2f}"])
     return headers, rows
 
 
+NOISY_SPREAD = 1.5  # an eager ratio whose quartile range spans more than this factor gets a "~"
+
+
+def eager_spread(x, y) -> float:
+    """How far apart the eager ratio's ends lie, from the two rows' eager samples: ours at its third
+    quartile over the peer's first, against ours at its first over the peer's third (1 = no spread;
+    nan without samples). Launch-bound eager calls on a busy host spread widely, and a median ratio
+    read off them moves between runs."""
+    a, b = x.get("eager_samples_ms"), y.get("eager_samples_ms")
+    if not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) >= 4
+            and len(b) >= 4):
+        return float("nan")
+    qa, qb = np.percentile(a, [25, 75]), np.percentile(b, [25, 75])
+    return (qa[1] / qb[0]) / (qa[0] / qb[1])
+
+
 NOTE = ("ours / peer time per cell: eager / CUDA-graph replay (< 1: ours faster); * the peer cannot "
-        "be captured, so its eager time stands in")
+        "be captured, so its eager time stands in; ~ the eager times spread: ours at its third "
+        f"quartile over the peer's first is more than {NOISY_SPREAD}× ours at its first over the "
+        "peer's third")
 
 
 def render_pairs(run_dir: str | Path, text: str, console, out: str | Path | None = None) -> list[Path]:

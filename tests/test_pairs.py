@@ -36,6 +36,20 @@ def test_an_uncaptured_peer_uses_its_eager_time_and_is_marked():
     assert table[0][3] == "0.50 / 0.05*"  # 0.1 ms replay over the peer's 2.0 ms eager
 
 
+def test_eager_ratios_from_widely_spread_samples_are_marked():
+    """~ when ours at its third quartile over the peer's first is more than 1.5× ours at its first
+    over the peer's third; no mark from tight samples, or without samples (older runs)."""
+    df = rows()
+    tight = [1.0, 1.0, 1.0, 1.0, 1.0]
+    wide = [0.5, 0.6, 1.0, 1.4, 1.5]
+    df["eager_samples_ms"] = [wide if m == "mine" and n == 1024 else tight
+                              for m, n in zip(df["method"], df["n"])]
+    _, table = pair_table(df, [("mine", "peer_mine")])
+    assert table[0][3] == "0.50~ / 0.25" and table[0][4] == "0.75 / 1.00"
+    _, plain = pair_table(rows(), [("mine", "peer_mine")])
+    assert "~" not in "".join(plain[0])
+
+
 def test_bad_pairs_name_what_is_wrong():
     with pytest.raises(BadInput, match="not OURS=PEER"):
         parse_pairs("mine", {"mine", "peer_mine"})
