@@ -85,12 +85,19 @@ def eager_spread(x, y) -> float:
     quartile over the peer's first, against ours at its first over the peer's third (1 = no spread;
     nan without samples). Launch-bound eager calls on a busy host spread widely, and a median ratio
     read off them moves between runs."""
-    a, b = x.get("eager_samples_ms"), y.get("eager_samples_ms")
+    a, b = _eager_samples(x), _eager_samples(y)
     if not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) >= 4
             and len(b) >= 4):
         return float("nan")
     qa, qb = np.percentile(a, [25, 75]), np.percentile(b, [25, 75])
     return (qa[1] / qb[0]) / (qa[0] / qb[1])
+
+
+def _eager_samples(row):
+    samples = row.get("eager_samples_ms")
+    if not isinstance(samples, (list, tuple)) and row.get("timing_mode", "eager") == "eager":
+        samples = row.get("time_samples_ms")  # a run without --cuda-graphs: its samples are eager
+    return samples
 
 
 NOTE = ("ours / peer time per cell: eager / CUDA-graph replay (< 1: ours faster); * the peer cannot "

@@ -48,6 +48,11 @@ def test_eager_ratios_from_widely_spread_samples_are_marked():
     assert table[0][3] == "0.50~ / 0.25" and table[0][4] == "0.75 / 1.00"
     _, plain = pair_table(rows(), [("mine", "peer_mine")])
     assert "~" not in "".join(plain[0])
+    # a run without --cuda-graphs keeps its eager samples as time_samples_ms
+    eager = rows().assign(timing_mode="eager", time_ms=lambda d: d["eager_time_ms"])
+    eager["time_samples_ms"] = df["eager_samples_ms"]
+    _, table = pair_table(eager, [("mine", "peer_mine")])
+    assert table[0][3:] == ["0.50~", "0.75", "0.75"]  # eager only: no graph column
 
 
 def test_bad_pairs_name_what_is_wrong():
