@@ -206,6 +206,7 @@ class CellRun:
         self.result: dict | None = None  # the final row, once the cell has one
         self.module = self.inputs = self.step = self.graph = None
         self.batch = case.batch
+        self.dtype = to_torch(case.dtype)
         self.eager: list[float] = []
         self.replays: list[float] = []
         self._warmed: set[str] = set()
@@ -240,7 +241,7 @@ class CellRun:
         with self._guard() as ok:
             if not ok:
                 return
-            dtype = to_torch(case.dtype)
+            dtype = self.dtype
             spec = REGISTRY.get(case.method)
             params = spec.params(**case.params_dict)
             t0 = time.perf_counter()
@@ -335,18 +336,17 @@ class CellRun:
                 row["flops"] = flops * (3 if case.mode == "fwd_bwd" else 1)
                 row["tflops_per_s"] = row["flops"] / (timing.median / 1e3) / 1e12
             if device.type == "cuda":
-                dtype = to_torch(case.dtype)
                 rates = ctx.cached(("rates", case.dtype), lambda: {
                     "copy_gbs": copy_bandwidth_gbs(device),
-                    "matmul_tflops": matmul_tflops(device, dtype)})
+                    "matmul_tflops": matmul_tflops(device, self.dtype)})
                 row.update(roofline_columns(rates, step, _out_shape(case, self.batch),
                                             timing.median, row.get("flops")))
-            row.update(measure_memory(step, device, live=live_bytes(step.inputs, [module]),
+            row.update(measure_memory(step, device, live=self.held_bytes(),
                                       held_by_others=held_by_others))
             skip = _error_skip_reason(ctx, case)
             if skip is None:
                 try:
-                    err = _error(ctx, case, module, self.inputs, to_torch(case.dtype))
+                    err = _error(ctx, case, module, self.inputs, self.dtype)
                 except Exception as exc:  # noqa: BLE001 - the reference must not sink a measured cell
                     if not is_oom(exc):
                         raise
@@ -376,12 +376,13 @@ class CellRun:
             return 0
         return live_bytes(self.step.inputs, [self.module])
 
-    def release(self) -> None:
+    def release(self, baseline: int | None = None) -> None:
+        """Drop the cell's tensors and free their memory (``baseline``: see ``free_memory``)."""
         if self._released:
             return
         self._released = True
         self.module = self.inputs = self.step = self.graph = None
-        free_memory(self.ctx.device, collect=self.failed)
+        free_memory(self.ctx.device, collect=self.failed, baseline=baseline)
 
 
 def allocated_bytes(device: torch.device) -> int | None:
@@ -399,9 +400,7 @@ def run_cell(ctx: CellContext, case: Case) -> dict:
         cell.sample("eager", t["repeats"], t["max_time_s"])
         cell.capture()
         cell.sample("graph", t["repeats"], t["max_time_s"])
-        cell.graph = None  # its memory pool must not count in the cell's memory
-        free_memory(ctx.device)
+        cell.graph = None  # its pool goes with the cache that memory measurement empties
         return cell.finish()
     finally:
-        cell.release()
-        free_memory(ctx.device, baseline=baseline)
+        cell.release(baseline)

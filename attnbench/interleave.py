@@ -64,8 +64,7 @@ def run_interleaved(ctx: CellContext, cases: list[Case], rounds: int) -> list[di
                 for cell in order:
                     cell.sample(kind, per_block, budget)
         for cell in cells:
-            cell.graph = None
-        free_memory(ctx.device)
+            cell.graph = None  # pools freed by the emptied cache each memory measurement starts with
         rows = []
         for i, cell in enumerate(cells):
             held = sum(c.held_bytes() for c in cells[i + 1:])

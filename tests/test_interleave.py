@@ -42,10 +42,9 @@ def clock(monkeypatch):
     from attnbench import measure
     from attnbench.registry import REGISTRY, load_plugin_file
 
-    path = PLUGINS / "clocked.py"
     if "t_clocked" not in REGISTRY:
-        load_plugin_file(path)
-    plugin = sys.modules[f"attnbench_plugin_{abs(hash(str(path.resolve())))}"]
+        load_plugin_file(PLUGINS / "clocked.py")
+    plugin = sys.modules[REGISTRY.get("t_clocked").factory.__module__]
 
     monkeypatch.setattr(measure, "time", types.SimpleNamespace(perf_counter=plugin.CLOCK.perf_counter))
     plugin.CLOCK.reset()
