@@ -60,7 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.kernels import merged_heads, project_merged, triton_available, triton_interpreting
+from attnbench.kernels import (merged_heads, project_merged, shared_bmm, triton_available,
+                               triton_interpreting)
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 Projection = Literal["linear", "random", "mean_pool", "max_pool", "conv"]
@@ -243,15 +244,18 @@ class LinformerAttention(nn.Module):
         if self.projection == "conv":
             return _conv(x, proj)
         proj = proj[..., :m]  # slicing columns serves m < n
-        # Layouts chosen so the forward copies neither E nor x: a plain (k, m) @ (B, H, m, D) with a
-        # trainable E copies x (matmul folds it), and (H, k, m) against (B, H, m, D) copies E to
-        # (B, H, k, m); a (1, 1, k, m) view and a loop over the batch each run as one strided bmm.
+        # Products chosen so the forward copies neither E nor x. torch.matmul folds the batch of x into
+        # columns whenever the other operand is a broadcast matrix that requires grad (a trainable E,
+        # even under no_grad), copying x and the result; an explicit bmm with E expanded (stride 0)
+        # does not (shared_bmm). (H, k, m) against (B, H, m, D) would copy E to (B, H, k, m); a loop
+        # over the batch runs one strided bmm per element instead.
+        b, h, _, d = x.shape
         if proj.dim() == 2:
             flat = merged_heads(x)
             if flat is not None:  # one (k, m) @ (m, H·D) product per batch element: every head at once
-                b, h, _, d = x.shape
                 return project_merged(proj, flat).view(b, -1, h, d).transpose(1, 2)  # (B, H, k, D)
-            return proj[None, None] @ x  # (B, H, k, D)
+            # (B·H, m, D) is a view for (B, H, N, D) memory; other layouts get copied once here
+            return shared_bmm(proj, x.reshape(b * h, m, d)).view(b, h, -1, d)  # (B, H, k, D)
         return torch.stack([proj @ xb for xb in x.unbind(0)])  # (B, H, k, D)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
