@@ -60,7 +60,7 @@ from torch import nn
 
 from attnbench.kernels import triton_available, triton_interpreting
 from attnbench.kernels.split_keys import choose_splits, split_key_attention
-from attnbench.measure import side_stream
+from attnbench.measure import capture_cuda_graph
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 # batch·heads from which, on CUDA, fp32 softmax(Q̃Kᵀ)V is one SDPA call and ``auto`` runs the Triton
@@ -176,15 +176,13 @@ class NystromAttention(nn.Module):
         key = (tuple(kernel.shape), kernel.dtype, kernel.device)
         entry = self._pinv_graphs.get(key)
         if entry is None:
-            static_in = kernel.clone()
-            side = side_stream(kernel.device)
-            side.wait_stream(torch.cuda.current_stream(kernel.device))
-            with torch.cuda.stream(side):
-                self._pinv(static_in)
-            torch.cuda.current_stream(kernel.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._pinv(static_in)
+            static_in, held = kernel.clone(), {}
+
+            def iterate():
+                held["out"] = self._pinv(static_in)  # the last call is the capture's: its output
+
+            graph = capture_cuda_graph(iterate, kernel.device, warmup=1)
+            static_out = held["out"]
             if len(self._pinv_graphs) >= 4:
                 self._pinv_graphs.clear()
             entry = self._pinv_graphs[key] = (graph, static_in, static_out, self._stats.get("ran"))
