@@ -162,6 +162,36 @@ def test_bidirectional_form_equals_the_reference_form(d, nb_features):
     assert error_metrics(m(q, k, v), want)["rel_err"] < 1e-12
 
 
+@pytest.mark.parametrize("d", [64, 5])
+def test_calls_without_autograd_match_the_concatenating_path_and_keep_no_state(d):
+    """Calls without autograd write the key maxima and log denominators into a matrix the module keeps
+    (two concatenations fewer); they must give what the concatenating path (taken when gradients are
+    needed) gives, for shapes that alternate, and a call on non-finite inputs must not leak into the
+    next call through the kept matrix."""
+    from attnbench.methods.performer import _work
+
+    n = 96
+    m = performer(n, d=d, heads=3, nb_features=40)
+    shapes = [qkv(n, seed=s, scale=0.8, batch=b, heads=3, d=d) for s, b in ((1, 1), (2, 2), (3, 1))]
+    for q, k, v in shapes:
+        with torch.no_grad():
+            fast = m(q.double(), k.double(), v.double())
+        q2, k2, v2 = (t.double().requires_grad_() for t in (q, k, v))
+        slow = m(q2, k2, v2).detach()
+        assert torch.allclose(fast, slow, rtol=1e-12, atol=1e-12)
+    consts = m.constants(torch.float64)
+    assert {(1, 3), (2, 3)} <= set(consts.work)  # one kept matrix per (batch, heads)
+    q, k, v = (t.double() for t in shapes[0])
+    with torch.no_grad():
+        want = m(q, k, v)
+        bad = k.clone()
+        bad[0, 1, 5, 0] = float("nan")
+        assert torch.isnan(m(q, bad, v)).any()
+        assert torch.isnan(_work(consts, 1, 3, d)[0]).any()  # the kept rows took the NaN
+        again = m(q, k, v)
+    assert torch.isfinite(again).all() and torch.equal(again, want)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_bidirectional_low_precision_no_worse_than_the_reference_form(dtype):
     n, d = 1024, 64
