@@ -193,43 +193,46 @@ def favor_constants(omega: torch.Tensor, dtype: torch.dtype) -> FavorConstants:
 
 
 def _expand(proj, q_tail, k_tail, v_tail, b: int, h: int, n: int, d: int):
-    """The expanded views of the constants that one (B, H, N, d) call concatenates with."""
+    """The views of the constants that one (B, H, N, d) call multiplies and concatenates with: the
+    keys' rows transposed (for the column maxima), then the expanded tails and row blocks."""
     width, m = proj.shape
     kk = _widths(d)[0]
     rows = proj.expand(b, h, width, m)
-    return (k_tail.expand(b, h, n, -1), v_tail.expand(b, h, n, -1), q_tail.expand(b, h, n, -1),
-            rows[:, :, :d + 2], rows[:, :, d + 3:kk], rows[:, :, kk + 1:])
+    return (proj[:kk].t(), k_tail.expand(b, h, n, -1), v_tail.expand(b, h, n, -1),
+            q_tail.expand(b, h, n, -1), rows[:, :, :d + 2], rows[:, :, d + 3:kk], rows[:, :, kk + 1:])
+
+
+def _cached(cache: dict, key, make):
+    """``cache[key]``, made on first use; a cache past 16 shapes starts over."""
+    found = cache.get(key)
+    if found is None:
+        if len(cache) > 16:
+            cache.clear()
+        found = cache[key] = make()
+    return found
 
 
 def _views(consts: FavorConstants, b: int, h: int, n: int, d: int):
-    key = (b, h, n)
-    found = consts.views.get(key)
-    if found is None:
-        if len(consts.views) > 16:
-            consts.views.clear()
-        found = _expand(consts.proj, consts.q_tail, consts.k_tail, consts.v_tail, b, h, n, d)
-        consts.views[key] = found
-    return found
+    return _cached(consts.views, (b, h, n), lambda: _expand(consts.proj, consts.q_tail, consts.k_tail,
+                                                              consts.v_tail, b, h, n, d))
 
 
 def _work(consts: FavorConstants, b: int, h: int, d: int):
     """(the shared (B, H, Kq, m) matrix, its first Kk rows, its M row, its L row) for calls without
     autograd. Each call rewrites M and L before it reads them; calls on one module must not overlap
     (one stream, as a module's calls are)."""
-    found = consts.work.get((b, h))
-    if found is None:
-        if len(consts.work) > 16:
-            consts.work.clear()
+    def make():
         kk = _widths(d)[0]
         mat = consts.proj.expand(b, h, *consts.proj.shape).clone()
-        found = consts.work[(b, h)] = (mat, mat[:, :, :kk], mat[:, :, d + 2], mat[:, :, kk])
-    return found
+        return mat, mat[:, :, :kk], mat[:, :, d + 2], mat[:, :, kk]
+
+    return _cached(consts.work, (b, h), make)
 
 
 def favor_compilable(q, k, v, proj, q_tail, k_tail, v_tail, alpha: float) -> torch.Tensor:
     """``favor_bidirectional`` on plain tensor arguments (no view cache), for torch.compile."""
     b, h, n, d = q.shape
-    out = _favor(q, k, v, proj, alpha, *_expand(proj, q_tail, k_tail, v_tail, b, h, n, d))
+    out = _favor(q, k, v, alpha, *_expand(proj, q_tail, k_tail, v_tail, b, h, n, d))
     return out[..., :d] / out[..., d:d + 1]
 
 
@@ -284,7 +287,7 @@ def favor_bidirectional(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     b, h, n, d = q.shape
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     work = None if grad else _work(consts, b, h, d)
-    out = _favor(q, k, v, consts.proj, consts.alpha, *_views(consts, b, h, n, d), work=work)
+    out = _favor(q, k, v, consts.alpha, *_views(consts, b, h, n, d), work=work)
     if grad:
         return out[..., :d] / out[..., d:d + 1]
     # without autograd the quotient goes straight into (B, N, H, D) memory, whose (B, H, N, D) view
@@ -293,7 +296,7 @@ def favor_bidirectional(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.div(out[..., :d], out[..., d:d + 1], out=res)
 
 
-def _favor(q, k, v, proj, alpha, k_tail, v_tail, q_tail, rows_lo, rows_mid, rows_hi, work=None):
+def _favor(q, k, v, alpha, proj_kt, k_tail, v_tail, q_tail, rows_lo, rows_mid, rows_hi, work=None):
     """``work`` (from ``_work``, calls without autograd): the M and L rows are written into the shared
     matrix in place; otherwise the key and query matrices are concatenated around them."""
     d = q.shape[-1]
@@ -302,8 +305,7 @@ def _favor(q, k, v, proj, alpha, k_tail, v_tail, q_tail, rows_lo, rows_mid, rows
     ka = torch.cat([k, sq, sq, k_tail], dim=-1)  # (B, H, N, Kk)
     # M_l, the column maxima, as row maxima of the transposed product: a reduction along rows runs
     # one output per warp, where the same reduction down columns leaves most of the GPU idle
-    kk = ka.shape[-1]
-    scores_t = proj[:kk].t() @ ka.detach().transpose(-1, -2)  # (B, H, m, N), M row still 0
+    scores_t = proj_kt @ ka.detach().transpose(-1, -2)  # (B, H, m, N), M row still 0
     if work is None:
         top = scores_t.amax(dim=-1)[..., None, :]  # (B, H, 1, m)
         proj_k = torch.cat([rows_lo, top, rows_mid], dim=-2)  # (B, H, Kk, m)
