@@ -15,6 +15,7 @@ import torch
 
 from attnbench.accuracy import StatsCache, budget_rank, input_columns
 from attnbench.capacity import CapacityProbe, max_batch
+from attnbench.contract import ContractViolation, changed_inputs, check_output, fingerprint
 from attnbench.dtypes import to_torch
 from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import (NoExactCounterpart, attention_modules, build_level, count_parameters,
@@ -121,12 +122,14 @@ def _error_skip_reason(ctx: CellContext, case: Case) -> str | None:
     return None
 
 
-def _error(ctx: CellContext, case: Case, module, inputs, dtype) -> dict:
+def _error(ctx: CellContext, case: Case, module, inputs, dtype, cell: "CellRun") -> dict:
     """Error of this method's output against a float64 exact reference, and the baseline's own error
     in the same dtype (so rounding is not mistaken for approximation). At core level also what the
     error means on these inputs (:mod:`attnbench.accuracy`): attention entropy, uniform attention's
     error and, for low-rank methods, the truncated-SVD error at the method's rank."""
     out = Step(module, inputs, "fwd").forward_output()
+    cell.check_output(out)
+    cell.check_inputs("the call compared with the reference")  # before the shared reference is made
     if not torch.isfinite(out).all():
         return {"_nan": True}
     # The reference is shared by every method on the same inputs, unless it depends on the method:
@@ -264,10 +267,29 @@ class CellRun:
                     return
             row.update(count_parameters(module))
             self.inputs = make_inputs(case, self.batch, dtype, device)
+            self._prints = fingerprint(self.inputs)
             gen = torch.Generator().manual_seed(case.seed + 1)
             self.step = Step.make(module, self.inputs, case.mode, _out_shape(case, self.batch), gen)
-            self.step()  # first call: lazy setup and compilation happen here, untimed
+            first = self.step()  # first call: lazy setup and compilation happen here, untimed
+            self.check_output(first if case.mode == "fwd" else self.step.forward_output())
+            del first
+            self.check_inputs("its first call")
             row.update(_stats(module))
+
+    def check_output(self, out) -> None:
+        """The output contract: a tensor of the cell's output shape, dtype and device (a violation
+        is an ``error`` row saying what was expected and what came back)."""
+        check_output(out, shape=_out_shape(self.case, self.batch), dtype=self.dtype,
+                     device=self.ctx.device)
+
+    def check_inputs(self, when: str) -> None:
+        """The inputs are as they were drawn: a method that writes into q, k, v (or x) would skew
+        its own error and, through the shared float64 reference, every other method's."""
+        names = ("q", "k", "v") if len(self.inputs) == 3 else ("x",)
+        changed = changed_inputs(names, self._prints, fingerprint(self.step.inputs))
+        if changed:
+            raise ContractViolation(f"the method wrote into its input {', '.join(changed)} in place "
+                                    f"(seen after {when}); inputs must be left unchanged")
 
     @property
     def graphs(self) -> bool:
@@ -316,6 +338,7 @@ class CellRun:
         with self._guard() as ok:
             if not ok:
                 return self.result
+            self.check_inputs("the timed calls")
             eager = Timing(tuple(self.eager))
             if self.graphs:
                 row.update(eager_time_ms=eager.median, eager_time_ms_iqr=eager.iqr,
@@ -346,7 +369,7 @@ class CellRun:
             skip = _error_skip_reason(ctx, case)
             if skip is None:
                 try:
-                    err = _error(ctx, case, module, self.inputs, self.dtype)
+                    err = _error(ctx, case, module, self.inputs, self.dtype, self)
                 except Exception as exc:  # noqa: BLE001 - the reference must not sink a measured cell
                     if not is_oom(exc):
                         raise
@@ -359,6 +382,8 @@ class CellRun:
                 row.update(err)
             else:
                 out = step.forward_output()
+                self.check_output(out)
+                self.check_inputs("the output check")
                 if not torch.isfinite(out).all():
                     self.result = {**row, "status": "nan", "reason": "non-finite values in the output"}
                     return self.result
