@@ -17,6 +17,7 @@ from attnbench.accuracy import StatsCache, budget_rank, input_columns
 from attnbench.capacity import CapacityProbe, max_batch
 from attnbench.contract import ContractViolation, changed_inputs, check_output, fingerprint
 from attnbench.dtypes import to_torch
+from attnbench.errors import Interrupted
 from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import (NoExactCounterpart, attention_modules, build_level, count_parameters,
                               reference_output)
@@ -229,7 +230,10 @@ class CellRun:
             yield True
         except Unsupported as exc:
             self.result = {**self.row, "status": "unsupported", "reason": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - any failure of a method becomes a row
+        except (KeyboardInterrupt, GeneratorExit, Interrupted):
+            raise  # an interruption (the runner turns it into an interrupted run), not the cell's
+        except BaseException as exc:  # noqa: BLE001 - any failure of a method becomes a row,
+            # SystemExit and home-made BaseExceptions included: they must not end the sweep
             self.failed = True
             if is_oom(exc):
                 self.result = {**self.row, "status": "oom", "reason": one_line(exc, 200)}

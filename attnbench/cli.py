@@ -1,66 +1,96 @@
-"""The ``attnbench`` command. ``main(argv) -> int``: 0 ok, 1 when cells failed with ``error``, 2 for bad
-input (a malformed suite, an unknown method, a missing file), 130 when interrupted."""
+"""The ``attnbench`` command. ``main(argv) -> int``: 0 ok, 1 when cells failed with ``error``,
+``crashed`` or ``timeout``, 2 for bad input (a malformed suite, an unknown method, a missing file;
+nothing is run or written), 3 when the run could not write its results (disk full; resumable),
+130 when interrupted (resumable)."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import importlib.util
 import json
+import shlex
 import sys
 from pathlib import Path
+
+from attnbench.errors import BadInput, UserError  # noqa: F401 (BadInput re-exported)
 
 EXAMPLES = """examples:
   attnbench list methods
   attnbench validate quick
   attnbench run quick --device cpu
-  attnbench run suites/scaling.toml --device cuda --only sdpa,linformer
+  attnbench run suites/scaling.toml --device cuda --only sdpa,'linformer*'
   attnbench run quick --plugin my_method.py --only mine,sdpa
+  attnbench check linformer
   attnbench run --resume results/quick/20261123-101500-cpu-1a2b
   attnbench report results/quick/20261123-101500-cpu-1a2b
   attnbench env
 """
+TABLES = ("summary", "full", "none")
 
 
-class BadInput(Exception):
-    """Anything the user can fix: reported in one line, exit code 2."""
+def _version() -> str:
+    import attnbench
+
+    return f"attnbench {attnbench.__version__}"
 
 
-def _names(text: str | None) -> list[str] | None:
-    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+def _add_plugin_option(p: argparse.ArgumentParser, dest: str = "plugin_after") -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE", dest=dest,
+                   help="a Python file that registers methods (repeatable; also accepted before "
+                        "the verb)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="attnbench", description="Benchmark exact and efficient "
                                  "attention: time, peak memory and approximation error.",
                                  epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plugin", action="append", default=[], metavar="FILE",
-                    help="a Python file that registers methods (repeatable)")
-    sub = ap.add_subparsers(dest="verb", required=True)
+    ap.add_argument("--version", action="version", version=_version(),
+                    help="print the version and exit")
+    _add_plugin_option(ap, dest="plugin")
+    sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = sub.add_parser("list", help="methods (default) or suites, with availability")
-    p.add_argument("what", nargs="?", choices=["methods", "suites"], default="methods")
+    p = sub.add_parser("list", help="registered methods (default) or built-in suites")
+    p.add_argument("what", nargs="?", choices=["methods", "suites"], default="methods",
+                   help="what to list (default methods)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="methods: also capabilities (causal, backward, devices, dtypes, levels)")
 
     p = sub.add_parser("validate", help="check a suite and show how many cells it expands to")
     p.add_argument("suite", help="built-in suite name or path to a .toml file")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="the device to plan for: cpu, cuda or cuda:N; "
+                   "a GPU suite is checked without a GPU (default cpu)")
+    p.add_argument("--only", help="comma-separated method names or wildcards to keep")
+    p.add_argument("--skip", help="comma-separated method names or wildcards to leave out")
 
     p = sub.add_parser("run", help="run a suite", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", nargs="?", help="built-in suite name or path (omit with --resume)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--only", help="comma-separated method names to run")
-    p.add_argument("--skip", help="comma-separated method names to leave out")
-    p.add_argument("--out", default="results", help="base directory for run directories")
-    p.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
-    p.add_argument("--dry-run", action="store_true", help="print the cells and exit")
-    p.add_argument("--cuda-graphs", action="store_true", help="time CUDA-graph replays")
+    p.add_argument("--only", help="comma-separated method names or wildcards (linformer*); a "
+                   "registered method the suite does not list is added with its default params")
+    p.add_argument("--skip", help="comma-separated method names or wildcards to leave out")
+    p.add_argument("--out", default="results", help="base directory for run directories "
+                   "(default results)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: exactly the "
+                   "cells without a row")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, a preview of its cells "
+                   "and an estimated run time; run nothing (works for a GPU suite without a GPU)")
+    p.add_argument("--cuda-graphs", action="store_true", help="time CUDA-graph replays (rows keep "
+                   "the eager time beside them)")
     p.add_argument("--rounds", type=int, metavar="R",
                    help="time the methods of each shape interleaved, in R rounds (default: the "
                         "suite's [timing] rounds, 1)")
-    p.add_argument("--capacity-limit-mib", type=float, default=0.0,
+    p.add_argument("--retry-noisy", type=int, default=0, metavar="N",
+                   help="time a cell whose IQR exceeds 10%% of its median again, up to N times, "
+                        "and keep the steadiest attempt (default 0)")
+    p.add_argument("--capacity-limit-mib", type=float, default=0.0, metavar="MIB",
                    help="memory limit for capacity mode (default: the device's own)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-table", action="store_true", help="don't print the results table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--table", choices=TABLES, default="summary",
+                   help="what to print after the run: a summary that fits the terminal "
+                        "(default), every row, or nothing; report.md/csv always hold every row")
+    p.add_argument("--columns", help="with --table full: the columns to show, comma-separated")
+    p.add_argument("--no-table", action="store_true", help="the same as --table none")
     p.add_argument("--isolate", action="store_true",
                    help="run cells in a worker process: a crash or a hang becomes a crashed or "
                         "timeout row and the sweep goes on in a fresh worker")
@@ -73,114 +103,154 @@ def build_parser() -> argparse.ArgumentParser:
     for name in VERB_MODULES:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).add_cli(sub)
+    for verb in sub.choices.values():
+        _add_plugin_option(verb)
     return ap
 
 
 def cmd_list(args, console) -> int:
-    from rich.table import Table
     from rich.text import Text
 
+    from attnbench.listing import method_table, suite_table
     from attnbench.registry import REGISTRY
 
     if args.what == "suites":
-        from attnbench.suite import builtin_suites, load_suite
-
-        table = Table("suite", "description", "path", title="built-in suites")
-        for name, path in sorted(builtin_suites().items()):
-            try:
-                desc = load_suite(str(path)).description
-            except Exception as exc:  # noqa: BLE001
-                desc = f"(invalid: {exc})"
-            table.add_row(name, desc, str(path))
-        console.print(table)
+        console.print(suite_table())
         return 0
-    table = Table("method", "family", "exact", "causal", "backward", "devices", "dtypes", "budget",
-                  "available", title="registered methods")
-    for s in REGISTRY.specs():
-        why = s.unavailable_reason()
-        table.add_row(*map(Text, (s.name, s.family, "yes" if s.exact else "no",
-                                  "yes" if s.causal else "no", "yes" if s.backward else "no",
-                                  ",".join(s.devices), ",".join(s.dtypes), s.budget or "",
-                                  "yes" if why is None else why)))
-    console.print(table)
+    console.print(method_table(REGISTRY.specs(), verbose=args.verbose))
     for err in REGISTRY.plugin_errors:
         console.print(Text(f"plugin not loaded: {err}", style="yellow"))
     return 0
 
 
-def _plan_table(cells, console, title: str) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table("#", "method", "level", "n", "B", "H", "D", "dtype", "mode", "causal", "input",
-                  "planned", title=title)
-    for i, c in enumerate(cells):
-        k = c.case
-        table.add_row(*map(Text, (str(i), k.label(), k.level, str(k.n), str(k.batch), str(k.heads),
-                                  str(k.head_dim), k.dtype, k.mode, str(k.causal),
-                                  ",".join(f"{a}={b}" for a, b in k.input),
-                                  "run" if c.skip_reason is None
-                                  else f"unsupported: {c.skip_reason}")))
-    console.print(table)
-
-
 def cmd_validate(args, console) -> int:
     from rich.text import Text
 
-    from attnbench.runner import parse_device, plan
+    from attnbench.env import parse_device
+    from attnbench.planning import added_note, plan
     from attnbench.suite import load_suite
 
     suite = load_suite(args.suite)
-    cells = plan(suite, parse_device(args.device))
+    device = parse_device(args.device, present=False)
+    cells = plan(suite, device, args.only, args.skip)
     skipped = sum(c.skip_reason is not None for c in cells)
     console.print(Text(f"{suite.path}: valid suite {suite.name!r} v{suite.version}: {len(cells)} cells "
-                  f"on {args.device} ({len(cells) - skipped} to run, {skipped} unsupported), "
-                  f"baseline {suite.baseline}"))
+                       f"on {device.type} ({len(cells) - skipped} to run, {skipped} unsupported), "
+                       f"baseline {suite.baseline}"))
+    if (note := added_note(suite, args.only, args.skip)) is not None:
+        console.print(Text(note))
     return 0
 
 
+PREVIEW = 12  # cells shown at each end of a dry run's plan
+
+
+def _plan_table(cells, title: str):
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("#", "method", "level", "n", "B", "H", "D", "dtype", "mode", "planned",
+                  title=Text(title), title_justify="left")
+    shown = list(enumerate(cells))
+    if len(cells) > 2 * PREVIEW:
+        shown = shown[:PREVIEW] + [None] + shown[-PREVIEW:]
+    for item in shown:
+        if item is None:
+            table.add_row("…", Text(f"{len(cells) - 2 * PREVIEW} more cells"), *[""] * 8)
+            continue
+        i, c = item
+        k = c.case
+        table.add_row(*map(Text, (str(i), k.label(), k.level, str(k.n), str(k.batch), str(k.heads),
+                                  str(k.head_dim), k.dtype, k.mode,
+                                  "run" if c.skip_reason is None
+                                  else f"unsupported: {c.skip_reason}")))
+    return table
+
+
 def cmd_run(args, console) -> int:
-    from attnbench.report import render_terminal, write_reports
-    from attnbench.runner import parse_device, plan, run_suite
-    from attnbench.suite import load_suite
+    from attnbench.env import parse_device
+    from attnbench.runner import run_suite
 
     if not args.suite and not args.resume:
         raise BadInput("run: name a suite (built-in name or path) or --resume RUN_DIR")
     if args.suite and args.resume:
         raise BadInput("run: give either a suite or --resume RUN_DIR, not both")
-    device = parse_device(args.device)
+    table = "none" if args.no_table else args.table
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    if columns and table != "full":
+        raise BadInput("--columns chooses the columns of --table full; add --table full")
     if args.dry_run:
-        suite = load_suite(args.suite) if args.suite else load_suite(str(Path(args.resume) /
-                                                                           "suite.toml"))
-        cells = plan(suite, device, _names(args.only), _names(args.skip))
-        _plan_table(cells, console, f"{suite.name}: {len(cells)} cells on {device} (dry run)")
-        return 0
-    outcome = run_suite(args.suite, device, out=args.out, only=_names(args.only),
-                        skip=_names(args.skip), resume=args.resume, progress=not args.no_progress,
+        return _dry_run(args, console, parse_device(args.device, present=False))
+    device = parse_device(args.device)
+    plugins = args.plugin  # main() merged those given before and after the verb
+    outcome = run_suite(args.suite, device, out=args.out, only=args.only, skip=args.skip,
+                        resume=args.resume, progress=not args.no_progress,
                         command=["attnbench", *sys.argv[1:]] if sys.argv else None,
                         cuda_graphs=args.cuda_graphs, capacity_limit_mib=args.capacity_limit_mib,
                         isolate=args.isolate_per or ("method" if args.isolate else None),
-                        timeout_s=args.timeout_s, rounds=args.rounds,
-                        plugins=args.plugin)
-    try:  # the rows are safe on disk; a report that can't be made must not turn into a failed run
-        write_reports(outcome.run_dir)
-        if not args.no_table:
-            render_terminal(outcome.run_dir, console)
-    except BadInput as exc:
-        from rich.markup import escape
-
-        console.print(f"[yellow]no report:[/] {escape(str(exc))}", highlight=False)
-    console.print(f"results: {outcome.run_dir}/results.jsonl")
-    if outcome.interrupted:
-        import shlex
-
-        from rich.markup import escape
-
-        hint = ["attnbench", *(a for p in args.plugin for a in ("--plugin", p)), "run", "--resume",
-                str(outcome.run_dir), *(["--device", args.device] if args.device != "cpu" else [])]
-        console.print(f"[yellow]interrupted[/]; finish it with: {escape(shlex.join(hint))}",
-                      highlight=False, soft_wrap=True)
+                        timeout_s=args.timeout_s, rounds=args.rounds, retry_noisy=args.retry_noisy,
+                        plugins=plugins or None)
+    if outcome.complete:
+        _reports(outcome.run_dir, console, table, columns)
+    console.print(f"results: {outcome.run_dir}/results.jsonl", highlight=False, soft_wrap=True)
+    if not outcome.complete:  # no report of a partial run: `attnbench report RUN_DIR` makes one
+        _resume_hint(console, outcome, plugins, args.device)
     return outcome.exit_code
+
+
+def _reports(run_dir, console, table: str, columns) -> None:
+    """report.md and report.csv, then the terminal table. The rows are safe on disk: a report that
+    cannot be made (no space, a read-only directory) is a warning, never a failed run."""
+    from rich.markup import escape
+
+    from attnbench.report import render_terminal, write_reports
+
+    try:
+        write_reports(run_dir)
+    except (UserError, OSError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        console.print(f"[yellow]warning:[/] report files not written: {escape(why)}; the rows are "
+                      f"in results.jsonl (attnbench report RUN_DIR --out DIR writes them elsewhere)",
+                      highlight=False, soft_wrap=True)
+    try:
+        render_terminal(run_dir, console, table=table, columns=columns)
+    except UserError as exc:
+        console.print(f"[yellow]no table:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
+def _resume_hint(console, outcome, plugins, device: str) -> None:
+    from rich.markup import escape
+
+    hint = ["attnbench", *(a for p in plugins for a in ("--plugin", p)), "run", "--resume",
+            str(outcome.run_dir), *(["--device", device] if device != "cpu" else [])]
+    why = "interrupted" if outcome.interrupted else f"stopped: {outcome.write_failed}"
+    console.print(f"[yellow]{escape(why)}[/]; the rows written so far are safe; finish it with: "
+                  f"{escape(shlex.join(hint))}", highlight=False, soft_wrap=True)
+
+
+def _dry_run(args, console, device) -> int:
+    from rich.text import Text
+
+    from attnbench.estimate import estimate
+    from attnbench.planning import added_note, plan
+    from attnbench.runner import _resumed
+    from attnbench.suite import load_suite
+
+    if args.resume:
+        _, suite, meta = _resumed(Path(args.resume), device)
+        only, skip = meta.get("only"), meta.get("skip")
+    else:
+        suite, only, skip = load_suite(args.suite), args.only, args.skip
+    cells = plan(suite, device, only, skip)
+    skipped = sum(c.skip_reason is not None for c in cells)
+    console.print(_plan_table(cells, f"{suite.name}: {len(cells)} cells on {device.type} "
+                                     f"({len(cells) - skipped} to run, {skipped} unsupported; "
+                                     "dry run)"))
+    if (note := added_note(suite, only, skip)) is not None:
+        console.print(Text(note))
+    est = estimate(cells, suite.timing, Path(args.out), suite.name, device.type)
+    console.print(Text(est.describe()))
+    return 0
 
 
 def cmd_env(args, console) -> int:
@@ -201,29 +271,29 @@ VERB_MODULES = ("attnbench.report", "attnbench.plots", "attnbench.compare", "att
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
-    from attnbench.registry import RegistryError, load_plugin_file
-    from attnbench.store import RunDirError
-    from attnbench.suite import SuiteError
+    from attnbench.registry import load_plugin_file
 
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
-        return int(exc.code or 0)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     console = Console()
-    if not console.is_terminal:
-        console.width = max(console.width, 200)  # pipes and logs: keep tables readable
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
+    args.plugin = [*args.plugin, *getattr(args, "plugin_after", [])]
+    args.plugin_after = []
     try:
         for path in args.plugin:
             load_plugin_file(path)
         func = getattr(args, "func", None) or VERBS[args.verb]
         return func(args, console)
-    except (BadInput, SuiteError, RegistryError, RunDirError) as exc:
-        from rich.markup import escape
-
+    except UserError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]", highlight=False)
+        return 130
 
 
 def entry() -> None:

@@ -1,6 +1,7 @@
 """Provenance: what ran, where, with which software — stored with every run."""
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 import attnbench
+from attnbench.errors import BadInput
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str | None:
@@ -75,3 +77,43 @@ def device_tag(device: torch.device) -> str:
         name = torch.cuda.get_device_name(device).replace("NVIDIA ", "")
         return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-").lower()[:24] or "cuda"
     return "cpu"
+
+
+def parse_device(name: str, *, present: bool = True) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``. With ``present=False`` a CUDA device is accepted on a
+    machine without one (validating or dry-running a GPU suite offline); nothing may run on it."""
+    try:
+        device = torch.device(str(name))
+    except RuntimeError:
+        raise BadInput(f"--device {name!r}: allowed: cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise BadInput(f"--device {name!r}: allowed: cpu, cuda, cuda:N")
+    if device.type == "cuda" and present:
+        if not torch.cuda.is_available():
+            raise BadInput(f"--device {name}: CUDA is not available in this torch "
+                           f"({torch.__version__}); use --device cpu (validate and --dry-run "
+                           "check a GPU suite without a GPU)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BadInput(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def host_load(device: torch.device | None = None) -> dict:
+    """How busy the host is now: load averages over 1, 5 and 15 minutes against the CPU count, and
+    on CUDA the GPU's utilisation and memory in use by every process (from nvidia-smi). Recorded
+    before and after a run: a loaded host explains noisy timings that nothing else in a row does."""
+    out: dict = {"cpu_count": os.cpu_count()}
+    try:
+        out["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        out["loadavg"] = None
+    if device is not None and device.type == "cuda" and shutil.which("nvidia-smi"):
+        line = _run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                     "--format=csv,noheader,nounits", f"--id={device.index or 0}"])
+        if line:
+            util, used = (part.strip() for part in line.split(",")[:2])
+            out.update(gpu_util_pct=float(util) if util.replace(".", "").isdigit() else None,
+                       gpu_mem_used_mib=float(used) if used.replace(".", "").isdigit() else None)
+    return out

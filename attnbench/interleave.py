@@ -24,17 +24,6 @@ def group_key(case: Case) -> tuple:
     return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in d.items()))
 
 
-def batches(todo: list, rounds: int) -> list[list]:
-    """What runs together: one cell at a time, or with rounds > 1 each comparison group (in the
-    order its first cell was planned)."""
-    if rounds <= 1:
-        return [[c] for c in todo]
-    groups: dict[tuple, list] = {}
-    for c in todo:
-        groups.setdefault(group_key(c.case), []).append(c)
-    return list(groups.values())
-
-
 def run_interleaved(ctx: CellContext, cases: list[Case], rounds: int) -> list[dict]:
     """Run cells that share their inputs' shape (a comparison group) with their timing interleaved.
 

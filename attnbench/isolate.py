@@ -8,11 +8,13 @@ mistaken for an answer.
 
   parent -> worker  {"op": "init", "suite": PATH, "plugins": [PATH, ...], "device": "cuda:0",
                      "cuda_graphs": false, "capacity_limit_mib": 0.0, "fault_log": PATH}
-                    {"op": "run", "cell_id": "0123abcd..."}
+                    {"op": "run", "case": {"method": ..., "params": {...}, "n": ..., ...}}
   worker -> parent  {"op": "ready", "pid": 1234} | {"op": "fatal", "reason": "..."}
                     {"op": "row", "cell_id": "...", "row": {...}}
 
-The worker expands the suite itself and looks cells up by id, so only ids cross the pipe. It runs in
+Cells cross the pipe resolved, as the JSON of their identity (``Case.identity``); the worker reads the
+suite only for its timing, error and capacity settings, and checks that the case it rebuilt has the
+cell id the parent sent (``cell_id`` in the request). It runs in
 its own session (a Ctrl-C at the terminal reaches the parent only, which then kills the worker's
 process group) and dies with its parent (``PR_SET_PDEATHSIG`` and a watchdog on the parent pid).
 """
@@ -76,7 +78,7 @@ def _fault_where(log: Path, offset: int) -> str | None:
 
 
 class Worker:
-    """One worker process; ``run(cell_id, timeout_s)`` returns the cell's row or raises WorkerFailed
+    """One worker process; ``run(case, timeout_s)`` returns the cell's row or raises WorkerFailed
     (after which this worker is dead and a new one must be started)."""
 
     def __init__(self, init: dict, startup_timeout_s: float = STARTUP_TIMEOUT_S):
@@ -106,11 +108,12 @@ class Worker:
     def pid(self) -> int:
         return self.proc.pid
 
-    def run(self, cell_id: str, timeout_s: float | None) -> dict:
+    def run(self, case, timeout_s: float | None) -> dict:
         # measured before the request: a worker that crashes at once may have written its
         # faulthandler dump before _receive would look
         offset = self._log_size()
-        self._send({"op": "run", "cell_id": cell_id})
+        cell_id = case.cell_id
+        self._send({"op": "run", "cell_id": cell_id, "case": case.identity()})
         msg = self._receive(timeout_s, "run", offset)
         if msg.get("op") != "row" or msg.get("cell_id") != cell_id:
             self.close()
@@ -209,7 +212,7 @@ class IsolatedCells:
                 self.worker = Worker(self.init, max(STARTUP_TIMEOUT_S, self.timeout_s or 0))
                 self.method = case.method
                 self.started += 1
-            row = self.worker.run(case.cell_id, self.timeout_s)
+            row = self.worker.run(case, self.timeout_s)
         except WorkerFailed as exc:
             self.close()
             return dict(exc.fields)
@@ -286,15 +289,14 @@ def serve(reply_fd: int, parent_pid: int) -> int:
         faulthandler.enable(file=log, all_threads=False)
 
         from attnbench.cell import CellContext, run_cell
+        from attnbench.env import parse_device
         from attnbench.registry import load_plugin_file
-        from attnbench.runner import parse_device
-        from attnbench.suite import expand, load_suite
+        from attnbench.suite import Case, load_suite
 
         for path in init.get("plugins", []):
             load_plugin_file(path)
         suite = load_suite(str(init["suite"]))
         device = parse_device(str(init["device"]))
-        cases = {c.cell_id: c for c in expand(suite, device.type)}
         ctx = CellContext(suite=suite, device=device, cuda_graphs=bool(init.get("cuda_graphs")),
                           capacity_limit_mib=float(init.get("capacity_limit_mib") or 0.0))
         _warm_up(device)
@@ -304,10 +306,13 @@ def serve(reply_fd: int, parent_pid: int) -> int:
     send({"op": "ready", "pid": os.getpid()})
     for line in sys.stdin:
         msg = json.loads(line)
-        case = cases.get(msg.get("cell_id"))
-        if case is None:
+        try:
+            case = Case.from_identity(msg["case"])
+            if case.cell_id != msg.get("cell_id"):
+                raise ValueError(f"rebuilt cell {case.cell_id} is not {msg.get('cell_id')}")
+        except Exception as exc:  # noqa: BLE001 - a malformed request costs its cell, not the worker
             send({"op": "row", "cell_id": msg.get("cell_id"),
-                  "row": {"status": "error", "reason": "cell not in the worker's suite"}})
+                  "row": {"status": "error", "reason": f"worker could not read the cell: {exc}"[:300]}})
             continue
         try:
             row = run_cell(ctx, case)

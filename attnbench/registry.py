@@ -25,6 +25,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import pkgutil
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,19 +34,20 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 from torch import nn
 
+from attnbench.errors import RegistryError  # noqa: F401 (re-exported)
+
 Family = Literal["exact", "low_rank", "sparse", "lsh", "kernel", "landmark", "other"]
 ENTRY_POINT_GROUP = "attnbench.methods"
 ALL_DEVICES = ("cpu", "cuda")
 ALL_DTYPES = ("fp32", "fp16", "bf16")
 ALL_LEVELS = ("core", "layer", "model")
+METHOD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
 
 class Unsupported(Exception):
     """A case a method cannot run; it becomes a result row with status ``unsupported`` and this reason."""
 
 
-class RegistryError(Exception):
-    """A registration or lookup problem: duplicate or unknown names, broken plugins."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,10 @@ class Registry:
         self.plugin_errors: list[str] = []
 
     def add(self, spec: MethodSpec) -> None:
+        if not isinstance(spec.name, str) or not METHOD_NAME.match(spec.name):
+            raise RegistryError(f"method name {spec.name!r} ({spec.origin}): a name is a letter "
+                                "followed by letters, digits, '_', '.' or '-' (at most 64); it "
+                                "appears in suites, --only lists and file names")
         old = self._specs.get(spec.name)
         if old is not None:
             raise RegistryError(
@@ -294,9 +300,11 @@ def load_plugin_file(path: str | Path) -> list[str]:
     except RegistryError:
         del sys.modules[mod_name]
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin that exits at import must not end the run
         del sys.modules[mod_name]
-        raise RegistryError(f"--plugin {path}: failed to import: {type(exc).__name__}: {exc}") from exc
+        what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else \
+            f"{type(exc).__name__}: {exc}"
+        raise RegistryError(f"--plugin {path}: failed to import: {what}") from None
     return sorted(set(REGISTRY._specs) - before)
 
 

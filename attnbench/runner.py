@@ -1,113 +1,72 @@
-"""The sweep: plan the cells, run them one by one, append each row at once, never lose a result.
+"""The sweep: plan the cells, hand them to an executor, append each row at once, never lose a result.
 
 - Declared unsupported cases (capabilities, constraints, missing optional libraries) are written as
   ``unsupported`` rows without running.
 - An out-of-memory at some n records ``oom``; larger n of the same method, params and other axes are
   recorded as ``oom-pruned`` without running.
-- ``--resume RUN_DIR`` runs exactly the cells that have no row yet.
-- Ctrl-C or SIGTERM abandons the current cell, records the run as interrupted and returns 130.
-- ``rounds > 1`` (``--rounds``, or the suite's ``[timing] rounds``) runs each comparison group (the
-  cells that share shape and inputs, whatever the method) together, its timing interleaved in that
-  many rounds (:func:`attnbench.interleave.run_interleaved`); an interruption then abandons the group.
-- ``isolate="method"`` or ``"cell"`` runs cells in worker processes (:mod:`attnbench.isolate`): a
-  worker that dies gives a ``crashed`` row, a cell past ``timeout_s`` a ``timeout`` row, and the sweep
-  goes on in a fresh worker.
+- ``--resume RUN_DIR`` runs exactly the cells that have no row yet, of the very suite that was saved
+  (its hash is checked against meta.json).
+- Ctrl-C or SIGTERM abandons the current cell, records the run as interrupted and returns 130; more
+  signals during the clean-up change nothing. A failed write (disk full) stops the run the same way
+  and returns 3; the rows before it are safe.
+- meta.json says ``complete`` only when every planned cell has a row.
+- How a cell runs (in process, in a worker process, interleaved with its comparison group, re-timed
+  when noisy) is the executor's business (:mod:`attnbench.executors`).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import shlex
+import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
-from attnbench.cell import CellContext, run_cell
-from attnbench.interleave import batches, run_interleaved
-from attnbench.env import device_tag, provenance
-from attnbench.registry import REGISTRY, BuildContext
+from attnbench.cell import CellContext
+from attnbench.checks import is_number, is_rounds, is_whole
+from attnbench.env import device_tag, host_load, parse_device, provenance
+from attnbench.errors import BadInput, Interrupted, SuiteError, WriteFailed
+from attnbench.executors import make_executor
+from attnbench.planning import PlannedCell, plan
+from attnbench.progress import Progress
+from attnbench.registry import REGISTRY, load_plugin_file
 from attnbench.store import (META, ResultWriter, RunDirError, RunLock, iter_rows, new_run_dir,
                              read_meta, write_json_atomic)
-from attnbench.suite import Case, Suite, SuiteError, expand, load_suite, parse_suite
-
+from attnbench.suite import Case, Suite, load_suite, parse_suite
 
 FAILED = ("error", "crashed", "timeout")  # statuses that make the run exit 1
 ISOLATE_MODES = ("method", "cell")
-
-
-class Interrupted(BaseException):
-    """Raised inside the sweep when SIGINT or SIGTERM arrives (a BaseException, so a method's
-    own `except Exception` cannot swallow it)."""
-
-
-@dataclass
-class PlannedCell:
-    case: Case
-    skip_reason: str | None = None  # set: written as ``unsupported`` without running
+EXIT_INTERRUPTED = 130
+EXIT_WRITE_FAILED = 3
 
 
 @dataclass
 class RunOutcome:
     run_dir: Path
     counts: dict[str, int] = field(default_factory=dict)
-    interrupted: bool = False
+    interrupted: bool = False  # by a signal
+    write_failed: str | None = None  # why rows or meta.json could not be written
+    planned: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.interrupted and self.write_failed is None
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return 130
+            return EXIT_INTERRUPTED
+        if self.write_failed is not None:
+            return EXIT_WRITE_FAILED
         return 1 if any(self.counts.get(s, 0) for s in FAILED) else 0
 
 
-def parse_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SuiteError(f"--device {name!r}: allowed: cpu, cuda, cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise SuiteError(f"--device {name!r}: allowed: cpu, cuda, cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SuiteError(f"--device {name}: CUDA is not available in this torch "
-                             f"({torch.__version__}); use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise SuiteError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def _select(cases: list[Case], only: Iterable[str] | None, skip: Iterable[str] | None) -> list[Case]:
-    only, skip = set(only or ()), set(skip or ())
-    for name in only | skip:
-        if name not in REGISTRY:
-            from attnbench.registry import unknown_name_message
-
-            raise SuiteError(f"--only/--skip: {unknown_name_message('method', name, REGISTRY.names())}")
-    return [c for c in cases if (not only or c.method in only) and c.method not in skip]
-
-
-def plan(suite: Suite, device: torch.device, only=None, skip=None) -> list[PlannedCell]:
-    """Expand the suite for ``device`` and mark what cannot run, with the reason."""
-    from attnbench.dtypes import to_torch
-
-    cells = []
-    for case in _select(expand(suite, device.type), only, skip):
-        spec = REGISTRY.get(case.method)
-        ctx = BuildContext(n=case.n, heads=case.heads, head_dim=case.head_dim,
-                           dtype=to_torch(case.dtype), device=device, causal=case.causal,
-                           seed=case.seed, num_layers=case.layers)
-        try:
-            params = spec.params(**case.params_dict)
-            why = spec.unsupported_reason(params, ctx, backward=case.mode == "fwd_bwd",
-                                          dtype_name=case.dtype, level=case.level)
-        except Exception as exc:  # noqa: BLE001 - a constraint that crashes is reported, not fatal
-            why = f"constraint check failed: {type(exc).__name__}: {exc}"
-        cells.append(PlannedCell(case, why))
-    return cells
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _base_row(case: Case, suite: Suite, device: torch.device) -> dict:
@@ -119,90 +78,154 @@ def _base_row(case: Case, suite: Suite, device: torch.device) -> dict:
     return row
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _raise_interrupt(signum, frame):
-    raise Interrupted(signal.Signals(signum).name)
-
-
-def run_suite(suite: Suite | str | Path, device: str | torch.device = "cpu", *,
-              out: str | Path = "results", only=None, skip=None, resume: str | Path | None = None,
-              progress: bool = True, command: list[str] | None = None, cuda_graphs: bool = False,
-              capacity_limit_mib: float = 0.0, on_row=None, isolate: str | None = None,
-              timeout_s: float | None = None, plugins: list[str | Path] | None = None,
-              rounds: int | None = None) -> RunOutcome:
-    """Run a suite (object, built-in name or path) and return where its rows went.
-
-    With ``resume``, the suite is the copy saved in that run directory and only cells without a row run.
-    ``isolate`` ("method" or "cell") runs cells in worker processes with a per-cell ``timeout_s``;
-    ``plugins`` are the plugin files the workers load (default: those loaded in this process).
-    ``rounds`` (default: the suite's ``[timing] rounds``) above 1 times the cells of each comparison
-    group (same shape and inputs, any method) interleaved, in that many rounds
-    (:func:`attnbench.interleave.run_interleaved`).
-    """
+def _check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_noisy, plugins,
+                   progress, on_row) -> None:
+    """The API's arguments, checked as the CLI's are: one clear message instead of a TypeError
+    somewhere inside the sweep."""
+    if not isinstance(out, (str, Path)):
+        raise BadInput(f"out={out!r}: expected a directory path (str or Path)")
+    if timeout_s is not None and not (is_number(timeout_s) and 0 < timeout_s < 1e7):
+        raise BadInput(f"--timeout-s {timeout_s!r}: expected a number of seconds > 0")
+    if not (is_number(capacity_limit_mib) and capacity_limit_mib >= 0):
+        raise BadInput(f"--capacity-limit-mib {capacity_limit_mib!r}: expected a finite number of "
+                       "MiB >= 0 (0 = the device's own memory)")
     if isolate is not None and isolate not in ISOLATE_MODES:
-        raise SuiteError(f"--isolate {isolate!r}: allowed: {', '.join(ISOLATE_MODES)}")
-    if timeout_s is not None and not 0 < timeout_s < 1e7:
-        raise SuiteError(f"--timeout-s {timeout_s!r}: expected a number of seconds > 0")
-    device = parse_device(str(device)) if not isinstance(device, torch.device) else device
+        raise BadInput(f"--isolate {isolate!r}: allowed: {', '.join(ISOLATE_MODES)}")
+    if rounds is not None and not is_rounds(rounds):
+        raise BadInput(f"--rounds {rounds!r}: expected a whole number from 1 to 1000")
+    if not (is_whole(retry_noisy) and 0 <= retry_noisy <= 100):
+        raise BadInput(f"--retry-noisy {retry_noisy!r}: expected a whole number from 0 to 100")
+    if plugins is not None and (isinstance(plugins, (str, Path)) or
+                                not all(isinstance(p, (str, Path)) for p in plugins)):
+        raise BadInput(f"plugins={plugins!r}: expected a list of .py file paths")
+    if not isinstance(progress, bool):
+        raise BadInput(f"progress={progress!r}: expected True or False")
+    if on_row is not None and not callable(on_row):
+        raise BadInput(f"on_row={on_row!r}: expected a function taking a row dict")
+
+
+def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cpu", *,
+              out: str | Path = "results", only: str | Iterable[str] | None = None,
+              skip: str | Iterable[str] | None = None, resume: str | Path | None = None,
+              progress: bool = True, command: list[str] | None = None, cuda_graphs: bool = False,
+              capacity_limit_mib: float = 0.0, on_row: Callable[[dict], Any] | None = None,
+              isolate: str | None = None, timeout_s: float | None = None,
+              plugins: list[str | Path] | None = None, rounds: int | None = None,
+              retry_noisy: int = 0) -> RunOutcome:
+    """Run a suite and return where its rows went (:class:`RunOutcome`: ``run_dir``, ``counts``,
+    ``exit_code``).
+
+    ``suite``: a :class:`Suite`, a dict of suite tables (``Suite.from_dict``), a built-in name or a
+    path. ``only``/``skip``: method names or wildcards, a list or one comma-separated string; a name
+    the suite lacks is added with its default params. With ``resume``, the suite is the copy saved
+    in that run directory and only cells without a row run. ``isolate`` ("method" or "cell") runs
+    cells in worker processes with a per-cell ``timeout_s``; ``plugins`` are plugin files to load
+    (workers load them too; default: those already loaded here). ``rounds`` (default: the suite's
+    ``[timing] rounds``) above 1 times the cells of each comparison group interleaved.
+    ``retry_noisy`` re-times a noisy cell up to that many times and keeps the steadiest attempt.
+    ``on_row(row)`` is called after each row is on disk.
+    """
+    out = "results" if out is None else out
+    _check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_noisy, plugins,
+                   progress, on_row)
+    device = device if isinstance(device, torch.device) else parse_device(str(device))
+    for path in plugins or ():
+        load_plugin_file(path)  # up front: a missing or broken plugin is exit 2, not crashed rows
     if resume is not None:
-        run_dir = Path(resume)
-        meta = read_meta(run_dir)
-        suite_path = run_dir / "suite.toml"
-        if not suite_path.is_file():
-            raise RunDirError(f"{run_dir}: no suite.toml to resume from")
-        suite = load_suite(str(suite_path))
-        if meta.get("device_type") and meta["device_type"] != device.type:
-            raise RunDirError(f"{run_dir} was run on {meta['device_type']}; resume it with "
-                              f"--device {meta['device_type']}")
-        _check_meta(run_dir, meta)
+        run_dir, suite, meta = _resumed(Path(resume), device)
         only, skip = meta.get("only"), meta.get("skip")
         cuda_graphs = meta.get("cuda_graphs", cuda_graphs)
         isolate = isolate or meta.get("isolate")
         timeout_s = timeout_s or meta.get("timeout_s")
         rounds = rounds or meta.get("rounds")
+        retry_noisy = retry_noisy or meta.get("retry_noisy") or 0
+    elif isinstance(suite, dict):
+        suite = Suite.from_dict(suite)
     elif not isinstance(suite, Suite):
+        if not isinstance(suite, (str, Path)):
+            raise BadInput(f"suite={suite!r}: expected a Suite, a dict, a built-in name or a path")
         suite = load_suite(str(suite))
     # the suite's [timing] cuda_graphs = true asks for the mode as --cuda-graphs does
     cuda_graphs = bool(cuda_graphs or suite.timing.get("cuda_graphs"))
     rounds = suite.timing.get("rounds", 1) if rounds is None else rounds
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 1000:
-        raise SuiteError(f"--rounds {rounds!r}: expected a whole number from 1 to 1000")
     if rounds > 1 and (isolate is not None or timeout_s is not None):
-        raise SuiteError(f"--rounds {rounds} times a group's cells together in one process; "
-                         "--isolate and --timeout-s run each cell in a worker of its own: "
-                         "use one or the other (--rounds 1 turns interleaving off)")
+        raise BadInput(f"--rounds {rounds} times a group's cells together in one process; "
+                       "--isolate and --timeout-s run each cell in a worker of its own: "
+                       "use one or the other (--rounds 1 turns interleaving off)")
     if timeout_s is not None and isolate is None:
         isolate = "method"  # a hung cell can only be stopped from outside its process
     if isolate and not suite.text:
-        raise SuiteError(f"{suite.path}: --isolate needs a suite read from TOML (its workers load "
-                         "the run directory's suite.toml)")
-    plugins = [str(Path(p).resolve()) for p in (plugins if plugins is not None else loaded_plugins())]
+        raise BadInput(f"{suite.path}: --isolate needs a suite with its TOML text (its workers load "
+                       "the run directory's suite.toml); build it with Suite.from_dict or load_suite")
+    plugin_files = [str(Path(p).resolve()) for p in (plugins if plugins is not None
+                                                     else loaded_plugins())]
     cells = plan(suite, device, only, skip)
+    only_list = None if only is None else sorted(_listed(only))
+    skip_list = None if skip is None else sorted(_listed(skip))
     if resume is None:
         run_dir = new_run_dir(Path(out), suite.name, device_tag(device))
-        (run_dir / "suite.toml").write_text(suite.text, encoding="utf-8")
         meta = {"suite": suite.name, "suite_version": suite.version, "suite_path": suite.path,
-                "suite_sha256": suite.text_hash, "baseline": suite.baseline, "device_type": device.type,
+                "suite_sha256": suite.text_hash, "baseline": suite.baseline,
+                "device_type": device.type,
                 "command": shlex.join(command if command is not None else sys.argv),
-                "only": sorted(only) if only else None, "skip": sorted(skip) if skip else None,
-                "cuda_graphs": cuda_graphs, "cells_planned": len(cells), "started": _now(),
-                "provenance": provenance(device)}
-    meta.update(isolate=isolate, timeout_s=timeout_s, plugins=plugins, rounds=rounds)
-    executor = None
-    if isolate:
-        from attnbench.isolate import IsolatedCells
-
-        init = {"op": "init", "suite": str((run_dir / "suite.toml").resolve()), "plugins": plugins,
-                "device": str(device), "cuda_graphs": cuda_graphs,
-                "capacity_limit_mib": capacity_limit_mib,
-                "fault_log": str((run_dir / "worker_faults.log").resolve())}
-        executor = IsolatedCells(init, isolate, timeout_s)
+                "only": only_list, "skip": skip_list, "cuda_graphs": cuda_graphs,
+                "cells_planned": len(cells), "started": _now(), "provenance": provenance(device)}
+        _start_run_dir(run_dir, suite, meta)
+    meta.update(isolate=isolate, timeout_s=timeout_s, plugins=plugin_files, rounds=rounds,
+                retry_noisy=retry_noisy)
+    ctx = CellContext(suite=suite, device=device, cuda_graphs=cuda_graphs,
+                      capacity_limit_mib=capacity_limit_mib)
+    init = {"op": "init", "suite": str((run_dir / "suite.toml").resolve()), "plugins": plugin_files,
+            "device": str(device), "cuda_graphs": cuda_graphs,
+            "capacity_limit_mib": capacity_limit_mib,
+            "fault_log": str((run_dir / "worker_faults.log").resolve())}
+    executor = make_executor(ctx, isolate=isolate, timeout_s=timeout_s, rounds=rounds,
+                             retry_noisy=retry_noisy, worker_init=init)
     with RunLock(run_dir):
-        return _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_limit_mib,
-                      on_row, resumed=resume is not None, executor=executor, rounds=rounds)
+        return _sweep(suite, cells, run_dir, meta, device, executor, progress, on_row,
+                      resumed=resume is not None)
+
+
+def _listed(names) -> list[str]:
+    return [s.strip() for s in names.split(",")] if isinstance(names, str) else list(names)
+
+
+def _resumed(run_dir: Path, device: torch.device) -> tuple[Path, Suite, dict]:
+    meta = read_meta(run_dir)
+    _check_meta(run_dir, meta)
+    suite_path = run_dir / "suite.toml"
+    if not suite_path.is_file():
+        raise RunDirError(f"{run_dir}: no suite.toml to resume from")
+    try:
+        suite = load_suite(str(suite_path))
+    except SuiteError as exc:
+        missing = [p for p in meta.get("plugins") or () if p not in loaded_plugins()]
+        if missing:
+            flags = " ".join(f"--plugin {shlex.quote(p)}" for p in missing)
+            raise SuiteError(f"{exc}. This run loaded plugin files; resume it with them: "
+                             f"attnbench run --resume {shlex.quote(str(run_dir))} {flags}") from None
+        raise
+    want = meta.get("suite_sha256")
+    if want and suite.text_hash != want:
+        raise RunDirError(f"{suite_path} is not the suite this run started with: its sha256 is "
+                          f"{suite.text_hash}, meta.json records {want}; resuming would mix two "
+                          "suites' rows in one run (start a new run for the changed suite)")
+    if meta.get("device_type") and meta["device_type"] != device.type:
+        raise RunDirError(f"{run_dir} was run on {meta['device_type']}; resume it with "
+                          f"--device {meta['device_type']}")
+    return run_dir, suite, meta
+
+
+def _start_run_dir(run_dir: Path, suite: Suite, meta: dict) -> None:
+    """suite.toml and the first meta.json; if they cannot be written (disk full, read-only), the
+    half-made directory goes again and nothing is left behind."""
+    try:
+        (run_dir / "suite.toml").write_text(suite.text, encoding="utf-8")
+        write_json_atomic(run_dir / META, {**meta, "state": "planned"})
+    except OSError as exc:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise RunDirError(f"cannot write the run directory {run_dir}: {exc.strerror or exc}; "
+                          "nothing was run (free space or choose another --out)") from None
 
 
 def _check_meta(run_dir: Path, meta: dict) -> None:
@@ -211,7 +234,7 @@ def _check_meta(run_dir: Path, meta: dict) -> None:
         raise RunDirError(f"{run_dir}/{META}: {key} = {meta.get(key)!r} is not valid; is this a run "
                           "directory written by attnbench?")
 
-    for key in ("only", "skip"):
+    for key in ("only", "skip", "plugins"):
         v = meta.get(key)
         if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
             bad(key)
@@ -222,13 +245,16 @@ def _check_meta(run_dir: Path, meta: dict) -> None:
     if meta.get("isolate") not in (None, *ISOLATE_MODES):
         bad("isolate")
     r = meta.get("rounds")
-    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 1000):
+    if r is not None and not is_rounds(r):
         bad("rounds")
     t = meta.get("timeout_s")
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1e7):
+    if t is not None and not (is_number(t) and 0 < t < 1e7):
         bad("timeout_s")
-    if isinstance(meta.get("resumes", 0), bool) or not isinstance(meta.get("resumes", 0), int):
-        bad("resumes")
+    for key in ("resumes", "retry_noisy"):
+        if not is_whole(meta.get(key) or 0):
+            bad(key)
+    if not isinstance(meta.get("suite_sha256", ""), str):
+        bad("suite_sha256")
 
 
 def loaded_plugins() -> list[str]:
@@ -237,131 +263,147 @@ def loaded_plugins() -> list[str]:
                    if name.startswith("attnbench_plugin_") and getattr(m, "__file__", None)})
 
 
-def _sweep(suite, cells, run_dir, meta, device, progress, cuda_graphs, capacity_limit_mib, on_row,
-           resumed, executor=None, rounds=1):
-    writer = ResultWriter(run_dir)  # sets a torn last line aside before the rows are read
-    existing = list(iter_rows(run_dir))
-    done = {r["cell_id"] for r in existing}
-    oom_at: dict[tuple, int] = {}
-    for r in existing:
-        if r.get("status") == "oom":
-            key = Case(**{**{k: r[k] for k in Case.__dataclass_fields__},
-                          "params": tuple(sorted(r["params"].items())),
-                          "input": tuple(sorted(r["input"].items()))}).family_key()
-            oom_at[key] = min(oom_at.get(key, r["n"]), r["n"])
-    todo = [c for c in cells if c.case.cell_id not in done]
-    meta.update(state="running", cells_planned=len(cells),
-                resumes=meta.get("resumes", 0) + (1 if resumed else 0))
-    write_json_atomic(run_dir / META, meta)
-    ctx = CellContext(suite=suite, device=device, cuda_graphs=cuda_graphs,
-                      capacity_limit_mib=capacity_limit_mib)
-    counts: dict[str, int] = {}
-    for r in existing:
-        counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in old:
-        signal.signal(s, _raise_interrupt)
-    interrupted = False
+class _Signals:
+    """SIGINT and SIGTERM during the sweep: the first raises :class:`Interrupted` where the sweep is;
+    later ones, arriving while it cleans up, are noted and change nothing (any number of signals ends
+    as one interruption)."""
 
-    def write(row):
-        row["finished"] = _now()
-        writer.append(row)
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-        if on_row is not None:
-            on_row(row)
+    def __init__(self):
+        self.first: str | None = None
+        self.more = 0
+        self.deferred = False  # set once clean-up starts: signals are noted, never raised
+        self.old = {}
 
-    try:
-        with _progress(progress, len(cells), len(cells) - len(todo)) as bar:
-            for batch in batches(todo, rounds):
-                runnable = []
-                for cell in batch:
-                    case = cell.case
-                    row = _base_row(case, suite, device)
-                    row["started"] = _now()
-                    fam = case.family_key()
-                    if cell.skip_reason is not None:
-                        row.update(status="unsupported", reason=cell.skip_reason)
-                    elif fam in oom_at and case.n > oom_at[fam]:
-                        row.update(status="oom-pruned",
-                                   reason=f"out of memory at n={oom_at[fam]}; larger n not run")
-                    else:
-                        runnable.append((case, row))
-                        continue
-                    bar(case)
-                    write(row)
-                if rounds > 1 and runnable:
-                    bar(runnable[0][0])
-                    results = run_interleaved(ctx, [case for case, _ in runnable], rounds)
-                else:
-                    results = None
-                for i, (case, row) in enumerate(runnable):
-                    if results is None:
-                        bar(case)
-                        row.update(run_cell(ctx, case) if executor is None else executor.run(case))
-                    else:
-                        if i:
-                            bar(case)
-                        row.update(results[i])
-                    if row["status"] == "oom":
-                        fam = case.family_key()
-                        oom_at[fam] = min(oom_at.get(fam, case.n), case.n)
-                    write(row)
-    except Interrupted as exc:
-        interrupted = True
-        meta["interrupted_by"] = str(exc)
-    finally:
-        if executor is not None:
-            executor.close()  # also on interruption: no worker outlives the run
-        for s, h in old.items():
-            signal.signal(s, h)
-        writer.close()
-        meta.update(state="interrupted" if interrupted else "complete", finished=_now(),
-                    counts=counts)
-        write_json_atomic(run_dir / META, meta)
-    return RunOutcome(run_dir, counts, interrupted)
-
-
-class _progress:
-    """A rich progress bar on stderr: cells done/total, elapsed, ETA and the current cell."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled, self.total, self.done = enabled, total, done
-        self.bar = self.task = None
+    def _handle(self, signum, frame):
+        if self.first is None:
+            self.first = signal.Signals(signum).name
+            if not self.deferred:
+                raise Interrupted(self.first)
+        else:
+            self.more += 1
 
     def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=False)
-            self.bar.__enter__()
-            self.task = self.bar.add_task("starting", total=self.total, completed=self.done)
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self.old[s] = signal.getsignal(s)
+            signal.signal(s, self._handle)
         return self
 
-    def __call__(self, case: Case) -> None:
-        if self.bar is not None:
-            if self._started:
-                self.bar.advance(self.task)
-            self.bar.update(self.task, description=f"{case.label()[:40]} n={case.n} {case.mode} "
-                                                   f"{case.dtype}")
-        self._started = True
-
-    _started = False
-
     def __exit__(self, *exc):
-        if self.bar is not None:
-            if self._started and exc[0] is None:
-                self.bar.advance(self.task)
-                self.bar.update(self.task, description="done")
-            self.bar.__exit__(*exc)
+        for s, h in self.old.items():
+            signal.signal(s, h)
         return False
 
 
-def dry_run(suite: Suite, device: torch.device, only=None, skip=None) -> list[PlannedCell]:
-    return plan(suite, device, only, skip)
+def _oom_families(rows: list[dict]) -> dict[tuple, int]:
+    oom_at: dict[tuple, int] = {}
+    for r in rows:
+        if r.get("status") == "oom":
+            try:
+                key = Case.from_identity(r).family_key()
+            except (KeyError, TypeError, ValueError):
+                continue
+            oom_at[key] = min(oom_at.get(key, r["n"]), r["n"])
+    return oom_at
 
 
-__all__ = ["run_suite", "plan", "dry_run", "parse_device", "RunOutcome", "parse_suite"]
+def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
+           device: torch.device, executor, progress: bool, on_row, resumed: bool) -> RunOutcome:
+    try:
+        writer = ResultWriter(run_dir)  # sets a torn last line aside before the rows are read
+    except OSError as exc:
+        raise RunDirError(f"{run_dir}: cannot open its results: {exc.strerror or exc}") from None
+    existing = list(iter_rows(run_dir))
+    planned_ids = {c.case.cell_id for c in cells}
+    done = {r["cell_id"] for r in existing}
+    oom_at = _oom_families(existing)
+    by_id = {c.case.cell_id: c for c in cells}
+    todo = [c.case for c in cells if c.case.cell_id not in done]
+    outcome = RunOutcome(run_dir, planned=len(cells))
+    for r in existing:
+        outcome.counts[r["status"]] = outcome.counts.get(r["status"], 0) + 1
+    meta.update(state="running", cells_planned=len(cells), host_load_before=host_load(device),
+                resumes=meta.get("resumes", 0) + (1 if resumed else 0))
+    started: dict[str, str] = {}
+    failure: BaseException | None = None
+
+    def gate(case: Case) -> dict | None:
+        started[case.cell_id] = _now()
+        planned = by_id[case.cell_id]
+        if planned.skip_reason is not None:
+            return {"status": "unsupported", "reason": planned.skip_reason}
+        fam = case.family_key()
+        if fam in oom_at and case.n > oom_at[fam]:
+            return {"status": "oom-pruned", "reason": f"out of memory at n={oom_at[fam]}; larger n not run"}
+        return None
+
+    bar = Progress(len(cells), len(cells) - len(todo), enabled=progress)
+
+    def on_start(case: Case) -> None:
+        started[case.cell_id] = _now()
+        bar.start(f"{case.label()} n={case.n} {case.mode} {case.dtype}")
+
+    def write(case: Case, fields: dict) -> None:
+        row = {**_base_row(case, suite, device), "started": started.get(case.cell_id, _now()),
+               **fields, "finished": _now()}
+        try:
+            writer.append(row)
+        except OSError as exc:
+            raise WriteFailed(f"could not write a row to {writer.path}: {exc.strerror or exc}") from None
+        done.add(case.cell_id)
+        outcome.counts[row["status"]] = outcome.counts.get(row["status"], 0) + 1
+        if row["status"] == "oom":
+            fam = case.family_key()
+            oom_at[fam] = min(oom_at.get(fam, case.n), case.n)
+        bar.finish(f"{case.label()} n={case.n} {case.mode} {case.dtype}", row["status"])
+        if on_row is not None:
+            on_row(row)
+
+    signals = _Signals()
+    try:
+        with signals, bar:
+            try:
+                _write_meta(run_dir, meta)
+                for case, fields in executor.run(todo, gate, on_start):
+                    write(case, fields)
+            except (Interrupted, KeyboardInterrupt) as exc:
+                outcome.interrupted = True
+                meta["interrupted_by"] = str(exc) or type(exc).__name__
+            except WriteFailed as exc:
+                outcome.write_failed = str(exc)
+                meta["interrupted_by"] = str(exc)
+            except BaseException as exc:  # noqa: BLE001 - recorded in meta, then raised again
+                failure = exc
+                meta["interrupted_by"] = f"{type(exc).__name__}: {exc}"[:300]
+            finally:
+                signals.deferred = True  # the clean-up below runs to its end whatever arrives
+                executor.close()  # also on interruption: no worker outlives the run
+                writer.close()
+                if signals.first and not outcome.interrupted:  # arrived during the clean-up
+                    outcome.interrupted = True
+                    meta["interrupted_by"] = signals.first
+                missing = len(planned_ids - done)
+                meta.update(state="complete" if not missing else "interrupted", finished=_now(),
+                            counts=outcome.counts, cells_missing=missing,
+                            host_load_after=host_load(device))
+                if signals.more:
+                    meta["signals_during_cleanup"] = signals.more
+                try:
+                    _write_meta(run_dir, meta)
+                except WriteFailed as exc:
+                    outcome.write_failed = outcome.write_failed or str(exc)
+    except (Interrupted, KeyboardInterrupt):  # a signal between the sweep's own handlers
+        outcome.interrupted = True
+    if failure is not None:
+        raise failure
+    return outcome
+
+
+def _write_meta(run_dir: Path, meta: dict) -> None:
+    try:
+        write_json_atomic(run_dir / META, meta)
+    except OSError as exc:
+        raise WriteFailed(f"could not write {run_dir / META}: {exc.strerror or exc}") from None
+
+
+__all__ = ["run_suite", "plan", "RunOutcome", "parse_device", "parse_suite", "loaded_plugins",
+           "EXIT_INTERRUPTED", "EXIT_WRITE_FAILED"]

@@ -17,14 +17,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from attnbench.errors import RunDirError  # noqa: F401 (re-exported)
+
 RESULTS = "results.jsonl"
 META = "meta.json"
 # Path components built from data (suite name, device tag): never empty, '.', '..' or with a separator.
 SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class RunDirError(Exception):
-    """A run directory that cannot be used (missing, locked, not a run)."""
 
 
 class TornRowWarning(UserWarning):

@@ -17,11 +17,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from attnbench.checks import is_number, is_rounds, is_whole
 from attnbench.dtypes import DTYPES
+from attnbench.errors import SuiteError  # noqa: F401 (re-exported)
 from attnbench.inputs import REGIMES, STORAGES
 from attnbench.params import check_params
 from attnbench.registry import REGISTRY, RegistryError, unknown_name_message
 
+AXIS_MAX = 2**31 - 1  # n, batch, heads, head_dim: beyond this no tensor dimension is indexable
+SEED_MAX = 2**62  # seeds are mixed into 63-bit generator seeds with small offsets
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LEVELS = ("core", "layer", "model")
 MODES = ("fwd", "fwd_bwd")
@@ -31,8 +35,11 @@ TOP_KEYS = {"name", "version", "description", "baseline", "seed", "sweep", "meth
             "timing", "error", "model", "capacity"}
 
 
-class SuiteError(Exception):
-    """A malformed suite; the message names the file, the key, the value and what is allowed."""
+PLUGIN_HINT = (". A method defined in your own file needs --plugin FILE (attnbench run SUITE "
+               "--plugin FILE); one from an installed package registers itself through the "
+               "'attnbench.methods' entry point")
+
+
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,15 @@ class Case:
         d["params"] = self.params_dict
         d["input"] = self.input_dict
         return d
+
+    @classmethod
+    def from_identity(cls, d: dict[str, Any]) -> "Case":
+        """The case back from :meth:`identity` (a row, or JSON sent to a worker)."""
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        fields["params"] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                        for k, v in (d.get("params") or {}).items()))
+        fields["input"] = tuple(sorted((d.get("input") or {}).items()))
+        return cls(**fields)
 
     @property
     def cell_id(self) -> str:
@@ -123,6 +139,22 @@ class Suite:
     def text_hash(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "Suite":
+        """A suite from the same tables a TOML file holds, e.g.
+        ``Suite.from_dict({"name": "mine", "sweep": {"n": [256, 512]}, "methods": {"sdpa": {}}})``.
+        It is validated as a file would be, and its TOML text is kept, so a run of it can be resumed
+        and run in worker processes."""
+        from attnbench.tomlwrite import dumps
+
+        if not isinstance(data, dict):
+            raise SuiteError(f"{source}: expected a dict of suite tables, got {type(data).__name__}")
+        try:
+            text = dumps(data)
+        except (TypeError, ValueError) as exc:
+            raise SuiteError(f"{source}: {exc}") from None
+        return parse_suite(tomllib.loads(text), source, text)
+
 
 def builtin_suites() -> dict[str, Path]:
     root = resources.files("attnbench.suites")
@@ -148,14 +180,14 @@ class _Checker:
     def fail(self, key: str, value: Any, allowed: str) -> typing.NoReturn:
         raise SuiteError(f"{self.file}: {key} = {value!r}: {allowed}")
 
-    def int_list(self, key, value, *, minimum=1):
+    def int_list(self, key, value, *, minimum=1, maximum=AXIS_MAX):
         vals = value if isinstance(value, list) else [value]
         if not vals:
             self.fail(key, value, f"expected a non-empty list of integers >= {minimum}")
         for v in vals:
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                self.fail(key, value, f"expected integers >= {minimum}")
-        return vals
+            if not is_whole(v) or not minimum <= v <= maximum:
+                self.fail(key, value, f"expected integers >= {minimum} (and at most {maximum})")
+        return self.distinct(key, value, vals)
 
     def choice_list(self, key, value, allowed):
         vals = value if isinstance(value, list) else [value]
@@ -165,6 +197,15 @@ class _Checker:
         for v in vals:
             if isinstance(v, bool) != want_bool or v not in allowed:
                 self.fail(key, value, f"allowed: {', '.join(map(str, allowed))}")
+        return self.distinct(key, value, vals)
+
+    def distinct(self, key, value, vals: list) -> list:
+        """A sweep list names each value once: a repeat would run the same cell twice."""
+        seen = []
+        for v in vals:
+            if v in seen and type(v) is type(seen[seen.index(v)]):
+                self.fail(key, value, f"{v!r} is listed twice; list each value once")
+            seen.append(v)
         return vals
 
     def unknown_keys(self, where: str, table: dict, known) -> None:
@@ -172,6 +213,8 @@ class _Checker:
             if key not in known:
                 self.fail(f"{where}{key}", table[key], f"unknown key; allowed keys: "
                           f"{', '.join(sorted(known))}")
+
+
 
 
 SWEEP_AXES: dict[str, tuple] = {
@@ -210,7 +253,24 @@ def load_suite(name_or_path: str) -> Suite:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{file}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise SuiteError(f"{file}: not valid for attnbench: arrays or tables nested too deeply "
+                         "(a suite needs at most a list of lists)") from None
+    if (depth := _nesting(data)) > MAX_NESTING:
+        raise SuiteError(f"{file}: values nested {depth} levels deep; a suite needs at most "
+                         f"{MAX_NESTING} (tables of lists of lists)")
     return parse_suite(data, file, text)
+
+
+MAX_NESTING = 8
+
+
+def _nesting(value: Any, depth: int = 0) -> int:
+    """How deeply lists and tables nest in ``value`` (stops counting past MAX_NESTING)."""
+    if depth > MAX_NESTING or not isinstance(value, (list, dict)):
+        return depth
+    items = value.values() if isinstance(value, dict) else value
+    return max((_nesting(v, depth + 1) for v in items), default=depth + 1)
 
 
 def parse_suite(data: dict, file: str, text: str = "") -> Suite:
@@ -221,14 +281,14 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
         c.fail("name", name, "required; letters, digits, '_', '.', '-' (max 64), starting with a "
                              "letter or digit")
     version = data.get("version", 1)
-    if isinstance(version, bool) or not isinstance(version, int):
+    if not is_whole(version):
         c.fail("version", version, "expected an integer")
     description = data.get("description", "")
     if not isinstance(description, str):
         c.fail("description", description, "expected a string")
     seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        c.fail("seed", seed, "expected an integer >= 0")
+    if not is_whole(seed) or not 0 <= seed <= SEED_MAX:
+        c.fail("seed", seed, f"expected an integer from 0 to 2**62 ({SEED_MAX})")
 
     sweep_t = data.get("sweep")
     if not isinstance(sweep_t, dict):
@@ -249,7 +309,8 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
     method_sweeps: list[dict[str, Any]] = []
     for mname, tables in methods_t.items():
         if mname not in REGISTRY:
-            c.fail(f"methods.{mname}", tables, unknown_name_message("method", mname, REGISTRY.names()))
+            c.fail(f"methods.{mname}", tables, unknown_name_message("method", mname, REGISTRY.names())
+                   + PLUGIN_HINT)
         spec = REGISTRY.get(mname)
         if isinstance(tables, list) and not tables:
             c.fail(f"methods.{mname}", tables, "an empty list of tables runs nothing; give at least "
@@ -299,22 +360,22 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
         inputs.append(entry)
 
     timing = _check_table(c, data, "timing", TIMING_DEFAULTS, {
-        "warmup": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-        "warmup_s": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
-        "repeats": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-        "max_time_s": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+        "warmup": lambda v: is_whole(v) and v >= 0,
+        "warmup_s": lambda v: is_number(v) and v >= 0,
+        "repeats": lambda v: is_whole(v) and v >= 1,
+        "max_time_s": lambda v: is_number(v) and v > 0,
         "cuda_graphs": lambda v: isinstance(v, bool),
-        "rounds": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1000})
+        "rounds": is_rounds})
     error = _check_table(c, data, "error", ERROR_DEFAULTS, {
         "enabled": lambda v: isinstance(v, bool),
-        "max_n": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1})
+        "max_n": lambda v: is_whole(v) and v >= 1})
     model = _check_table(c, data, "model", MODEL_DEFAULTS, {
-        "layers": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-        "ffn_dim": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1})
+        "layers": lambda v: is_whole(v) and v >= 1,
+        "ffn_dim": lambda v: is_whole(v) and v >= 1})
     capacity = _check_table(c, data, "capacity", CAPACITY_DEFAULTS, {
-        "max_batch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-        "rel_tol": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
-        "limit_mib": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0})
+        "max_batch": lambda v: is_whole(v) and v >= 1,
+        "rel_tol": lambda v: is_number(v) and 0 <= v < 1,
+        "limit_mib": lambda v: is_number(v) and v >= 0})
     return Suite(name=name, version=version, description=description, baseline=baseline, path=file,
                  text=text, sweep=sweep, methods=methods, inputs=inputs, timing=timing, error=error,
                  model=model, seed=seed, capacity=capacity, method_sweeps=method_sweeps)

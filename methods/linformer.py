@@ -62,6 +62,7 @@ from torch import nn
 
 from attnbench.kernels import (merged_heads, project_merged, shared_bmm, triton_available,
                                triton_interpreting)
+from attnbench.params import NonNegative, Positive
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 Projection = Literal["linear", "random", "mean_pool", "max_pool", "conv"]
@@ -74,11 +75,11 @@ MATRIX = ("linear", "random")  # (k, n) projections: the ones the Triton kernels
 
 @dataclass(frozen=True)
 class LinformerParams:
-    k: int = 256                       # projected length (rows of E·K and F·V)
+    k: Positive = 256                       # projected length (rows of E·K and F·V)
     projection: Projection = "linear"  # linear | random | mean_pool | max_pool | conv
     sharing: Sharing = "headwise"      # none | headwise | kv | layerwise
     freeze: bool = False               # linear/conv only: keep E, F fixed (requires_grad False)
-    k_schedule: tuple[int, ...] = ()   # per-layer k (layer i uses k_schedule[i]); () = k everywhere
+    k_schedule: tuple[Positive, ...] = ()   # per-layer k (layer i uses k_schedule[i]); () = k everywhere
     kernel: Kernel = "auto"            # auto = torch; triton wins only on large cores (see above)
 
 

@@ -77,6 +77,7 @@ from torch import nn
 
 from attnbench.compiling import allow_recompiles, compile_failure
 from attnbench.kernels.lsh_flex import lsh_block_mask, make_flex_rounds
+from attnbench.params import NonNegative, Positive
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 SELF_SCORE = -1e5  # Reformer's score for attending to oneself
@@ -85,8 +86,8 @@ Kernel = Literal["auto", "triton", "sdpa", "flex", "torch"]
 
 @dataclass(frozen=True)
 class LSHParams:
-    bucket_size: int = 64  # chunk length; n_buckets = n / bucket_size (rounded up to even)
-    n_hashes: int = 4  # hashing rounds; more rounds, fewer missed neighbours
+    bucket_size: Positive = 64  # chunk length; n_buckets = n / bucket_size (rounded up to even)
+    n_hashes: Positive = 4  # hashing rounds; more rounds, fewer missed neighbours
     # True: a key found in several rounds counts once (exact attention over the union of candidates);
     # False: each round's attention stands alone and duplicates count as often as they are found,
     # Reformer's cheaper default (reformer-pytorch's allow_duplicate_attention=True), which skips the

@@ -61,6 +61,7 @@ from torch import nn
 from attnbench.kernels import triton_available, triton_interpreting
 from attnbench.kernels.split_keys import choose_splits, split_key_attention
 from attnbench.measure import capture_cuda_graph
+from attnbench.params import NonNegative, Positive
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 # batch·heads from which, on CUDA, fp32 softmax(Q̃Kᵀ)V is one SDPA call and ``auto`` runs the Triton
@@ -97,8 +98,8 @@ def iterative_pinv(a: torch.Tensor, iters: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class NystromParams:
-    num_landmarks: int = 64  # m, segment-mean landmarks; n must be a multiple of m
-    pinv_iters: int = 6  # iterations of the pseudo-inverse approximation (the paper uses 6)
+    num_landmarks: Positive = 64  # m, segment-mean landmarks; n must be a multiple of m
+    pinv_iters: NonNegative = 6  # iterations of the pseudo-inverse approximation (the paper uses 6)
     pinv: Literal["iterative", "exact"] = "iterative"  # exact = torch.linalg.pinv, for ablations
     kernel: Literal["auto", "triton", "torch"] = "auto"  # the iteration's products (auto: see above)
     graph_pinv: bool = True  # eager CUDA calls replay the pseudo-inverse from a CUDA graph (see above)

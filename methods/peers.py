@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnbench.params import NonNegative, Positive
 from attnbench.reference import reference_attention
 from attnbench.registry import BuildContext, register_method
 
@@ -89,7 +90,7 @@ class Peer(nn.Module):
 
 @dataclass(frozen=True)
 class PeerPerformerParams:
-    nb_features: int = 0  # m, random features; 0 = the peer's default int(d·ln d) (266 at d=64)
+    nb_features: NonNegative = 0  # m, random features; 0 = the peer's default int(d·ln d) (266 at d=64)
     ortho_scaling: Literal[0, 1] = 0  # row norms of ω: 0 = chi-distributed (as ours), 1 = all √d
 
 
@@ -130,8 +131,8 @@ def build_peer_performer(p: PeerPerformerParams, ctx: BuildContext) -> nn.Module
 
 @dataclass(frozen=True)
 class PeerReformerParams:
-    bucket_size: int = 64  # chunk length; n_buckets = n / bucket_size (the peer needs it even)
-    n_hashes: int = 4  # hashing rounds
+    bucket_size: Positive = 64  # chunk length; n_buckets = n / bucket_size (the peer needs it even)
+    n_hashes: Positive = 4  # hashing rounds
     allow_duplicate_attention: bool = True  # False: the peer's duplicate correction (see docstring)
     rotations: Literal["seeded", "fresh"] = "seeded"  # seeded: same hash every call, from the cell seed
 
@@ -193,7 +194,7 @@ def build_peer_reformer(p: PeerReformerParams, ctx: BuildContext) -> nn.Module:
 
 @dataclass(frozen=True)
 class PeerLocalParams:
-    window: int = 256  # the peer's window_size: block length; n must be a multiple of it
+    window: Positive = 256  # the peer's window_size: block length; n must be a multiple of it
     exact_windowsize: bool = True  # trim the blocks to |i - j| <= window (False: whole blocks)
 
 
@@ -226,7 +227,7 @@ def build_peer_local(p: PeerLocalParams, ctx: BuildContext) -> nn.Module:
 
 @dataclass(frozen=True)
 class PeerTatp22Params:
-    k: int = 256  # projected length
+    k: Positive = 256  # projected length
     sharing: Literal["none", "headwise", "kv", "layerwise"] = "headwise"  # the peer's parameter_sharing
     projection: Literal["linear", "conv", "random"] = "linear"  # peer: learnable | convolution | no_params
 
@@ -304,7 +305,7 @@ def _merge(o: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PeerLinformerParams:
-    k: int = 256  # projected length of the peer's (n, k) matrices proj_k, proj_v
+    k: Positive = 256  # projected length of the peer's (n, k) matrices proj_k, proj_v
     share_kv: bool = False  # the peer's share_kv: values = keys (one to_k, one projection)
     one_kv_head: bool = False  # the peer's one_kv_head: a single key/value head for all query heads
 
@@ -353,8 +354,8 @@ def build_peer_linformer(p: PeerLinformerParams, ctx: BuildContext) -> nn.Module
 
 @dataclass(frozen=True)
 class PeerNystromParams:
-    num_landmarks: int = 64  # m, segment-mean landmarks; n must be a multiple of m
-    pinv_iters: int = 6  # the peer's pinv_iterations (the paper uses 6)
+    num_landmarks: Positive = 64  # m, segment-mean landmarks; n must be a multiple of m
+    pinv_iters: NonNegative = 6  # the peer's pinv_iterations (the paper uses 6)
 
 
 class PeerNystrom(Peer):

@@ -53,6 +53,7 @@ from torch import nn
 
 from attnbench.compiling import allow_recompiles, compile_failure
 from attnbench.kernels.causal_linear import causal_chunked, lse, positive_causal
+from attnbench.params import NonNegative, Positive
 from attnbench.registry import BuildContext, Unsupported, register_method
 
 
@@ -329,18 +330,18 @@ def _favor(q, k, v, alpha, proj_kt, k_tail, v_tail, q_tail, rows_lo, rows_mid, r
 
 @dataclass(frozen=True)
 class PerformerParams:
-    nb_features: int = 0  # m, random features; 0 = auto = round(d·ln d) (266 at d=64, 111 at d=32)
+    nb_features: NonNegative = 0  # m, random features; 0 = auto = round(d·ln d) (266 at d=64, 111 at d=32)
     orthogonal: bool = True  # ω in orthogonal blocks with chi lengths (ORF); False = iid Gaussian rows
     positive: bool = True  # FAVOR+ positive features; False = trigonometric sin/cos (2m features)
-    redraw_interval: int = 0  # training mode: redraw ω every this many forward calls; 0 = fixed by seed
-    chunk_size: int = 128  # causal: prefix sums are taken over chunks of this many positions
+    redraw_interval: NonNegative = 0  # training mode: redraw ω every this many forward calls; 0 = fixed by seed
+    chunk_size: Positive = 128  # causal: prefix sums are taken over chunks of this many positions
     compile: bool = False  # bidirectional positive: torch.compile the whole feature pipeline (fuses the
     #                        small elementwise steps), compiled and warmed in the factory
 
 
 @dataclass(frozen=True)
 class LinearParams:
-    chunk_size: int = 128  # causal: prefix sums are taken over chunks of this many positions
+    chunk_size: Positive = 128  # causal: prefix sums are taken over chunks of this many positions
 
 
 class PerformerAttention(nn.Module):

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from attnbench.compiling import allow_recompiles, compile_failure
+from attnbench.params import NonNegative, Positive
 from attnbench.registry import BuildContext, register_method
 
 Kernel = Literal["auto", "flex", "blocked"]
@@ -36,28 +37,28 @@ Pred = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class LocalParams:
-    window: int = 256  # w: query i sees keys with |i - j| < w (causal: 0 <= i - j < w)
+    window: Positive = 256  # w: query i sees keys with |i - j| < w (causal: 0 <= i - j < w)
     kernel: Kernel = "auto"  # auto: FlexAttention on CUDA, blocked kernel on CPU (flex on CPU: fwd only)
 
 
 @dataclass(frozen=True)
 class StridedParams:
-    stride: int = 64  # l: the previous (and next) l positions plus every l-th position; l ≈ √n
+    stride: Positive = 64  # l: the previous (and next) l positions plus every l-th position; l ≈ √n
     kernel: Kernel = "auto"
 
 
 @dataclass(frozen=True)
 class FixedParams:
-    block: int = 64  # l: query i sees its own block of l positions ...
-    c: int = 8  # ... and the last c positions of every block (the "summary" columns)
+    block: Positive = 64  # l: query i sees its own block of l positions ...
+    c: Positive = 8  # ... and the last c positions of every block (the "summary" columns)
     kernel: Kernel = "auto"
 
 
 @dataclass(frozen=True)
 class BigBirdParams:
-    block: int = 64  # b: window and random attention work on blocks of b positions
-    num_global: int = 128  # g: positions 0..g-1 are global tokens (see all, seen by all)
-    num_random: int = 3  # r: random key blocks per query block, drawn once per cell seed
+    block: Positive = 64  # b: window and random attention work on blocks of b positions
+    num_global: NonNegative = 128  # g: positions 0..g-1 are global tokens (see all, seen by all)
+    num_random: NonNegative = 3  # r: random key blocks per query block, drawn once per cell seed
     kernel: Kernel = "auto"
 
 
