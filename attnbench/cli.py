@@ -210,9 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    console = Console()
-    if not console.is_terminal:
-        console.width = max(console.width, 200)  # pipes and logs: keep tables readable
+    console = Console()  # pipes and logs: COLUMNS, else 80; tables split rather than fold numbers
     err = Console(stderr=True)
     try:
         for path in args.plugin:
