@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -210,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    console = Console()  # pipes and logs: COLUMNS, else 80; tables split rather than fold numbers
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = max(console.width, 200)  # pipes and logs: keep tables readable; COLUMNS rules
     err = Console(stderr=True)
     try:
         for path in args.plugin:

@@ -134,6 +134,8 @@ def crossover_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
         beyond = sorted(n for n in base_failed if n in ran and (not ns or n > ns[-1]))
         if beyond:
             notes.append(f"baseline OOM from n={fmt_n(beyond[0])}, where this method runs")
+        if not ns and not notes:
+            continue  # nothing measured on both sides: the method's own rows say why
         row = dict(zip([label, *keys], key))
         budget = pd.to_numeric(frame.get("budget_value"), errors="coerce") if "budget_value" in frame \
             else pd.Series(dtype=float)

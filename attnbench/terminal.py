@@ -326,7 +326,8 @@ def render(console, df: pd.DataFrame, meta: dict, table: str, columns: list[str]
             styles = [None if r[si] == "ok" else "yellow" for r in rows]
         keys = max(1, sum(h in KEY_HEADERS for h in heads))
         print_tables(console, fit_tables(heads, rows, width, keys, styles))
-        console.print(Text(NOISE_NOTE.split("; ?")[0], style="dim"))
+        if "speedup" in heads and any(r[heads.index("speedup")].endswith("~") for r in rows):
+            console.print(Text(NOISE_NOTE.split("; ?")[0], style="dim"))
         lines = collapsed_lines(df, ("unsupported",))
     else:
         grids = summary_grids(df, baseline)
