@@ -266,15 +266,17 @@ NOISE_NOTE = (f"~ the speed-up's range from the two cells' timing quartiles (bas
 
 
 def _rich_table(title: str, headers: list[str], rows: list[list[str]]):
-    """One table whose numeric columns never fold a number (``terminal.fit_tables`` splits tables
-    that don't fit the console instead)."""
-    from attnbench.terminal import build_table
+    """A renderable table whose numbers are never folded: split into blocks of columns (each with
+    the first column) where the console is too narrow for it (``terminal.Fitted``)."""
+    from attnbench.terminal import Fitted, display_label
 
     styles = None
     if "status" in headers:
         si = headers.index("status")
         styles = [None if r[si] == "ok" else "yellow" for r in rows]
-    return build_table(headers, rows, title, styles)
+    if headers and headers[0] == "method":
+        rows = [[display_label(r[0]), *r[1:]] for r in rows]
+    return Fitted(headers, rows, 1, styles, title)
 
 
 def render_terminal(run_dir: str | Path, console=None, baseline: str | None = None,

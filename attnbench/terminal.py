@@ -137,6 +137,20 @@ def fit_tables(headers: list[str], rows: list[list[str]], width: int, keys: int 
             for cols in (list(range(keys)) + block for block in _blocks(widths, keys, width))]
 
 
+class Fitted:
+    """``fit_tables`` at the width the tables are printed at, for callers that build a renderable
+    before they know the console (``report._rich_table``)."""
+
+    def __init__(self, headers, rows, keys: int = 1, row_styles=None, title: str | None = None):
+        self.headers, self.rows, self.keys, self.row_styles, self.title = \
+            headers, rows, keys, row_styles, title
+
+    def __rich_console__(self, console, options):
+        if self.title:
+            yield Text(self.title, style="bold")
+        yield from fit_tables(self.headers, self.rows, options.max_width, self.keys, self.row_styles)
+
+
 def one_line(text: str, width: int) -> Text:
     line = Text(text, no_wrap=True, overflow="ellipsis")
     line.truncate(width, overflow="ellipsis")
