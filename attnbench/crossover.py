@@ -7,13 +7,14 @@ which is exact when both costs are power laws of n. Nothing is extrapolated: a m
 at the smallest measured n reads "< n_min", one that never wins reads "> n_max".
 
 Noise: a time crossing is only as good as the cells that bracket it. Each cell's speed-up has a range
-from the timing quartiles (method q1 / baseline q3 to q3 / q1, see ``report.time_quartiles``). A
-crossing is marked "?" ("1.4k?", "< 256?", "> 1k?") and its note says why, e.g. "noisy bracket:
-speed-up 0.8–1.3× at n=1k", when at either bracketing n (the first n for "< n_min", any n for
-"> n_max") the speed-up's range straddles 1, so the win could lie on the other side, or, for an
-interpolated crossing, a bracketing cell of the method or the baseline is noisy (IQR over 10% of its
-median), so the interpolated n moves with the noise. The crossing is marked rather than withheld: the value is still the best estimate
-the run has. Memory is measured once per cell and carries no such mark.
+from the timing quartiles (baseline q1 / method q3 to baseline q3 / method q1, see
+``report.time_quartiles``). A crossing is marked "?" ("1.4k?", "< 256?", "> 1k?") and its note says
+why, e.g. "noisy bracket: speed-up 0.8–1.3× at n=1k", when at a bracketing n (the two around an
+interpolated crossing, the first n for "< n_min", any n for "> n_max") the speed-up's range
+straddles 1, so the win could lie on the other side; or, for an interpolated crossing, when a
+bracketing cell of the method or the baseline is noisy (IQR over 10% of its median), so the
+interpolated n moves with the noise. The crossing is marked rather than withheld: its value is still
+the best estimate the run has. Memory is measured once per cell and carries no such mark.
 """
 from __future__ import annotations
 

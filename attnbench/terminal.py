@@ -17,8 +17,8 @@ from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
-from attnbench.report import (KEY_HEADERS, NOISY_IQR, NOISY_SPREAD, cell_key_columns, fmt_n,
-                              noisy_range, time_cost, time_quartiles, varying)
+from attnbench.report import (KEY_HEADERS, NOISY_IQR, NOISY_SPREAD, baseline_mask, cell_key_columns,
+                              fmt_n, noisy_range, time_cost, time_quartiles, varying)
 
 # columns that hold words rather than numbers: left-aligned; of these, WRAP may take several lines
 TEXT = {"method", "status", "reason", "dtype", "mode", "note", "ours", "peer", "verdict", "memory",
@@ -44,7 +44,7 @@ def fmt_ms(v) -> str:
         return f"{v:.1f}"
     if a >= 1:
         return f"{v:.2f}"
-    return f"{v:.3g}" if a >= 1e-3 or a == 0 else f"{v:.1e}"
+    return f"{v:#.3g}" if a >= 1e-3 else "0" if a == 0 else f"{v:.1e}"
 
 
 def fmt_x(v) -> str:
@@ -53,7 +53,7 @@ def fmt_x(v) -> str:
         return "—"
     if v >= 10:
         return f"{v:.0f}×"
-    return f"{v:.1f}×" if v >= 1 else f"{v:.2g}×"
+    return f"{v:.1f}×" if v >= 1 else f"{v:#.2g}×"
 
 
 def _width(text: str) -> int:
@@ -157,9 +157,14 @@ def one_line(text: str, width: int) -> Text:
     return line
 
 
+def _base_labels(df: pd.DataFrame, baseline: str) -> set[str]:
+    """The labels of the baseline's rows (``sdpa`` may name ``sdpa(backend=auto)``)."""
+    return set(df.loc[baseline_mask(df, baseline), "label"].astype(str))
+
+
 def _order(df: pd.DataFrame, baseline: str) -> list[str]:
-    labels = list(dict.fromkeys(df["label"].astype(str)))
-    return sorted(labels, key=lambda lab: lab != baseline)  # stable: the run's order, baseline first
+    labels, base = list(dict.fromkeys(df["label"].astype(str))), _base_labels(df, baseline)
+    return sorted(labels, key=lambda lab: lab not in base)  # stable: the run's order, baseline first
 
 
 def _group_axes(df: pd.DataFrame, drop=("n", "seed")) -> list[str]:
@@ -194,6 +199,7 @@ def summary_grids(df: pd.DataFrame, baseline: str) -> list[tuple[str, list[str],
         cell = ok.groupby(["label", "n"])[["_t", "_q1", "_q3", "speedup", "speedup_lo",
                                            "speedup_hi"]].median()
         status = g.groupby(["label", "n"])["status"].first()
+        base = _base_labels(g, baseline)
         rows = []
         for label in _order(g, baseline):
             if label not in set(ok["label"]):
@@ -204,7 +210,7 @@ def summary_grids(df: pd.DataFrame, baseline: str) -> list[tuple[str, list[str],
                     r.append(SHORT.get(status.get((label, n)), "") if (label, n) in status.index else "")
                     continue
                 c = cell.loc[(label, n)]
-                if label == baseline:
+                if label in base:
                     noisy = c["_q3"] - c["_q1"] > NOISY_IQR * c["_t"]
                     r.append(fmt_ms(c["_t"]) + ("~" if noisy else ""))
                 else:

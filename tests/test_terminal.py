@@ -168,3 +168,12 @@ def test_fit_tables_splits_wide_tables_into_blocks_that_fit():
         assert "linformer" in texts[-1]  # the key column is in every block
     found = Counter(NUMBER.findall("".join(texts)))
     assert all(found[v] == 1 for v in values), found
+
+
+def test_numbers_keep_three_significant_digits_and_ratios_read_like_the_readme():
+    from attnbench.terminal import fmt_ms, fmt_x
+
+    assert [fmt_ms(v) for v in (0.075, 0.2, 0.431, 1.13, 32.04, 121.4, 1234.5, 4e-4)] == \
+        ["0.0750", "0.200", "0.431", "1.13", "32.0", "121", "1234", "4.0e-04"]
+    assert [fmt_x(v) for v in (0.2, 0.57, 1.0, 7.53, 24.3, float("nan"))] == \
+        ["0.20×", "0.57×", "1.0×", "7.5×", "24×", "—"]
