@@ -277,8 +277,8 @@ def cmd_compare(args, console) -> int:
 
 def add_cli(sub) -> None:
     p = sub.add_parser("compare", help="per-cell time and memory ratios between two runs (B/A)")
-    p.add_argument("run_a")
-    p.add_argument("run_b")
+    p.add_argument("run_a", help="the reference run directory (A)")
+    p.add_argument("run_b", help="the run directory compared with it (B); ratios are B/A")
     p.add_argument("--fail-if-slower", metavar="PCT", help="exit 1 when a cell is slower beyond "
                    "its noise by more than PCT percent (for CI; a number >= 0)")
     p.add_argument("--threshold", default="0", metavar="PCT|auto", help="also call changes within "

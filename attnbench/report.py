@@ -482,7 +482,7 @@ def add_cli(sub) -> None:
 
     p = sub.add_parser("report", help="tables, crossovers and grids from a finished run (never "
                        "measures)", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", nargs="?")
+    p.add_argument("run_dir", nargs="?", help="a run directory (results/<suite>/<run-id>)")
     p.add_argument("--out", metavar="DIR", help="directory for the report files (default: the run "
                    "dir; created if missing)")
     p.add_argument("--table", choices=TABLES, help="terminal output: summary (per mode a method × n "
