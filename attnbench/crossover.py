@@ -68,7 +68,7 @@ def _noisy_bracket(c: Crossing, m: pd.DataFrame, b: pd.DataFrame) -> str:
     for n in c.bracket:
         lo, hi = b.at[n, "_q1"] / m.at[n, "_q3"], b.at[n, "_q3"] / m.at[n, "_q1"]
         if lo == lo and hi == hi and lo < 1 < hi:
-            why.append(f"speed-up {lo:.2g}–{hi:.2g}× at n={fmt_n(n)}")
+            why.append(f"speed-up {lo:#.2g}–{hi:#.2g}× at n={fmt_n(n)}")
         elif c.kind == "cross":
             noisy = [who for who, f in (("method", m), ("baseline", b))
                      if f.at[n, "_q3"] - f.at[n, "_q1"] > NOISY_IQR * f.at[n, "_t"]]
