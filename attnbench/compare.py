@@ -1,9 +1,23 @@
 """Compare two runs cell by cell: time and memory ratios B/A with a verdict that respects noise.
 
 Cells match on method, params, shape, dtype, mode, level, batching and input (not seed). A time change
-counts only when the two runs' interquartile ranges of the timing samples do not overlap (and, with
-``--threshold``, when it is larger than that); otherwise the verdict is "same". Memory is measured
-without repeats, so it is "same" within ``--mem-tolerance``.
+counts only when the two runs' timing samples do not overlap at all: every sample of B lies above
+every sample of A ("slower") or below ("faster"); when the full ranges [min, max] overlap, or the
+change is within ``--threshold``, the verdict is "same". The interquartile ranges used before were
+too narrow: with the 3-5 samples a quick cell keeps, quartiles interpolate between the middle two or
+three samples, and a sample range that overlaps is no evidence of a change. Where a row kept fewer
+than two samples, its median ± one IQR stands in for the range.
+
+Cells timed differently in the two runs (CUDA-graph replays in one, eager calls in the other) are
+compared on their eager times, which graph rows keep beside the replays (``timing`` says "eager").
+
+The samples of one cell are taken within a fraction of a second, so they cannot show a machine whose
+load changes between (or during) the runs: two runs of the same code on a loaded host still differ
+beyond their samples in many cells. The summary measures that from the runs themselves: the scatter
+of the per-cell log ratios (three robust standard deviations, from the median absolute deviation
+over the matched cells, at least 8) is the run-to-run noise floor; ``--threshold auto`` calls
+everything within it "same". It assumes most cells did not change; when most did, give a fixed
+percentage instead. Memory is measured without repeats, so it is "same" within ``--mem-tolerance``.
 """
 from __future__ import annotations
 
@@ -14,39 +28,52 @@ import numpy as np
 import pandas as pd
 
 from attnbench.report import CELL_KEYS, _fmt, escape_md, md_table, row_keys, time_cost, varying
-from attnbench.store import iter_rows, load_results, read_meta
+from attnbench.store import load_results, read_meta
 
 SHOWN = ["n", "level", "batch", "heads", "head_dim", "dtype", "mode", "causal", "batching"]
+MIN_CELLS_FOR_FLOOR = 8
 
 
 def load_run(run_dir) -> pd.DataFrame:
-    """``load_results`` with each row's list of timing samples kept (``time_samples_ms``)."""
-    df = load_results(run_dir)
-    samples = {r.get("cell_id"): r.get("time_samples_ms") for r in iter_rows(Path(run_dir))}
-    if "cell_id" in df:
-        df["time_samples_ms"] = [samples.get(c) for c in df["cell_id"]]
-    return df
+    """``load_results``: one row per cell, each with its list of timing samples (``time_samples_ms``)."""
+    return load_results(run_dir)
 
 
-def _spread(row: pd.Series) -> tuple[float, float]:
-    """(q1, q3) of the row's timing samples, per sequence in capacity mode."""
+def _range(samples, t: float, scale: float, iqr) -> tuple[float, float]:
+    if isinstance(samples, (list, tuple)):
+        a = np.asarray([x for x in samples if isinstance(x, (int, float))], dtype=float)
+        a = a[np.isfinite(a)] * scale
+        if len(a) >= 2:
+            return float(a.min()), float(a.max())
+    spread = iqr * scale if iqr is not None and iqr == iqr else 0.0
+    return t - spread, t + spread
+
+
+def _spread(row: pd.Series) -> tuple[float, float, float, float, float]:
+    """(lo, hi) of the row's timing samples, per sequence in capacity mode, then the eager time and
+    its (lo, hi) (the same as the first for an eager row)."""
     t, med = row["_t"], row.get("time_ms")
     scale = t / med if med and med == med and t == t else 1.0
-    samples = row.get("time_samples_ms")
-    if isinstance(samples, (list, tuple)) and len(samples) >= 2:
-        q1, q3 = np.percentile(np.asarray(samples, dtype=float) * scale, [25, 75])
-        return float(q1), float(q3)
-    iqr = row.get("time_ms_iqr")
-    half = 0.5 * iqr * scale if iqr is not None and iqr == iqr else 0.0
-    return t - half, t + half
+    lo, hi = _range(row.get("time_samples_ms"), t, scale, row.get("time_ms_iqr"))
+    eager = row.get("eager_time_ms")
+    if row.get("timing_mode") == "cuda-graph" and eager is not None and eager == eager:
+        elo, ehi = _range(row.get("eager_samples_ms"), eager * scale, scale,
+                          row.get("eager_time_ms_iqr"))
+        return lo, hi, eager * scale, elo, ehi
+    return lo, hi, t, lo, hi
 
 
 def _prepare(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    df = df.assign(_t=time_cost(df), _key=row_keys(df, keys))
+    df = df.assign(_t=time_cost(df), _key=row_keys(df, keys),
+                   status=df["status"].fillna("unknown") if "status" in df else "unknown")
+    if "timing_mode" not in df:
+        df = df.assign(timing_mode="eager")
     q = df.apply(_spread, axis=1, result_type="expand") if not df.empty else \
-        pd.DataFrame(columns=[0, 1])
-    df = df.assign(_q1=q[0] if not df.empty else [], _q3=q[1] if not df.empty else [])
-    agg = {"_t": "median", "_q1": "min", "_q3": "max", "peak_mem_mib": "median", "status": "first"}
+        pd.DataFrame(columns=range(5))
+    df = df.assign(**{c: q[i] if not df.empty else [] for i, c in
+                      enumerate(("_lo", "_hi", "_te", "_elo", "_ehi"))})
+    agg = {"_t": "median", "_lo": "min", "_hi": "max", "_te": "median", "_elo": "min", "_ehi": "max",
+           "peak_mem_mib": "median", "status": "first", "timing_mode": "first"}
     agg = {c: f for c, f in agg.items() if c in df}
     ok = df[df["status"] == "ok"]
     out = ok.groupby("_key").agg(agg)
@@ -55,16 +82,28 @@ def _prepare(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.concat([out, bad]).join(first)
 
 
-def compare_frames(a: pd.DataFrame, b: pd.DataFrame, threshold: float = 0.0,
+def noise_floor(ratios) -> float:
+    """The run-to-run noise of a comparison as a fraction (0.25: ±25%): three robust standard
+    deviations (1.4826 × the median absolute deviation) of the per-cell log ratios B/A around their
+    median; nan with fewer than ``MIN_CELLS_FOR_FLOOR`` ratios."""
+    r = np.asarray([x for x in ratios if x == x and x > 0], dtype=float)
+    if len(r) < MIN_CELLS_FOR_FLOOR:
+        return math.nan
+    logs = np.log(r)
+    return float(math.exp(3 * 1.4826 * np.median(np.abs(logs - np.median(logs)))) - 1)
+
+
+def compare_frames(a: pd.DataFrame, b: pd.DataFrame, threshold: float | str = 0.0,
                    mem_tolerance: float = 0.02) -> tuple[pd.DataFrame, dict]:
-    """One row per cell present in both runs, and counts of cells only in A or only in B."""
+    """One row per cell present in both runs (the comparison's ``noise_floor`` in
+    ``attrs["noise_floor"]``), and counts of cells only in A or only in B. ``threshold``: a fraction
+    (0.05: changes within 5% are "same"), or "auto" for the noise floor."""
     params = sorted(c for c in set(a.columns) & set(b.columns) if c.startswith("param."))
     inputs = sorted(c for c in set(a.columns) & set(b.columns) if c.startswith("input."))
     keys = ["method", *params, *[c for c in CELL_KEYS if c != "seed" and c in a and c in b], *inputs]
     pa, pb = _prepare(a, keys), _prepare(b, keys)
-    both = pa.join(pb[["_t", "_q1", "_q3", "peak_mem_mib", "status"]
-                      if "peak_mem_mib" in pb else ["_t", "_q1", "_q3", "status"]],
-                   how="inner", suffixes=("_a", "_b"))
+    both = pa.join(pb[[c for c in ("_t", "_lo", "_hi", "_te", "_elo", "_ehi", "peak_mem_mib", "status",
+                                   "timing_mode") if c in pb]], how="inner", suffixes=("_a", "_b"))
     rows = []
     for _, r in both.iterrows():
         label = r.get("label")
@@ -74,25 +113,49 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, threshold: float = 0.0,
         rec.update(status_a=sa, status_b=sb, time_a=r["_t_a"], time_b=r["_t_b"],
                    mem_a=r.get("peak_mem_mib_a", math.nan), mem_b=r.get("peak_mem_mib_b", math.nan))
         if sa == "ok" and sb == "ok":
+            t = "" if r["timing_mode_a"] == r["timing_mode_b"] else "_e"
+            rec["timing"] = r["timing_mode_a"] if not t else "eager"
+            if t:  # graph replays in one run, eager calls in the other: compare the eager times
+                rec.update(time_a=r["_te_a"], time_b=r["_te_b"])
             ratio = rec["time_b"] / rec["time_a"] if rec["time_a"] else math.nan
-            overlap = r["_q1_b"] <= r["_q3_a"] and r["_q1_a"] <= r["_q3_b"]
+            lo_a, hi_a, lo_b, hi_b = (r[f"{x}_{y}"] for y in "ab" for x in
+                                      (("_elo", "_ehi") if t else ("_lo", "_hi")))
+            rec["_overlap"] = lo_b <= hi_a and lo_a <= hi_b
             rec["time_ratio"] = ratio
-            rec["verdict"] = "same" if overlap or abs(ratio - 1) <= threshold or ratio != ratio \
-                else "slower" if ratio > 1 else "faster"
             mr = rec["mem_b"] / rec["mem_a"] if rec["mem_a"] and rec["mem_a"] == rec["mem_a"] \
                 else math.nan
             rec["mem_ratio"] = mr
             rec["mem_verdict"] = "same" if mr != mr or abs(mr - 1) <= mem_tolerance else \
                 "more" if mr > 1 else "less"
         else:
-            rec.update(time_ratio=math.nan, mem_ratio=math.nan, mem_verdict="",
+            rec.update(time_ratio=math.nan, mem_ratio=math.nan, mem_verdict="", timing="",
                        verdict="broke" if sa == "ok" else "fixed" if sb == "ok" else f"both {sb}")
         rows.append(rec)
-    extra = {"only_a": len(pa.index.difference(pb.index)), "only_b": len(pb.index.difference(pa.index))}
     cmp = pd.DataFrame(rows)
-    if not cmp.empty:
-        cmp = cmp.sort_values([c for c in ("method", "level", "dtype", "mode", "batch", "n") if c in cmp],
-                              kind="stable").reset_index(drop=True)
+    floor = noise_floor(cmp["time_ratio"]) if not cmp.empty else math.nan
+    extra = {"only_a": len(pa.index.difference(pb.index)), "only_b": len(pb.index.difference(pa.index))}
+    if cmp.empty:
+        return cmp, extra
+    band = math.log1p(floor) if threshold == "auto" and floor == floor else None
+    limit = 0.0 if threshold == "auto" else float(threshold)
+
+    def verdict(r):
+        ratio = r["time_ratio"]
+        if not (r["status_a"] == "ok" and r["status_b"] == "ok"):
+            return r["verdict"]
+        if ratio != ratio or r["_overlap"]:
+            return "same"
+        within = abs(math.log(ratio)) <= band if band is not None and ratio > 0 else \
+            abs(ratio - 1) <= limit
+        return "same" if within else "slower" if ratio > 1 else "faster"
+
+    if "verdict" not in cmp:
+        cmp["verdict"] = None
+    cmp["verdict"] = cmp.apply(verdict, axis=1)
+    cmp = cmp.drop(columns="_overlap", errors="ignore")
+    cmp = cmp.sort_values([c for c in ("method", "level", "dtype", "mode", "batch", "n") if c in cmp],
+                          kind="stable").reset_index(drop=True)
+    cmp.attrs["noise_floor"] = floor
     return cmp, extra
 
 
@@ -101,8 +164,10 @@ def summary_line(cmp: pd.DataFrame, extra: dict) -> str:
     mv = cmp["mem_verdict"].value_counts().to_dict() if not cmp.empty else {}
     ratios = cmp["time_ratio"].dropna() if not cmp.empty else pd.Series(dtype=float)
     geo = f"{math.exp(np.log(ratios).mean()):.3g}×" if len(ratios) else "—"
+    floor = cmp.attrs.get("noise_floor", math.nan)
+    scatter = f", per-cell scatter ±{floor:.0%}" if floor == floor else ""
     parts = [f"{len(cmp)} matching cells: time {v.get('slower', 0)} slower, {v.get('faster', 0)} "
-             f"faster, {v.get('same', 0)} same (geomean B/A {geo})",
+             f"faster, {v.get('same', 0)} same (geomean B/A {geo}{scatter})",
              f"memory {mv.get('more', 0)} more, {mv.get('less', 0)} less",
              f"{v.get('broke', 0)} broke, {v.get('fixed', 0)} fixed",
              f"{extra['only_a']} only in A, {extra['only_b']} only in B"]
@@ -118,15 +183,51 @@ def _rows(cmp: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return [heads.get(c, c) for c in cols], [[_fmt(r[c]) for c in cols] for _, r in cmp.iterrows()]
 
 
-def cmd_compare(args, console) -> int:
-    from rich.table import Table
-    from rich.text import Text
-
+def percent(name: str, text, auto: bool = False):
+    """A ``--name PCT`` value: a finite number >= 0 (or "auto" where allowed), else bad input."""
     from attnbench.cli import BadInput
 
+    if text is None:
+        return None
+    if auto and str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        allowed = "a percentage >= 0" + (" or auto" if auto else "")
+        raise BadInput(f"--{name} {text}: give {allowed}")
+    return value
+
+
+def _check_run(df: pd.DataFrame, run) -> None:
+    from attnbench.cli import BadInput
+
+    if df.empty:
+        raise BadInput(f"compare: {run} has no result rows yet (results.jsonl is empty or missing)")
+    missing = [c for c in ("method", "status") if c not in df]
+    if missing:
+        raise BadInput(f"compare: the rows of {run} have no {' or '.join(missing)!r} column; compare "
+                       "reads results.jsonl as attnbench run writes it")
+
+
+def cmd_compare(args, console) -> int:
+    from rich.text import Text
+
+    from attnbench.terminal import display_label, fit_tables
+
+    fail_if_slower = percent("fail-if-slower", args.fail_if_slower)
+    threshold = percent("threshold", args.threshold, auto=True)
+    mem_tolerance = percent("mem-tolerance", args.mem_tolerance)
     metas = [read_meta(args.run_a), read_meta(args.run_b)]
-    cmp, extra = compare_frames(load_run(args.run_a), load_run(args.run_b),
-                                threshold=args.threshold / 100, mem_tolerance=args.mem_tolerance / 100)
+    runs = [load_run(args.run_a), load_run(args.run_b)]
+    for df, run in zip(runs, (args.run_a, args.run_b)):
+        _check_run(df, run)
+    from attnbench.cli import BadInput
+
+    cmp, extra = compare_frames(*runs, threshold=threshold if threshold == "auto" else threshold / 100,
+                                mem_tolerance=mem_tolerance / 100)
     if cmp.empty:
         raise BadInput(f"compare: no cell of {args.run_a} matches one of {args.run_b}")
     shown = cmp if not args.changed else cmp[~cmp["verdict"].isin(["same"])
@@ -139,25 +240,35 @@ def cmd_compare(args, console) -> int:
     elif args.format == "csv":
         console.out(cmp.to_csv(index=False), highlight=False, end="")
     else:
-        table = Table(title=Text(title), header_style="bold")
-        for h in heads:
-            table.add_column(h, justify="left" if h in ("method", "verdict", "memory", "dtype", "mode")
-                             else "right")
         colour = {"slower": "red", "broke": "red", "faster": "green", "fixed": "green"}
-        for r in rows:
-            table.add_row(*map(Text, r), style=colour.get(r[heads.index("verdict")]))
-        console.print(table)
+        styles = [colour.get(r[heads.index("verdict")]) for r in rows]
+        console.print(Text(title, style="bold"))
+        keys = 1 + sum(h in SHOWN for h in heads)
+        rows = [[display_label(r[0]), *r[1:]] for r in rows]
+        for table in fit_tables(heads, rows, console.width, keys, styles):
+            console.print(table)
     if args.csv:
-        Path(args.csv).write_text(cmp.to_csv(index=False), encoding="utf-8")
+        try:
+            Path(args.csv).write_text(cmp.to_csv(index=False), encoding="utf-8")
+        except OSError as exc:
+            raise BadInput(f"--csv {args.csv}: cannot write: {exc.strerror or exc}") from None
     if devs[0] != devs[1]:
         console.print(Text(f"note: the runs are on different devices ({devs[0]} vs {devs[1]})",
                            style="yellow"))
     console.print(Text(summary_line(cmp, extra)))
-    if args.fail_if_slower is not None:
-        limit = 1 + args.fail_if_slower / 100
+    floor = cmp.attrs.get("noise_floor", math.nan)
+    if threshold != "auto" and floor == floor and floor > 0.1 and \
+            cmp["verdict"].isin(["slower", "faster"]).any():
+        console.print(Text(f"note: the per-cell ratios scatter ±{floor:.0%} (3 robust σ over "
+                           f"{cmp['time_ratio'].notna().sum()} cells), more than the samples of one "
+                           "cell show: the machine's load changed between or during the runs. "
+                           "--threshold auto calls changes within that scatter same; --rounds or "
+                           "an idle machine narrows it.", style="yellow"))
+    if fail_if_slower is not None:
+        limit = 1 + fail_if_slower / 100
         slow = cmp[(cmp["verdict"] == "slower") & (cmp["time_ratio"] > limit)]
         if not slow.empty:
-            console.print(Text(f"FAIL: {len(slow)} cells slower by more than {args.fail_if_slower:g}% "
+            console.print(Text(f"FAIL: {len(slow)} cells slower by more than {fail_if_slower:g}% "
                                f"(worst {slow['time_ratio'].max():.3g}× for "
                                f"{slow.loc[slow['time_ratio'].idxmax(), 'method']})", style="bold red"))
             return 1
@@ -166,15 +277,17 @@ def cmd_compare(args, console) -> int:
 
 def add_cli(sub) -> None:
     p = sub.add_parser("compare", help="per-cell time and memory ratios between two runs (B/A)")
-    p.add_argument("run_a")
-    p.add_argument("run_b")
-    p.add_argument("--fail-if-slower", type=float, metavar="PCT", help="exit 1 when a cell is "
-                   "slower beyond its noise by more than PCT percent (for CI)")
-    p.add_argument("--threshold", type=float, default=0.0, metavar="PCT", help="also call changes "
-                   "smaller than PCT percent 'same' (default 0: only the IQR decides)")
-    p.add_argument("--mem-tolerance", type=float, default=2.0, metavar="PCT",
+    p.add_argument("run_a", help="the reference run directory (A)")
+    p.add_argument("run_b", help="the run directory compared with it (B); ratios are B/A")
+    p.add_argument("--fail-if-slower", metavar="PCT", help="exit 1 when a cell is slower beyond "
+                   "its noise by more than PCT percent (for CI; a number >= 0)")
+    p.add_argument("--threshold", default="0", metavar="PCT|auto", help="also call changes within "
+                   "PCT percent 'same' (default 0: only the samples decide); auto: within the "
+                   "run-to-run scatter of the per-cell ratios")
+    p.add_argument("--mem-tolerance", default="2", metavar="PCT",
                    help="memory within PCT percent is 'same' (default 2)")
     p.add_argument("--changed", action="store_true", help="list only cells whose verdict is not same")
-    p.add_argument("--format", choices=("table", "md", "csv"), default="table")
+    p.add_argument("--format", choices=("table", "md", "csv"), default="table",
+                   help="table (fits the console), md or csv")
     p.add_argument("--csv", metavar="FILE", help="also write every matched cell to FILE")
     p.set_defaults(func=cmd_compare)

@@ -64,7 +64,7 @@ def render_html(run_dir: str | Path, baseline: str | None = None, kinds=None, n:
                 plots: bool = True) -> str:
     from attnbench import grid as gridmod
     from attnbench.plots import KINDS, make_figures
-    from attnbench.report import constants_line, crossover_rows, summary, table_rows
+    from attnbench.report import NOISE_NOTE, constants_line, crossover_rows, summary, table_rows
 
     df, meta = summary(run_dir, baseline)
     baseline = meta["report_baseline"]
@@ -76,8 +76,8 @@ def render_html(run_dir: str | Path, baseline: str | None = None, kinds=None, n:
 
     body += ["<h2>Results</h2>", "<p class=\"muted\">speedup = baseline time / method time on the same "
              "cell; mem× = method peak memory / baseline peak memory; rel_err against float64 exact "
-             "attention, base_err = the exact baseline's own error in the same dtype.</p>",
-             table(*table_rows(df))]
+             "attention, base_err = the exact baseline's own error in the same dtype; "
+             f"{esc(NOISE_NOTE)}.</p>", table(*table_rows(df))]
     heads, rows = crossover_rows(df, baseline)
     if rows:
         body += [f"<h2>Crossover against {esc(baseline)}</h2>",

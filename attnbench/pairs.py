@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from attnbench.report import cell_key_columns, fmt_n, md_table, row_keys
+from attnbench.report import NOISY_SPREAD, cell_key_columns, fmt_n, md_table, row_keys
 from attnbench.store import load_results
 
 PAIR_KEYS = ("n", "batch")  # the table's columns; every other cell key must match within a row
@@ -77,7 +77,6 @@ def pair_table(df: pd.DataFrame, pairs: list[tuple[str, str]]) -> tuple[list[str
     return headers, rows
 
 
-NOISY_SPREAD = 1.5  # an eager ratio whose quartile range spans more than this factor gets a "~"
 
 
 def eager_spread(x, y) -> float:
@@ -107,18 +106,33 @@ NOTE = ("ours / peer time per cell: eager / CUDA-graph replay (< 1: ours faster)
 
 
 def render_pairs(run_dir: str | Path, text: str, console, out: str | Path | None = None) -> list[Path]:
-    """Print the pair table and write pairs.md and pairs.csv beside the run (or under ``out``)."""
-    from attnbench.report import _rich_table
+    """Print the pair table (split into blocks of columns where the console is too narrow) and write
+    pairs.md and pairs.csv beside the run (or under ``out``)."""
+    from rich.text import Text
 
+    from attnbench.cli import BadInput
+    from attnbench.report import check_out_dir
+    from attnbench.terminal import display_label, fit_tables
+
+    check_out_dir(out)
     df = load_results(run_dir)
+    if df.empty or "method" not in df or "status" not in df:
+        raise BadInput(f"--pairs: {run_dir} has no result rows with a method and a status")
     headers, rows = pair_table(df, parse_pairs(text, set(df["method"])))
-    console.print(_rich_table("our time / the peer's", headers, rows))
+    console.print(Text("our time / the peer's", style="bold"))
+    shown = [[display_label(r[0]), display_label(r[1]), *r[2:]] for r in rows]
+    for table in fit_tables(headers, shown, console.width, keys=3):
+        console.print(table)
     console.print(NOTE, style="dim", highlight=False)
     dest = Path(out or run_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    md = dest / "pairs.md"
-    md.write_text("\n".join(["# Ours against peers", "", NOTE, ""] + md_table(headers, rows)) + "\n",
-                  encoding="utf-8")
-    csv = dest / "pairs.csv"
-    pd.DataFrame(rows, columns=headers).to_csv(csv, index=False)
+    md, csv = dest / "pairs.md", dest / "pairs.csv"
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        md.write_text("\n".join(["# Ours against peers", "", NOTE, ""] + md_table(headers, rows)) + "\n",
+                      encoding="utf-8")
+        pd.DataFrame(rows, columns=headers).to_csv(csv, index=False)
+    except OSError as exc:
+        hint = "; write them elsewhere with --out DIR" if out is None else ""
+        raise BadInput(f"could not write pairs.md and pairs.csv to {dest}: {exc.strerror or exc}"
+                       f"{hint}") from None
     return [md, csv]

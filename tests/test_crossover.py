@@ -89,3 +89,60 @@ def test_one_row_per_mode_and_method_label(tmp_path):
     got = {(r["method"], r["mode"]): r["time_crossover_n"] for _, r in ct.iterrows()}
     assert got[("linformer(k=32)", "fwd")] == pytest.approx(320, rel=0.02)
     assert got[("linformer(k=64)", "fwd_bwd")] == pytest.approx(640, rel=0.02)
+
+
+def noisy_laws(tmp_path, spread_at, spread=0.5, ns=NS):
+    """sdpa 1e-5 n², linformer 0.01 n (they cross at n = 1000); the cells at ``spread_at`` n get
+    samples spread ±``spread`` around their median, the others ±1%."""
+    rows = []
+    for n in ns:
+        for m, t, params in (("sdpa", 1e-5 * n * n, {}), ("linformer", 1e-2 * n, {"k": 64})):
+            f = spread if n in spread_at else 0.01
+            rows.append(row(m, n, time_ms=t, params=params,
+                            samples=[t * (1 - f), t * (1 - f / 2), t, t * (1 + f / 2), t * (1 + f)]))
+    return load_results(make_run(tmp_path / "run", rows))
+
+
+def test_a_clean_crossing_is_not_marked(tmp_path):
+    r = crossover_table(noisy_laws(tmp_path, spread_at=()), "sdpa").iloc[0]
+    assert r["time_crossover"] == "1000" and "noisy" not in r["note"]
+    assert r["time_crossover_n"] == pytest.approx(1000, rel=0.01)
+
+
+def test_a_crossing_bracketed_by_noisy_cells_is_marked_with_its_range(tmp_path):
+    # at n = 1024 the speed-up is 1.02: with ±50% samples its range straddles 1
+    r = crossover_table(noisy_laws(tmp_path, spread_at=(1024,)), "sdpa").iloc[0]
+    assert r["time_crossover"] == "1000?"
+    assert r["time_crossover_n"] == pytest.approx(1000, rel=0.01)  # the estimate itself is kept
+    # quartiles 0.75 and 1.25 of each side: 1.024 × 0.75 / 1.25 to 1.024 × 1.25 / 0.75
+    assert "time: noisy bracket: speed-up 0.61–1.7× at n=1k" in r["note"]
+    assert r["mem_crossover"] != "" and "?" not in r["mem_crossover"]
+
+
+def test_a_noisy_cell_beside_the_crossing_marks_it_and_one_far_away_does_not(tmp_path):
+    # ±8% quartile spread (IQR 16% of the median) on the baseline at n = 512, below the crossing
+    r = crossover_table(noisy_laws(tmp_path, spread_at=(512,), spread=0.16), "sdpa").iloc[0]
+    assert r["time_crossover"] == "1000?" and "IQR over 10% at n=512" in r["note"]
+    r = crossover_table(noisy_laws(tmp_path / "far", spread_at=(4096,), spread=0.16), "sdpa").iloc[0]
+    assert r["time_crossover"] == "1000"
+
+
+def test_never_and_always_are_marked_only_when_a_range_straddles_one(tmp_path):
+    assert crossing([256, 512], [2.0, 3.0]).bracket == (256, 512)
+    df = laws(tmp_path, lambda n: 1e-3 * n, lambda n: 1.2e-3 * n)  # never wins, by 20%
+    assert crossover_table(df, "sdpa").iloc[0]["time_crossover"] == "> 4k"
+    rows = []
+    for n in NS:
+        rows.append(row("sdpa", n, time_ms=1e-3 * n, samples=[1e-3 * n * f for f in (0.5, 1, 1.5)]))
+        rows.append(row("linformer", n, time_ms=1.2e-3 * n, params={"k": 64}))
+    r = crossover_table(load_results(make_run(tmp_path / "n", rows)), "sdpa").iloc[0]
+    assert r["time_crossover"] == "> 4k?" and "noisy bracket: speed-up" in r["note"]
+
+
+def test_report_tables_show_the_marks(tmp_path):
+    from attnbench.report import crossover_rows
+
+    heads, rows = crossover_rows(noisy_laws(tmp_path, spread_at=(1024, 4096)), "sdpa")
+    r = dict(zip(heads, rows[0]))
+    assert r["beats in time from n"] == "1000?" and "noisy bracket" in r["note"]
+    assert r["speedup at max n"].endswith("~")  # at 4k: quartile range 0.6 to 1.67 of 410×

@@ -60,3 +60,38 @@ def test_bad_pairs_name_what_is_wrong():
         parse_pairs("mine", {"mine", "peer_mine"})
     with pytest.raises(BadInput, match="'nope' is not a method of this run; it has: mine, peer_mine"):
         parse_pairs("nope=peer_mine", {"mine", "peer_mine"})
+
+
+def test_the_pair_table_fits_80_columns_with_numbers_whole(tmp_path, capsys):
+    import re
+    from collections import Counter
+
+    from rich.cells import cell_len
+    from rich.console import Console
+
+    from attnbench.cli import main
+    from attnbench.pairs import render_pairs
+    from test_report import make_run, row
+
+    out = []
+    for n in (256, 512, 1024, 2048, 4096, 8192):
+        for batch in (1, 8):
+            for method, t in (("linformer", 1.0), ("peer_linformer", 1.7)):
+                out.append(row(method, n, time_ms=t * n / 1000, batch=batch, params={"k": 128},
+                               cell_id=f"{method}-{n}-{batch}"))
+    run = make_run(tmp_path / "run", out)
+
+    def text(width):
+        console = Console(width=width, record=True, file=open("/dev/null", "w"))
+        render_pairs(run, "linformer=peer_linformer", console, tmp_path / "o")
+        return console.export_text()
+
+    narrow, wide = text(80), text(1000)
+    assert max(cell_len(ln) for ln in narrow.splitlines()) <= 80
+    count = lambda s: Counter(re.findall(r"\d+(?:\.\d+)?", s))  # noqa: E731
+    assert not count(wide) - count(narrow)  # every ratio whole (blocks only repeat the keys)
+    assert "0.59" in narrow and narrow.count("n=256 B=1") == 1
+    target = tmp_path / "file"
+    target.write_text("")
+    assert main(["report", str(run), "--pairs", "linformer=peer_linformer", "--out", str(target)]) == 2
+    assert "is a file" in " ".join(capsys.readouterr().err.split())

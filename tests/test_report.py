@@ -166,3 +166,77 @@ def test_all_regenerates_every_run(tmp_path, capsys):
 def test_meta_round_trip(tmp_path):
     run = make_run(tmp_path / "run", [row("sdpa", 64)])
     assert json.loads((run / "meta.json").read_text())["baseline"] == "sdpa"
+
+
+def test_speedup_range_comes_from_the_quartiles_of_both_sides(tmp_path):
+    from attnbench.report import add_baseline_columns
+
+    rows = [row("sdpa", 512, time_ms=10.0, samples=[8.0, 9.0, 10.0, 11.0, 12.0]),
+            row("linformer", 512, time_ms=2.0, samples=[1.0, 1.5, 2.0, 2.5, 3.0], params={"k": 64}),
+            row("local", 512, time_ms=4.0, iqr=1.0, samples=[], params={"window": 64})]
+    df = add_baseline_columns(load_results(make_run(tmp_path / "run", rows)), "sdpa")
+    lin = df[df["method"] == "linformer"].iloc[0]
+    assert lin["speedup"] == pytest.approx(5.0)
+    assert lin["speedup_lo"] == pytest.approx(9.0 / 2.5)  # baseline q1 / method q3
+    assert lin["speedup_hi"] == pytest.approx(11.0 / 1.5)  # baseline q3 / method q1
+    loc = df[df["method"] == "local"].iloc[0]  # no samples: median ± half its IQR
+    assert loc["speedup_lo"] == pytest.approx(9.0 / 4.5) and loc["speedup_hi"] == pytest.approx(11.0 / 3.5)
+    assert set(add_baseline_columns(df.iloc[:0], "sdpa").columns) >= {
+        "speedup", "speedup_lo", "speedup_hi", "mem_ratio"}
+
+
+def test_a_wide_speedup_range_is_marked_and_error_rows_show_no_time(tmp_path):
+    from attnbench.report import table_rows
+
+    rows = [row("sdpa", n, time_ms=10.0) for n in (256, 512)]
+    rows.append(row("linformer", 256, time_ms=2.0, samples=[1.0, 1.2, 2.0, 3.0, 3.5], params={"k": 64}))
+    rows.append(row("linformer", 512, time_ms=2.0, params={"k": 64}))
+    bad = row("naive", 256, status="error", reason="failed after timing")
+    bad.update(time_ms=5.0, time_ms_iqr=0.1, time_samples_ms=[5.0, 5.0, 5.1], tokens_per_s=1e5)
+    rows.append(bad)
+    df = with_baseline(load_results(make_run(tmp_path / "run", rows)), "sdpa")
+    heads, body = table_rows(df)
+    by = {(r[0], r[heads.index("n")]): dict(zip(heads, r)) for r in body}
+    assert by[("linformer(k=64)", "256")]["speedup"] == "5~"  # 9.9/3 .. 10.1/1.2: over 1.5×
+    assert by[("linformer(k=64)", "512")]["speedup"] == "5"
+    err = by[("naive", "256")]
+    assert err["time_ms"] == "—" and err["speedup"] == "—" and err["±iqr"] == "—"
+    assert df[df["method"] == "naive"]["speedup"].isna().all()
+    assert "~ the speed-up's range" in to_markdown(make_run(tmp_path / "r2", rows))
+
+
+def test_out_that_is_a_file_is_bad_input_and_writes_nothing(tmp_path, capsys):
+    run = make_run(tmp_path / "run", simple_rows())
+    target = tmp_path / "taken"
+    target.write_text("mine")
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["report", str(run), "--out", str(target)]) == 2
+    cap = capsys.readouterr()
+    err = " ".join(cap.err.split())  # one message (the console wraps it at its width)
+    assert cap.err.count("error:") == 1 and "is a file; give a directory" in err
+    assert "Traceback" not in cap.err
+    assert cap.out == ""  # nothing printed before the refusal
+    assert target.read_text() == "mine" and sorted(p.name for p in run.iterdir()) == before
+
+
+def test_report_on_a_read_only_run_prints_then_fails_with_a_hint(tmp_path, capsys, monkeypatch):
+    import pathlib
+
+    run = make_run(tmp_path / "run", simple_rows())
+    real = pathlib.Path.write_text
+
+    def refuse(self, *a, **kw):  # tests run as root, where chmod does not stop a write
+        if self.parent == run:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", refuse)
+    assert main(["report", str(run)]) == 2
+    cap = capsys.readouterr()
+    assert "linformer(k=64)" in cap.out and "crossover" in cap.out  # the table came first
+    err = " ".join(cap.err.split())
+    assert "could not write the report files to" in err and "Permission denied" in err
+    assert "--out DIR" in err and "Traceback" not in cap.err
+    assert not (run / "report.md").exists()
+    assert main(["report", str(run), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "report.md").is_file()
