@@ -228,7 +228,7 @@ def grid_figure(g, meta: dict, df: pd.DataFrame | None = None, look=None):
     note = "cells: measured ratio" + (", the paper's in brackets" if g.paper else "") + \
         "; grey: no ratio (— unsupported, OOM, base OOM: the baseline ran out of memory)"
     finish(fig, title_text(g.title, meta), [" · ".join(constants(rows, skip=g.facet)), note],
-           look or Look())
+           look or Look(), g.facet)
     return fig
 
 

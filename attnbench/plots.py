@@ -107,7 +107,7 @@ def plot_scaling(df: pd.DataFrame, meta: dict, baseline: str | None = None,
             if metric == "time" else "one memory measurement per cell (no spread bars)"
         finish(fig, title_text(what, meta, fixed),
                [" · ".join(constants(part, skip=fixed)),
-                f"black: exact baseline {baseline} · {spread}", gone], look)
+                f"black: exact baseline {baseline} · {spread}", gone], look, fixed)
         _legend(fig, axes, markers, order=styles)
         out[_stem("scaling" if metric == "time" else "memory", fixed)] = fig
     if not out:
@@ -165,7 +165,8 @@ def plot_pareto(df: pd.DataFrame, meta: dict, baseline: str | None = None, n: in
             ax.grid(True, which="major", alpha=0.3)
         finish(fig, title_text(f"error vs time at n={fmt_n(n)}", meta, fixed),
                [" · ".join(constants(part, skip=fixed)),
-                "hollow = dominated (another is faster and more accurate) · grey: frontier"], look)
+                "hollow = dominated (another is faster and more accurate) · grey: frontier"],
+               look, fixed)
         _legend(fig, axes, order=styles)
         out[_stem(f"pareto-n{n}", fixed)] = fig
     return out
@@ -327,12 +328,16 @@ def cmd_plot(args, console) -> int:
     return 0
 
 
+PLOT_EXAMPLES = """examples:
+  attnbench plot RUN_DIR --kind scaling --format pdf --no-title
+  attnbench plot RUN_DIR --kind error --methods 'linformer*,performer' --format png --dpi 300
+"""
+
+
 def add_cli(sub) -> None:
     p = sub.add_parser("plot", help="plots of a finished run (PNG, SVG or PDF)",
                        description="Plots of a finished run: one file per figure and format.",
-                       epilog="examples:\n  attnbench plot RUN_DIR --kind scaling --format pdf --no-title"
-                       "\n  attnbench plot RUN_DIR --kind error --methods 'linformer*,performer' "
-                       "--format png --dpi 300", formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=PLOT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run directory (holds results.jsonl and meta.json)")
     p.add_argument("--kind", default="all", help=f"comma-separated: {', '.join(KINDS)} (default all "
                    "that apply)")

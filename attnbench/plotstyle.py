@@ -167,24 +167,29 @@ def constants(df: pd.DataFrame, skip=()) -> list[str]:
     return out
 
 
+def _facet_text(facet: dict | None) -> list[str]:
+    return [f"{k.removeprefix('input.')}={v}" for k, v in (facet or {}).items() if _present(v)]
+
+
 def title_text(what: str, meta: dict, facet: dict | None = None) -> str:
     """What the plot shows, the values that set this figure apart from its siblings, suite and device."""
     prov = meta.get("provenance") or {}
     dev_type = meta.get("device_type") or ""
     device = prov.get("device_name") or dev_type or "?"
     where = device + (f" ({dev_type})" if dev_type and dev_type != device else "")
-    parts = [what, *(f"{k.removeprefix('input.')}={v}" for k, v in (facet or {}).items()
-                     if _present(v)), f"{meta.get('suite') or 'run'} on {where}"]
-    return " · ".join(parts)
+    return " · ".join([what, *_facet_text(facet), f"{meta.get('suite') or 'run'} on {where}"])
 
 
-def finish(fig, title: str, caption: list[str], look: Look) -> None:
+def finish(fig, title: str, caption: list[str], look: Look, facet: dict | None = None) -> None:
     """Put the title above and the caption below the axes, each wrapped to the figure's width; the
-    figure grows by the caption's height so the axes keep theirs."""
+    figure grows by the caption's height so the axes keep theirs. Without a title, the ``facet`` that
+    sets this figure apart from its siblings leads the caption instead."""
     width, height = fig.get_size_inches()
     if look.title and title:
         chars = max(30, int(width * 72 / (TITLE_PT * 0.56)))
         fig.suptitle("\n".join(textwrap.wrap(title, chars)), fontsize=TITLE_PT)
+    elif facet:
+        caption = [" · ".join(_facet_text(facet) + [p for p in caption[:1] if p]), *caption[1:]]
     lines = [ln for part in caption if part for ln in textwrap.wrap(
         part, max(40, int(width * 72 / (CAPTION_PT * 0.55))))]
     if look.caption and lines:
