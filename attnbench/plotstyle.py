@@ -60,9 +60,8 @@ def usable_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     dropped = int((~keep).sum())
     note = None
     if dropped:
-        note = (f"skipped {dropped} of {len(df)} rows without {', '.join(REQUIRED[:-1])}, "
-                f"{REQUIRED[-1]} or a numeric n" + (f" (no column {', '.join(missing)})" if missing
-                                                     else ""))
+        note = (f"skipped {dropped} of {len(df)} rows lacking a method, status, mode or numeric n"
+                + (f" (no {', '.join(missing)} column)" if missing else ""))
     return out, note
 
 
