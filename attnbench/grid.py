@@ -183,19 +183,26 @@ def to_csv(g: Grid) -> str:
     return buf.getvalue()
 
 
-def grid_figure(g, meta: dict, df: pd.DataFrame | None = None):
+def drawable(g: Grid) -> bool:
+    """A heatmap needs two rows and two columns; anything thinner reads better as the table."""
+    return len(g.rows) >= 2 and len(g.cols) >= 2
+
+
+def grid_figure(g, meta: dict, df: pd.DataFrame | None = None, look=None):
     """Heatmap of one ``grid.Grid``: colour = log2 of the ratio (blue: the method wins), the measured
-    value in each cell and the paper's in brackets."""
+    value in each cell and the paper's in brackets. The title names the grid, suite and device; the
+    parameters its rows share go to the caption line."""
     import matplotlib
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
 
-    from attnbench.plotstyle import _title
+    from attnbench.plotstyle import Look, constants, finish, title_text
 
     vals = np.array([[math.log2(g.values[(r, c)]) if (r, c) in g.values else np.nan for c in g.cols]
                      for r in g.rows], dtype=float)
-    fig = Figure(figsize=(1.3 * len(g.cols) + 3, 0.55 * len(g.rows) + 2.2), layout="constrained")
+    fig = Figure(figsize=(max(6.4, 1.3 * len(g.cols) + 3), 0.55 * len(g.rows) + 1.8),
+                 layout="constrained")
     ax = fig.subplots()
     span = max(1.0, float(np.nanmax(np.abs(vals)))) if np.isfinite(vals).any() else 1.0
     cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="0.88")
@@ -215,11 +222,13 @@ def grid_figure(g, meta: dict, df: pd.DataFrame | None = None):
     ax.set_ylabel(g.row_name + (" (tokens)" if g.row_name == "n" else ""))
     cb = fig.colorbar(im, ax=ax, shrink=0.8)
     cb.set_label("log2 ratio (>0: method better)")
-    note = "(paper value in brackets)" if g.paper else ""
     rows = df[df["method"] == g.method.split("(")[0]] if df is not None else pd.DataFrame()
     for col, v in g.facet.items():
         rows = rows[rows[col] == v] if col in rows else rows
-    ax.set_title(_title(g.title, rows, meta, note).replace("\n\n", "\n"), fontsize=9)
+    note = "cells: measured ratio" + (", the paper's in brackets" if g.paper else "") + \
+        "; grey: no ratio (— unsupported, OOM, base OOM: the baseline ran out of memory)"
+    finish(fig, title_text(g.title, meta), [" · ".join(constants(rows, skip=g.facet)), note],
+           look or Look(), g.facet)
     return fig
 
 
@@ -243,7 +252,7 @@ def cmd_grid(args, console) -> int:
         stem = out / f"grid-{g.slug}"
         stem.with_suffix(".md").write_text(to_markdown(g), encoding="utf-8")
         stem.with_suffix(".csv").write_text(to_csv(g), encoding="utf-8")
-        written = save_figure(grid_figure(g, meta, df), stem, ("png",))
+        written = save_figure(grid_figure(g, meta, df), stem, ("png",)) if drawable(g) else []
         if args.format in (None, "table", "html", "latex"):
             console.print(_rich_table(g.title, *to_rows(g)))
         else:

@@ -1,28 +1,85 @@
 """Shared look of attnbench's plots: one colour and marker per method (darker for a larger budget),
-the baseline in black, failed cells marked at the panel edge, titles that carry the fixed axes, and the
-figure, axis and legend helpers every plot kind uses."""
+the baseline in black, failed cells marked at the panel edge, a short title (what, suite, device) and
+a caption line below the axes with the parameters every row shares, legends outside the data, and the
+row checks every plot kind starts from."""
 from __future__ import annotations
 
 import math
 import re
 import textwrap
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 import pandas as pd
 
 from attnbench.report import baseline_mask, fmt_n
 
 KINDS = ("scaling", "memory", "error", "pareto", "grid", "entropy")
+FORMATS = ("png", "svg", "pdf")
 SPLIT = ["level", "dtype", "batch", "heads", "head_dim", "causal", "batching", "layers", "ffn_dim"]
+CONSTANTS = ("dtype", "mode", "level", "batch", "heads", "head_dim", "causal", "batching")
 FAILED = {"oom": "x", "oom-pruned": "x", "unsupported": "|", "error": "X", "nan": "X",
           "timeout": "X", "crashed": "X"}
+FAILED_NOTES = {"x": "OOM (top edge)", "|": "unsupported (top edge)", "X": "error / NaN (top edge)"}
 MARKERS = "osD^vP*h<>pX"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#7f7f7f"]
 MODE_NAMES = {"fwd": "forward", "fwd_bwd": "forward + backward"}
+TITLE_PT, CAPTION_PT = 11, 8
+REQUIRED = ("method", "status", "n", "mode")
 
 
 class NothingToPlot(Exception):
     """The run has no rows this kind of plot can use (the message says which columns are missing)."""
+
+
+@dataclass(frozen=True)
+class Look:
+    """How figures are dressed: the title and the caption line can each be left out; colours come from
+    ``palette_rows`` (the whole run) so that a filtered plot keeps every method's colour."""
+    title: bool = True
+    caption: bool = True
+    palette_rows: pd.DataFrame | None = field(default=None, compare=False, repr=False)
+
+    def palette_source(self, df: pd.DataFrame) -> pd.DataFrame:
+        return df if self.palette_rows is None else self.palette_rows
+
+
+def usable_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The rows every plot can read (a method, a status, a mode and a numeric n) and, when some rows
+    lack them, a one-line note saying how many were skipped and why."""
+    keep = pd.Series(True, index=df.index)
+    missing = [c for c in REQUIRED if c not in df]
+    for c in REQUIRED:
+        keep &= df[c].notna() if c in df else False
+    n = pd.to_numeric(df["n"], errors="coerce") if "n" in df else pd.Series(math.nan, index=df.index)
+    keep &= n.gt(0)
+    out = df[keep].assign(n=n[keep].astype("int64")) if keep.any() else df.iloc[0:0]
+    if "label" in out:
+        out = out.assign(label=out["label"].where(out["label"].notna(), out["method"]))
+    dropped = int((~keep).sum())
+    note = None
+    if dropped:
+        note = (f"skipped {dropped} of {len(df)} rows lacking a method, status, mode or numeric n"
+                + (f" (no {', '.join(missing)} column)" if missing else ""))
+    return out, note
+
+
+def select_methods(df: pd.DataFrame, patterns: list[str], baseline: str | None
+                   ) -> tuple[pd.DataFrame, list[str]]:
+    """Rows whose method name or label matches one of the shell-style ``patterns`` (case-insensitive),
+    plus the baseline's rows; and the patterns that matched nothing."""
+    names = df["method"].astype(str).str.lower()
+    labels = _label(df).astype(str).str.lower()
+    keep = baseline_mask(df, baseline) if baseline else pd.Series(False, index=df.index)
+    unmatched = []
+    for pat in patterns:
+        hit = names.map(lambda s: fnmatchcase(s, pat.lower())) | \
+            labels.map(lambda s: fnmatchcase(s, pat.lower()))
+        if not hit.any():
+            unmatched.append(pat)
+        keep |= hit
+    return df[keep], unmatched
 
 
 def _label(df: pd.DataFrame) -> pd.Series:
@@ -75,23 +132,76 @@ def _split(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
             for k, g in df.groupby(cols, dropna=False, sort=True)]
 
 
+def _present(v) -> bool:
+    return not (v is None or (isinstance(v, float) and math.isnan(v)))
+
+
 def _stem(kind: str, fixed: dict) -> str:
-    parts = [kind, *(f"{k.removeprefix('input.')}={v}" for k, v in fixed.items())]
+    parts = [kind, *(f"{k.removeprefix('input.')}={v}" for k, v in fixed.items() if _present(v))]
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(parts))
 
 
-def _title(what: str, df: pd.DataFrame, meta: dict, extra: str = "") -> str:
+def never_ran(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Leave out labels that could not run anywhere because something is missing (every row
+    ``unsupported`` with an ``unavailable: ...`` reason, e.g. a library not installed): they have
+    nothing to draw. Returns the other rows and a caption note naming the ones left out."""
+    reasons = df.get("reason", pd.Series("", index=df.index)).fillna("").astype(str)
+    missing = df["status"].eq("unsupported") & reasons.str.startswith("unavailable")
+    gone = sorted(lab for lab, m in missing.groupby(_label(df)).all().items() if m)
+    if not gone:
+        return df, ""
+    why = [f"{lab} ({reasons[_label(df) == lab].iloc[0].removeprefix('unavailable: ').split(' (')[0]})"
+           for lab in gone]
+    return df[~_label(df).isin(gone)], "not drawn, unavailable: " + "; ".join(why)
+
+
+def constants(df: pd.DataFrame, skip=()) -> list[str]:
+    """``name=value`` for each sweep axis and input parameter that has one value in every row."""
+    cols = [c for c in CONSTANTS if c in df] + sorted(c for c in df if c.startswith("input."))
+    out = []
+    for c in cols:
+        vals = df[c].astype(str).unique()
+        if c not in skip and len(df) and df[c].notna().all() and len(vals) == 1:
+            out.append(f"{c.removeprefix('input.')}={vals[0]}")
+    return out
+
+
+def _facet_text(facet: dict | None) -> list[str]:
+    return [f"{k.removeprefix('input.')}={v}" for k, v in (facet or {}).items() if _present(v)]
+
+
+def title_text(what: str, meta: dict, facet: dict | None = None) -> str:
+    """What the plot shows, the values that set this figure apart from its siblings, suite and device."""
     prov = meta.get("provenance") or {}
-    device = prov.get("device_name") or meta.get("device_type") or "?"
-    dev_type = meta.get("device_type") or (df["device"].iloc[0] if "device" in df and len(df) else "")
-    fixed = [f"{c}={df[c].iloc[0]}" for c in ("dtype", "level", "batch", "heads", "head_dim",
-                                             "causal", "batching") if c in df and len(df)
-             and df[c].astype(str).nunique() == 1]
-    inputs = [f"{c[6:]}={df[c].iloc[0]}" for c in sorted(df) if c.startswith("input.") and len(df)
-              and df[c].astype(str).nunique() == 1 and c != "input.regime"]
-    head = f"{what} · {meta.get('suite', '')} on {device} ({dev_type})"
-    lines = textwrap.wrap(head, 90) + textwrap.wrap(" · ".join(fixed + inputs), 90)
-    return "\n".join(lines) + (f"\n{extra}" if extra else "")
+    dev_type = meta.get("device_type") or ""
+    device = prov.get("device_name") or dev_type or "?"
+    where = device + (f" ({dev_type})" if dev_type and dev_type != device else "")
+    return " · ".join([what, *_facet_text(facet), f"{meta.get('suite') or 'run'} on {where}"])
+
+
+def finish(fig, title: str, caption: list[str], look: Look, facet: dict | None = None) -> None:
+    """Put the title above and the caption below the axes, each wrapped to the figure's width; the
+    figure grows by the caption's height so the axes keep theirs. Without a title, the ``facet`` that
+    sets this figure apart from its siblings leads the caption instead."""
+    width, height = fig.get_size_inches()
+    if look.title and title:
+        chars = max(30, int(width * 72 / (TITLE_PT * 0.56)))
+        fig.suptitle("\n".join(textwrap.wrap(title, chars)), fontsize=TITLE_PT)
+    elif facet:
+        caption = [" · ".join(_facet_text(facet) + [p for p in caption[:1] if p]), *caption[1:]]
+    lines = [ln for part in caption if part for ln in textwrap.wrap(
+        part, max(40, int(width * 72 / (CAPTION_PT * 0.55))))]
+    if look.caption and lines:
+        extra = (len(lines) * CAPTION_PT * 1.35 + 10) / 72
+        fig.set_size_inches(width, height + extra)
+        fig.text(0.01, 4 / 72 / (height + extra), "\n".join(lines), fontsize=CAPTION_PT,
+                 ha="left", va="bottom", color="0.2", gid="caption")
+        fig.get_layout_engine().set(rect=(0, extra / (height + extra), 1, 1 - extra / (height + extra)))
+
+
+def caption_of(fig) -> str:
+    """The caption line's text ('' without one)."""
+    return next((t.get_text() for t in fig.texts if t.get_gid() == "caption"), "")
 
 
 def _figure(npanels: int, width: float = 5.2, height: float = 4.2, max_cols: int = 3,
@@ -100,7 +210,7 @@ def _figure(npanels: int, width: float = 5.2, height: float = 4.2, max_cols: int
 
     cols = min(npanels, max_cols)
     nrows = -(-npanels // cols)
-    fig = Figure(figsize=(width * cols + legend_width, height * nrows + 0.9), layout="constrained")
+    fig = Figure(figsize=(width * cols + legend_width, height * nrows + 0.6), layout="constrained")
     axes = list(fig.subplots(nrows, cols, squeeze=False).ravel())
     for ax in axes[npanels:]:
         ax.set_visible(False)
@@ -113,6 +223,19 @@ def _n_axis(ax, ns) -> None:
     ax.set_xticks(ns, [fmt_n(n) for n in ns])
     ax.minorticks_off()
     ax.set_xlabel("sequence length n (tokens)")
+
+
+def value_axis(ax, values, label: str) -> None:
+    """An x axis for a few positive knob values: log2 spacing, one tick at each value, a margin on
+    both sides (so a single value sits in the middle of a sensible range)."""
+    vals = sorted(set(float(v) for v in values))
+    if vals[0] > 0:
+        ax.set_xscale("log", base=2)
+        pad = 2 ** 0.5 if vals[0] == vals[-1] else (vals[-1] / vals[0]) ** 0.08
+        ax.set_xlim(vals[0] / pad, vals[-1] * pad)
+    ax.set_xticks(vals, [f"{v:g}" for v in vals])
+    ax.minorticks_off()
+    ax.set_xlabel(label)
 
 
 def _log_y(ax, which: str = "y") -> None:
@@ -128,19 +251,47 @@ def _log_y(ax, which: str = "y") -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _legend(fig, axes, notes: list[tuple[str, str]] = (), order=()) -> None:
+def mark_failed(ax, bad: pd.DataFrame, styles: dict, lined: set) -> set[str]:
+    """Failed cells as markers in a band above the data, one row of markers per label; a label with
+    no line in this panel names its markers in the legend. Returns the markers drawn."""
+    lo, hi = ax.get_ylim()
+    order = sorted(set(_label(bad)))
+    span = 0.06 * len(order) + 0.04
+    ax.set_ylim(lo, hi * (hi / lo) ** (span / (1 - span)))
+    trans, drawn = ax.get_xaxis_transform(), set()
+    for i, lab in enumerate(order):
+        g = bad[_label(bad) == lab]
+        for status, gg in g.groupby("status"):
+            marker = FAILED[status]
+            ax.scatter(gg["n"], [0.97 - 0.06 * i] * len(gg), transform=trans, marker=marker, s=70,
+                       linewidths=2, color=styles[lab]["color"], clip_on=False, zorder=6,
+                       label=lab if lab not in lined else None, gid=f"failed:{marker}")
+            drawn.add(marker)
+    return drawn
+
+
+def _legend(fig, axes, markers=(), order=()) -> None:
+    """One legend for the figure, outside the panels on the right. A label drawn as a line in one panel
+    and only as failed-cell markers in another shows its line; ``markers`` (those of failed cells that
+    were drawn) each get an entry saying what they mean."""
     from matplotlib.lines import Line2D
 
-    handles, labels = {}, []
+    handles: dict[str, object] = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
+            if lab not in handles or (isinstance(h, Line2D) and not isinstance(handles[lab], Line2D)):
                 handles[lab] = h
-                labels.append(lab)
     rank = {lab: i for i, lab in enumerate(order)}
-    labels.sort(key=lambda lab: rank.get(lab, len(rank)))
-    proxies = [Line2D([], [], color="0.3", marker=m, linestyle="none", markersize=7, label=t)
-               for m, t in notes]
+    labels = sorted(handles, key=lambda lab: rank.get(lab, len(rank)))
+    proxies = [Line2D([], [], color="0.3", marker=m, linestyle="none", markersize=7,
+                      label=FAILED_NOTES[m], gid=f"failed:{m}") for m in sorted(markers)]
     if handles or proxies:
         fig.legend([handles[lab] for lab in labels] + proxies, labels + [p.get_label() for p in proxies],
                    loc="outside right upper", fontsize=8, frameon=False)
+
+
+def panel_legend(ax) -> None:
+    """A panel's own legend, outside it on the right, so it never covers the data."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  borderaxespad=0.0)

@@ -1,15 +1,17 @@
 """Plots on synthetic runs: files are valid images, one line per method label, stable styles, failed
-cells marked, figures split by dtype, seed bands, dominated points, entropy and grid plots."""
+cells marked, figures split by dtype, seed bands, dominated points, entropy and grid plots. (The
+paper-figure properties, legends, captions, CLI options, are in test_plots_paper.py.)"""
 import xml.etree.ElementTree as ET
 
 import pytest
-from matplotlib.collections import PolyCollection
+from matplotlib.collections import PathCollection, PolyCollection
 from matplotlib.colors import to_hex
 from PIL import Image
 
 from attnbench.cli import main
 from attnbench.plots import (NothingToPlot, plot_entropy, plot_error, plot_pareto, plot_scaling,
                              style_map)
+from attnbench.plotstyle import caption_of
 from attnbench.store import load_results, read_meta
 from test_report import make_run, row
 
@@ -48,15 +50,15 @@ def test_scaling_has_one_line_per_label_and_marks_failed_cells(tmp_path):
         assert labels == ["linformer(k=32)", "linformer(k=64)", "naive", "sdpa"]
         naive = next(line for line in ax.get_lines() if line.get_label() == "naive")
         assert list(naive.get_xdata()) == [256, 512]
-        marks = [c for c in ax.collections if len(c.get_offsets())]
+        marks = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
         xs = sorted(float(x) for c in marks for x, _ in c.get_offsets())
         assert xs == [256, 512, 1024, 1024]  # performer unsupported x3, naive OOM at 1024
         assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
         assert "ms" in ax.get_ylabel() and "n" in ax.get_xlabel()
     base = next(line for line in axes[0].get_lines() if line.get_label() == "sdpa")
     assert to_hex(base.get_color()) == "#000000" and base.get_linewidth() > 2
-    title = fig._suptitle.get_text()
-    assert "Test CPU" in title and "dtype=fp32" in title and "level=core" in title
+    title, caption = fig._suptitle.get_text(), caption_of(fig)
+    assert "Test CPU" in title and "dtype=fp32" in caption and "level=core" in caption
 
 
 def test_styles_are_stable_across_plots(tmp_path):
@@ -93,7 +95,7 @@ def test_error_plot_means_and_bands_over_seeds(tmp_path):
     assert list(line.get_xdata()) == [16, 32, 64]
     assert list(line.get_ydata()) == pytest.approx([0.2, 0.1, 0.05])
     assert any(isinstance(c, PolyCollection) for c in fig.axes[0].collections)
-    assert "3 seeds" in fig._suptitle.get_text() and "k" in fig.axes[0].get_xlabel()
+    assert "3 seeds" in caption_of(fig) and "k" in fig.axes[0].get_xlabel()
 
 
 def test_pareto_marks_dominated_points_hollow(tmp_path):
