@@ -41,7 +41,7 @@ ENTRY_POINT_GROUP = "attnbench.methods"
 ALL_DEVICES = ("cpu", "cuda")
 ALL_DTYPES = ("fp32", "fp16", "bf16")
 ALL_LEVELS = ("core", "layer", "model")
-METHOD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+METHOD_NAME = re.compile(r"[A-Za-z.][^\s,=*?\[\]]{0,63}")
 
 
 class Unsupported(Exception):
@@ -173,10 +173,11 @@ class Registry:
         self.plugin_errors: list[str] = []
 
     def add(self, spec: MethodSpec) -> None:
-        if not isinstance(spec.name, str) or not METHOD_NAME.match(spec.name):
-            raise RegistryError(f"method name {spec.name!r} ({spec.origin}): a name is a letter "
-                                "followed by letters, digits, '_', '.' or '-' (at most 64); it "
-                                "appears in suites, --only lists and file names")
+        if not isinstance(spec.name, str) or not METHOD_NAME.fullmatch(spec.name):
+            raise RegistryError(f"method name {spec.name!r} ({spec.origin}): 1 to 64 printable "
+                                "characters without spaces, starting with a letter or '.', and "
+                                "none of , = * ? [ ] (names are listed with commas, paired with "
+                                "'=' and matched by wildcards in --only)")
         old = self._specs.get(spec.name)
         if old is not None:
             raise RegistryError(
