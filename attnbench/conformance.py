@@ -117,7 +117,8 @@ class _Checker:
     def __init__(self, spec: MethodSpec, device: torch.device, dtypes: list[str], n: int):
         self.spec, self.device, self.dtypes, self.n = spec, device, dtypes, n
         self.params = spec.params()
-        self.main = torch.float32 if "fp32" in dtypes else DTYPES[dtypes[0]]
+        declared = [d for d in dtypes if d in spec.dtypes]  # check_method makes sure there is one
+        self.main = DTYPES["fp32" if "fp32" in declared else declared[0]]
         self.hidden = spec.takes_hidden
         self.shape = (B, n, H * D) if self.hidden else (B, H, n, D)
         self.module = None
@@ -144,7 +145,9 @@ class _Checker:
         x64 = tuple(t.detach().double() for t in inputs)
         with torch.no_grad():
             if limit is not None and limit.reference is not None:
-                return limit.reference(module, *x64).double(), limit.reference.__name__.strip("_")
+                name = getattr(limit.reference, "__name__", "").strip("_")
+                return limit.reference(module, *x64).double(), \
+                    name if name.isidentifier() else "its declared reference"
             if hasattr(module, "exact_reference"):
                 return module.exact_reference(*x64).double(), "exact_reference"
             if self.hidden:
@@ -461,6 +464,10 @@ def check_method(spec: MethodSpec, device: torch.device | str = "cpu", dtypes: l
     dtypes = [d for d in (dtypes or spec.dtypes) if d != "fp64"] or ["fp32"]
     if device.type == "cuda" and "bf16" in dtypes and not torch.cuda.is_bf16_supported():
         dtypes.remove("bf16")
+    if not any(d in spec.dtypes for d in dtypes):
+        report.rows.append(Row("available", "skip", f"declares dtypes {'/'.join(spec.dtypes)}, "
+                                                    f"none of {'/'.join(dtypes)}"))
+        return report
     if n is None:
         n, why = pick_n(spec, spec.params(), device)
         if n is None:

@@ -117,9 +117,14 @@ def test_unavailable_and_other_device_methods_are_skipped_not_failed():
     def build_cuda(p, ctx):
         raise AssertionError("never built")
 
-    for spec, words in ((build_needs.spec, "no_such_module_xyz not installed"),
-                        (build_cuda.spec, "runs on cuda, not cpu")):
-        report = check_method(spec, "cpu")
+    @register_method("t_fp32_only", family="other", exact=True, dtypes=("fp32",), registry=reg)
+    def build_fp32(p, ctx):
+        raise AssertionError("never built")
+
+    for spec, dtypes, words in ((build_needs.spec, None, "no_such_module_xyz not installed"),
+                                (build_cuda.spec, None, "runs on cuda, not cpu"),
+                                (build_fp32.spec, ["bf16"], "declares dtypes fp32, none of bf16")):
+        report = check_method(spec, "cpu", dtypes)
         assert report.ok and [r.status for r in report.rows] == ["skip"]
         assert words in report.rows[0].detail
 
