@@ -253,7 +253,7 @@ class _Checker:
                         "limit=Limit(...), see attnbench.registry.Limit) to register_method")
         values = limit.params_for(self.ctx())
         if values is None and limit.reference is None:
-            raise _Skip(f"no exact limit declared ({limit.note or 'see converges'})")
+            raise _Skip(f"no exact limit: {limit.note or 'converges checks the error instead'}")
         values = values or {}
         known = {f.name for f in dataclasses.fields(self.params)}
         if bad := sorted(set(values) - known):

@@ -117,7 +117,7 @@ def _check_performer(p, ctx):
                                         "distutils"),  # Python >= 3.12: distutils from setuptools
                  install_hint=HINT, constraints=(_check_performer,), budget="nb_features",
                  limit=Limit(params=None, converges=(8, 32, 128, 512),
-                             note="no exact limit (random features): error falls with m"))
+                             note="random features; error falls as m grows"))
 def build_peer_performer(p: PeerPerformerParams, ctx: BuildContext) -> nn.Module:
     """performer-pytorch FastAttention: FAVOR+ with orthogonal random features (community code)."""
     from performer_pytorch import FastAttention

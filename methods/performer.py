@@ -521,7 +521,8 @@ def linear_reference(module: LinearAttention, q, k, v) -> torch.Tensor:
 # equal the attention its own fixed ω implies, and the error against softmax attention must fall as m
 # grows (Monte Carlo error ~ 1/√m, so each 4× more features roughly halves it).
 PERFORMER_LIMIT = Limit(params={}, reference=_implied_attention, converges=(8, 32, 128, 512),
-                        note="no exact limit: equals its implied attention; error falls with m")
+                        note="random features: no exact limit; equals the attention its ω implies, "
+                             "and its error falls as m grows")
 # elu(x)+1 is not a softmax kernel: linear attention is exact against its own definition.
 LINEAR_LIMIT = Limit(params={}, reference=linear_reference,
                      note="its own attention: normalised elu(q)+1 · elu(k)+1 weights, not softmax")
