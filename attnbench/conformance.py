@@ -29,6 +29,7 @@ fp16 1e-2 (≤ 1.5e-3), bf16 5e-2 (≤ 1.3e-2), the input's own rounding to that
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -522,10 +523,18 @@ def summary_table(reports: list[Report]):
         ran = r.count("pass") + r.count("fail")
         verdict = "fail" if not r.ok else "pass" if ran else "skip"
         notes = ", ".join(x.check for x in r.rows if x.status == "fail") if not r.ok else \
-            r.rows[0].detail if not ran and r.rows else ""
+            _short(r.rows[0].detail) if not ran and r.rows else ""
         table.add_row(Text(r.method), Text(verdict, style=STYLE[verdict]), str(r.count("pass")),
                       str(r.count("fail")), str(r.count("skip")), Text(notes))
     return table
+
+
+def _short(reason: str) -> str:
+    """A skip reason for the summary: of the modules a missing package needs, only the first."""
+    if m := re.match(r"unavailable: (.+?) not installed(.*)$", reason):
+        mods = m[1].split(", ")
+        return f"missing {mods[0]}{f' +{len(mods) - 1}' if len(mods) > 1 else ''}{m[2]}"
+    return reason
 
 
 def cmd_check(args, console) -> int:
