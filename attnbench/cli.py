@@ -266,7 +266,8 @@ def cmd_env(args, console) -> int:
 VERBS = {"list": cmd_list, "validate": cmd_validate, "run": cmd_run, "env": cmd_env}
 # Modules that add their own verbs: each defines ``add_cli(subparsers)`` and sets ``func`` on its parser
 # (``set_defaults(func=cmd)`` with ``cmd(args, console) -> int``); heavy imports stay inside ``cmd``.
-VERB_MODULES = ("attnbench.report", "attnbench.plots", "attnbench.compare", "attnbench.spectrum")
+VERB_MODULES = ("attnbench.report", "attnbench.plots", "attnbench.compare", "attnbench.spectrum",
+                "attnbench.conformance", "attnbench.scaffold")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,6 +101,57 @@ class BuildContext:
 
 
 Constraint = Callable[[Any, "BuildContext"], "str | None"]
+Reference = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A method's limiting case: the params with which it computes an exact attention up to rounding,
+    and what it is exact against. ``attnbench check`` runs it against a float64 reference.
+
+    - ``params``: knob values (a dict, or a function of the :class:`BuildContext` returning one, for
+      values that depend on n) that make the method exact, e.g. ``{"window": ctx.n}``; ``{}`` for an
+      exact method, whose limit is itself. ``None``: the method has no exact limit (random features);
+      then ``reference`` or ``converges`` says what is checked instead.
+    - ``reference``: ``(module, q, k, v) -> tensor`` computed in float64, the attention the limit case
+      equals when that is neither softmax attention nor the module's ``exact_reference`` hook (e.g. the
+      elu+1 kernel attention that linear attention is by definition). Default: the hook if the module
+      has one, else :func:`attnbench.reference.reference_attention`.
+    - ``build``: ``(params, ctx) -> module`` used instead of the registered factory, for limits its
+      declared constraints refuse because they save nothing in a sweep (Linformer's k = n).
+    - ``converges``: ascending values of the method's ``budget`` knob, or a function of the build
+      context giving them, under which the error against softmax attention (the ``exact_reference``
+      hook where there is one), averaged over seeds, must fall: for methods without an exact limit.
+    - ``tol``: the relative error allowed in float64 when more than rounding remains at the limit (an
+      iteration that converges but is not exact); default :data:`attnbench.conformance.TOL`.
+    - ``note``: why these params are exact, in a few words (shown by ``attnbench check``).
+    """
+
+    params: dict | Callable[["BuildContext"], dict] | None = field(default_factory=dict)
+    reference: Reference | None = None
+    build: Callable[[Any, "BuildContext"], nn.Module] | None = None
+    converges: tuple | Callable[["BuildContext"], tuple] | None = None
+    tol: float | None = None
+    note: str = ""
+
+    def params_for(self, ctx: "BuildContext") -> dict | None:
+        """The limit's knob values for ``ctx`` (None: no exact limit)."""
+        return self.params(ctx) if callable(self.params) else self.params
+
+    def budgets_for(self, ctx: "BuildContext") -> tuple:
+        """The ascending budget values of the convergence check for ``ctx`` (empty: none declared)."""
+        values = self.converges(ctx) if callable(self.converges) else self.converges
+        return tuple(values or ())
+
+
+def as_limit(limit: "Limit | dict | Callable[[BuildContext], dict] | None") -> "Limit | None":
+    """``register_method``'s ``limit`` argument as a :class:`Limit` (a dict or function is its params)."""
+    if limit is None or isinstance(limit, Limit):
+        return limit
+    if isinstance(limit, dict) or callable(limit):
+        return Limit(params=limit)
+    raise RegistryError(f"limit must be a dict of params, a function ctx -> dict or a Limit, "
+                        f"got {type(limit).__name__}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +172,15 @@ class MethodSpec:
     description: str = ""
     origin: str = ""
     levels: tuple[str, ...] = ALL_LEVELS
+    limit: Limit | None = None  # the limiting case (see Limit); exact methods default to themselves
+    # the rank bound of the attention matrix at these params: (params, stats, head_dim) -> int | None
+    rank: Callable[[Any, dict, int], "int | None"] | None = None
+
+    def limit_case(self) -> Limit | None:
+        """The declared limiting case; an exact method's limit is itself (its default params)."""
+        if self.limit is None and self.exact:
+            return Limit(params={}, note="exact method: its own default params")
+        return self.limit
 
     @property
     def takes_hidden(self) -> bool:
@@ -230,10 +290,23 @@ def register_method(name: str, *, family: str, exact: bool, params: type = NoPar
                     requires: tuple[str, ...] = (), install_hint: str = "",
                     constraints: tuple[Constraint, ...] = (), budget: str | None = None,
                     description: str = "", levels: tuple[str, ...] = ALL_LEVELS,
+                    limit: Limit | dict | Callable[[BuildContext], dict] | None = None,
+                    rank: Callable[[Any, dict, int], "int | None"] | None = None,
                     registry: Registry | None = None):
-    """Decorator registering ``factory(params, ctx) -> nn.Module`` under ``name``."""
+    """Decorator registering ``factory(params, ctx) -> nn.Module`` under ``name``.
+
+    ``limit`` declares the limiting case that ``attnbench check`` compares with exact attention: a dict
+    of params (or a function of the build context returning one) with which the method is exact, or a
+    :class:`Limit`; ``rank`` maps (params, stats, head_dim) to the rank bound of the attention matrix.
+    """
     if not dataclasses.is_dataclass(params):
         raise RegistryError(f"method {name!r}: params must be a dataclass, got {params!r}")
+    limit = as_limit(limit)
+    if limit is not None and isinstance(limit.params, dict):  # a function is checked by `check`
+        known = [f.name for f in dataclasses.fields(params)]
+        if bad := sorted(set(limit.params) - set(known)):
+            raise RegistryError(f"method {name!r}: limit names unknown params {bad}; "
+                                f"{params.__name__} has {known}")
 
     def wrap(factory):
         try:
@@ -246,7 +319,7 @@ def register_method(name: str, *, family: str, exact: bool, params: type = NoPar
                           causal=causal, backward=backward, devices=tuple(devices),
                           dtypes=tuple(dtypes), requires=tuple(requires), install_hint=install_hint,
                           constraints=tuple(constraints), budget=budget, description=doc,
-                          origin=origin, levels=tuple(levels))
+                          origin=origin, levels=tuple(levels), limit=limit, rank=rank)
         (registry or REGISTRY).add(spec)
         factory.spec = spec
         return factory

@@ -63,7 +63,7 @@ from torch import nn
 from attnbench.kernels import (merged_heads, project_merged, shared_bmm, triton_available,
                                triton_interpreting)
 from attnbench.params import NonNegative, Positive
-from attnbench.registry import BuildContext, Unsupported, register_method
+from attnbench.registry import BuildContext, Limit, Unsupported, register_method
 
 Projection = Literal["linear", "random", "mean_pool", "max_pool", "conv"]
 Sharing = Literal["none", "headwise", "kv", "layerwise"]
@@ -333,8 +333,19 @@ def projection_matrices(*modules: nn.Module) -> list[torch.Tensor]:
     return list(seen.values())
 
 
+def _rank(p: LinformerParams, stats: dict, head_dim: int) -> int:
+    """softmax(Q(EK)ᵀ) has k columns: rank at most k."""
+    return int(stats.get("k", layer_k(p, 0)))
+
+
+# k = n with mean pooling: windows of one position, E = F = I, softmax attention itself. The registry's
+# k < n constraint refuses it (it saves nothing in a sweep), so the limit builds the module directly.
+LIMIT = Limit(params=lambda ctx: {"k": ctx.n, "projection": "mean_pool"}, build=LinformerAttention,
+              note="k = n, mean pooling over windows of one position: E = F = I")
+
+
 @register_method("linformer", family="low_rank", exact=False, params=LinformerParams, causal=False,
-                 constraints=CONSTRAINTS, budget="k")
+                 constraints=CONSTRAINTS, budget="k", limit=LIMIT, rank=_rank)
 def build_linformer(p: LinformerParams, ctx: BuildContext) -> nn.Module:
     """Linformer: keys and values projected along the sequence from n to k rows."""
     for check in CONSTRAINTS:

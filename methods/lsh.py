@@ -78,7 +78,7 @@ from torch import nn
 from attnbench.compiling import allow_recompiles, compile_failure
 from attnbench.kernels.lsh_flex import lsh_block_mask, make_flex_rounds
 from attnbench.params import NonNegative, Positive
-from attnbench.registry import BuildContext, Unsupported, register_method
+from attnbench.registry import BuildContext, Limit, Unsupported, register_method
 
 SELF_SCORE = -1e5  # Reformer's score for attending to oneself
 Kernel = Literal["auto", "triton", "sdpa", "flex", "torch"]
@@ -487,8 +487,14 @@ def _triton_reason(p: LSHParams, ctx: BuildContext) -> str | None:
     return None
 
 
+# One bucket of n: no hashing, one chunk holding every token, exact shared-QK attention (the module's
+# exact_reference) whatever n_hashes is.
+LIMIT = Limit(params=lambda ctx: {"bucket_size": ctx.n},
+              note="bucket_size = n: one bucket, one chunk; exact against shared-QK attention")
+
+
 @register_method("lsh", family="lsh", exact=False, params=LSHParams, causal=True, backward=True,
-                 budget="n_hashes", constraints=(_lsh_constraint,))
+                 budget="n_hashes", constraints=(_lsh_constraint,), limit=LIMIT)
 def build_lsh(p: LSHParams, ctx: BuildContext) -> nn.Module:
     """Reformer LSH attention: shared-QK, hashed buckets, chunked sorted attention, n_hashes rounds."""
     return LSHAttention(p, ctx)

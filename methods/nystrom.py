@@ -62,7 +62,7 @@ from attnbench.kernels import triton_available, triton_interpreting
 from attnbench.kernels.split_keys import choose_splits, split_key_attention
 from attnbench.measure import capture_cuda_graph
 from attnbench.params import NonNegative, Positive
-from attnbench.registry import BuildContext, Unsupported, register_method
+from attnbench.registry import BuildContext, Limit, Unsupported, register_method
 
 # batch·heads from which, on CUDA, fp32 softmax(Q̃Kᵀ)V is one SDPA call and ``auto`` runs the Triton
 # pseudo-inverse (see above)
@@ -271,8 +271,20 @@ def _landmark_constraint(p: NystromParams, ctx: BuildContext) -> str | None:
     return None
 
 
+# landmarks = n: the landmarks are the tokens, so the output is A·pinv(A)·A·V = A·V with A the softmax
+# attention matrix; the exact pseudo-inverse leaves only rounding (the iterative one would converge).
+LIMIT = Limit(params=lambda ctx: {"num_landmarks": ctx.n, "pinv": "exact"},
+              note="num_landmarks = n with the exact pseudo-inverse: A·pinv(A)·A·V = A·V")
+
+
+def _rank(p: NystromParams, stats: dict, head_dim: int) -> int:
+    """softmax(QK̃ᵀ)·pinv·softmax(Q̃Kᵀ) factors through m landmarks: rank at most m."""
+    return int(p.num_landmarks)
+
+
 @register_method("nystrom", family="landmark", exact=False, params=NystromParams, causal=False,
-                 constraints=(_landmark_constraint, check_kernel), budget="num_landmarks")
+                 constraints=(_landmark_constraint, check_kernel), budget="num_landmarks",
+                 limit=LIMIT, rank=_rank)
 def build_nystrom(p: NystromParams, ctx: BuildContext) -> nn.Module:
     """Nyströmformer: segment-mean landmarks and an iterative pseudo-inverse, O(n·m·d)."""
     return NystromAttention(p, ctx)

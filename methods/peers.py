@@ -57,7 +57,7 @@ from torch import nn
 
 from attnbench.params import NonNegative, Positive
 from attnbench.reference import reference_attention
-from attnbench.registry import BuildContext, register_method
+from attnbench.registry import BuildContext, Limit, register_method
 
 HINT = "pip install 'attnbench[peers]'"
 # modules the packages import on import, so a missing one reads "unavailable" rather than an error row
@@ -116,7 +116,9 @@ def _check_performer(p, ctx):
 @register_method("peer_performer", family="kernel", exact=False, params=PeerPerformerParams,
                  causal=True, requires=("performer_pytorch", *LOCAL_DEPS, "axial_positional_embedding",
                                         "distutils"),  # Python >= 3.12: distutils from setuptools
-                 install_hint=HINT, constraints=(_check_performer,), budget="nb_features")
+                 install_hint=HINT, constraints=(_check_performer,), budget="nb_features",
+                 limit=Limit(params=None, converges=(8, 32, 128, 512),
+                             note="random features; error falls as m grows"))
 def build_peer_performer(p: PeerPerformerParams, ctx: BuildContext) -> nn.Module:
     """performer-pytorch FastAttention: FAVOR+ with orthogonal random features (community code)."""
     from performer_pytorch import FastAttention
@@ -180,7 +182,11 @@ def _check_reformer(p, ctx):
 @register_method("peer_reformer", family="lsh", exact=False, params=PeerReformerParams, causal=True,
                  requires=("reformer_pytorch", *LOCAL_DEPS, "axial_positional_embedding",
                            "product_key_memory", "colt5_attention"),
-                 install_hint=HINT, constraints=(_check_reformer,), budget="n_hashes")
+                 install_hint=HINT, constraints=(_check_reformer,), budget="n_hashes",
+                 # two buckets of n/2, one round: each chunk attends itself and the other, so every
+                 # key is seen once (exact against the shared-QK exact_reference)
+                 limit=Limit(params=lambda ctx: {"bucket_size": ctx.n // 2, "n_hashes": 1},
+                             note="two buckets of n/2, one round: every key seen once"))
 def build_peer_reformer(p: PeerReformerParams, ctx: BuildContext) -> nn.Module:
     """reformer-pytorch LSHAttention: shared-QK, hashed and chunked (community code)."""
     from reformer_pytorch import LSHAttention
@@ -214,7 +220,8 @@ def _check_local(p, ctx):
 
 @register_method("peer_local", family="sparse", exact=False, params=PeerLocalParams, causal=True,
                  requires=LOCAL_DEPS, install_hint=HINT,
-                 constraints=(_check_local,), budget="window")
+                 constraints=(_check_local,), budget="window",
+                 limit=Limit(params=lambda ctx: {"window": ctx.n}, note="window = n: one block"))
 def build_peer_local(p: PeerLocalParams, ctx: BuildContext) -> nn.Module:
     """local-attention LocalAttention: blocked sliding window, rotary off (community code)."""
     from local_attention import LocalAttention
@@ -256,9 +263,23 @@ def _check_tatp22(p, ctx):
     return None
 
 
+def _tatp22_identity(p: PeerTatp22Params, ctx: BuildContext) -> nn.Module:
+    """The limit: k = n with every head's E and F set to the identity (its constraint refuses k = n)."""
+    m = build_peer_linformer_tatp22(p, ctx)
+    with torch.no_grad():
+        for head in m.peer:
+            for proj in (head.E, head.F):
+                proj.weight.copy_(torch.eye(ctx.n))
+                proj.bias.zero_()
+    return m
+
+
 @register_method("peer_linformer_tatp22", family="low_rank", exact=False, params=PeerTatp22Params,
                  causal=False, requires=("linformer_pytorch",), install_hint=HINT,
-                 constraints=(_check_tatp22,), budget="k")
+                 constraints=(_check_tatp22,), budget="k",
+                 limit=Limit(params=lambda ctx: {"k": ctx.n, "projection": "linear"},
+                             build=lambda p, ctx: _tatp22_identity(p, ctx),
+                             note="k = n with E = F = I"))
 def build_peer_linformer_tatp22(p: PeerTatp22Params, ctx: BuildContext) -> nn.Module:
     """linformer-pytorch (tatp22) LinearAttentionHead per head: E, F along the sequence (community code)."""
     from linformer_pytorch import LinearAttentionHead, get_EF
@@ -337,9 +358,22 @@ def _check_linformer(p, ctx):
     return None
 
 
+def _linformer_identity(p: PeerLinformerParams, ctx: BuildContext) -> nn.Module:
+    """The limit: k = n with the (n, k) projections set to the identity (its constraint refuses k = n)."""
+    m = build_peer_linformer(p, ctx)
+    with torch.no_grad():
+        for proj in {id(t): t for t in (m.peer.proj_k, getattr(m.peer, "proj_v", None))
+                     if t is not None}.values():
+            proj.copy_(torch.eye(ctx.n))
+    return m
+
+
 @register_method("peer_linformer", family="low_rank", exact=False, params=PeerLinformerParams,
                  causal=False, requires=("linformer",), install_hint=HINT,
-                 constraints=(_check_linformer,), budget="k", levels=("layer", "model"))
+                 constraints=(_check_linformer,), budget="k", levels=("layer", "model"),
+                 limit=Limit(params=lambda ctx: {"k": ctx.n},
+                             build=lambda p, ctx: _linformer_identity(p, ctx),
+                             note="k = n with identity projections: the layer's exact_reference"))
 def build_peer_linformer(p: PeerLinformerParams, ctx: BuildContext) -> nn.Module:
     """lucidrains linformer LinformerSelfAttention: a whole layer with (n, k) projections (community code)."""
     from linformer import LinformerSelfAttention
@@ -386,7 +420,11 @@ def _check_nystrom(p, ctx):
 
 @register_method("peer_nystrom", family="landmark", exact=False, params=PeerNystromParams,
                  causal=False, requires=("nystrom_attention", "einops"), install_hint=HINT,
-                 constraints=(_check_nystrom,), budget="num_landmarks", levels=("layer", "model"))
+                 constraints=(_check_nystrom,), budget="num_landmarks", levels=("layer", "model"),
+                 # landmarks = n leaves only the iterative pseudo-inverse, which converges, not exact:
+                 # 30 iterations reach ~1e-10 in float64 (tests/test_peers.py)
+                 limit=Limit(params=lambda ctx: {"num_landmarks": ctx.n, "pinv_iters": 30}, tol=1e-8,
+                             note="num_landmarks = n, pseudo-inverse iterated to convergence"))
 def build_peer_nystrom(p: PeerNystromParams, ctx: BuildContext) -> nn.Module:
     """nystrom-attention NystromAttention, residual conv off: a whole layer (community code)."""
     from nystrom_attention import NystromAttention

@@ -54,7 +54,7 @@ from torch import nn
 from attnbench.compiling import allow_recompiles, compile_failure
 from attnbench.kernels.causal_linear import causal_chunked, lse, positive_causal
 from attnbench.params import NonNegative, Positive
-from attnbench.registry import BuildContext, Unsupported, register_method
+from attnbench.registry import BuildContext, Limit, Unsupported, register_method
 
 
 def resolve_nb_features(nb_features: int, head_dim: int) -> int:
@@ -504,15 +504,52 @@ def _compile_knob(p, ctx):
     return None
 
 
+def _implied_attention(module: PerformerAttention, q, k, v) -> torch.Tensor:
+    """The attention weights that the module's fixed features imply, materialised, times v."""
+    return module.attention_matrix(q, k) @ v  # (B, H, N, D)
+
+
+def linear_reference(module: LinearAttention, q, k, v) -> torch.Tensor:
+    """elu+1 kernel attention by its definition: the (n, n) weights materialised and normalised."""
+    qf, kf = (F.elu(x) + 1 for x in (q, k))
+    scores = qf @ kf.transpose(-1, -2)  # (B, H, N, N)
+    if module.causal:
+        scores = scores.tril()
+    return (scores / scores.sum(-1, keepdim=True)) @ v
+
+
+# Random features have no exact limit (m → ∞ only in expectation): the stabilised, chunked forward must
+# equal the attention its own fixed ω implies, and the error against softmax attention must fall as m
+# grows (Monte Carlo error ~ 1/√m, so each 4× more features roughly halves it).
+PERFORMER_LIMIT = Limit(params={}, reference=_implied_attention, converges=(8, 32, 128, 512),
+                        note="random features: no exact limit; equals the attention its ω implies, "
+                             "and its error falls as m grows")
+# elu(x)+1 is not a softmax kernel: linear attention is exact against its own definition.
+LINEAR_LIMIT = Limit(params={}, reference=linear_reference,
+                     note="its own attention: normalised elu(q)+1 · elu(k)+1 weights, not softmax")
+
+
+def _performer_rank(p: PerformerParams, stats: dict, head_dim: int) -> int:
+    """φ(Q)φ(K)ᵀ has m (positive) or 2m (sin, cos) features: rank at most that."""
+    m = int(stats.get("nb_features_used", resolve_nb_features(p.nb_features, head_dim)))
+    return m if p.positive else 2 * m
+
+
+def _linear_rank(p: LinearParams, stats: dict, head_dim: int) -> int:
+    """elu+1 features have head_dim columns."""
+    return int(head_dim)
+
+
 @register_method("performer", family="kernel", exact=False, params=PerformerParams, causal=True,
-                 constraints=(_positive_knobs, _compile_knob), budget="nb_features")
+                 constraints=(_positive_knobs, _compile_knob), budget="nb_features",
+                 limit=PERFORMER_LIMIT, rank=_performer_rank)
 def build_performer(p: PerformerParams, ctx: BuildContext) -> nn.Module:
     """Performer FAVOR+: positive orthogonal random features, O(n·m·d)."""
     return PerformerAttention(p, ctx)
 
 
 @register_method("linear", family="kernel", exact=False, params=LinearParams, causal=True,
-                 constraints=(_positive_knobs,))
+                 constraints=(_positive_knobs,), limit=LINEAR_LIMIT, rank=_linear_rank)
 def build_linear(p: LinearParams, ctx: BuildContext) -> nn.Module:
     """Linear attention with the elu(x)+1 feature map, O(n·d²)."""
     return LinearAttention(p, ctx)

@@ -29,7 +29,7 @@ from torch import nn
 
 from attnbench.compiling import allow_recompiles, compile_failure
 from attnbench.params import NonNegative, Positive
-from attnbench.registry import BuildContext, register_method
+from attnbench.registry import BuildContext, Limit, register_method
 
 Kernel = Literal["auto", "flex", "blocked"]
 Pred = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -400,30 +400,43 @@ def _bigbird_counts(p, ctx):
 
 _COMMON = dict(family="sparse", exact=False, causal=True, backward=True)
 
+# Limiting cases: patterns that allow every pair (causal: every j <= i), so the kernels compute softmax
+# attention itself. Block sizes are divisors of n no larger than 64, so the blocked parts stay several.
+LOCAL_LIMIT = Limit(params=lambda ctx: {"window": ctx.n}, note="window = n: every |i - j| < n")
+STRIDED_LIMIT = Limit(params=lambda ctx: {"stride": ctx.n}, note="stride = n: the band |i - j| <= n")
+def _fixed_limit(ctx: BuildContext) -> dict:
+    block = _divisor_at_most(ctx.n, 64)
+    return {"block": block, "c": block}
+
+
+FIXED_LIMIT = Limit(params=_fixed_limit, note="c = block: every position is a summary column")
+BIGBIRD_LIMIT = Limit(params=lambda ctx: {"block": _divisor_at_most(ctx.n, 64), "num_global": ctx.n},
+                      note="num_global = n: every position is a global token")
+
 
 @register_method("local", params=LocalParams, budget="window", constraints=(_window,),
-                 **_COMMON)
+                 limit=LOCAL_LIMIT, **_COMMON)
 def build_local(p: LocalParams, ctx: BuildContext) -> nn.Module:
     """Sliding-window attention: each query sees the keys within `window` positions."""
     return SparseAttention(build_pattern("local", p, ctx), ctx, p.kernel)
 
 
 @register_method("strided", params=StridedParams, budget="stride",
-                 constraints=(_divides("stride"),), **_COMMON)
+                 constraints=(_divides("stride"),), limit=STRIDED_LIMIT, **_COMMON)
 def build_strided(p: StridedParams, ctx: BuildContext) -> nn.Module:
     """Sparse Transformer strided pattern: local band of `stride` plus every `stride`-th key."""
     return SparseAttention(build_pattern("strided", p, ctx), ctx, p.kernel)
 
 
 @register_method("fixed", params=FixedParams, budget="c", constraints=(_divides("block"), _fixed_c),
-                 **_COMMON)
+                 limit=FIXED_LIMIT, **_COMMON)
 def build_fixed(p: FixedParams, ctx: BuildContext) -> nn.Module:
     """Sparse Transformer fixed pattern: own block plus the last `c` positions of every block."""
     return SparseAttention(build_pattern("fixed", p, ctx), ctx, p.kernel)
 
 
 @register_method("bigbird", params=BigBirdParams, budget="num_random",
-                 constraints=(_divides("block"), _bigbird_counts), **_COMMON)
+                 constraints=(_divides("block"), _bigbird_counts), limit=BIGBIRD_LIMIT, **_COMMON)
 def build_bigbird(p: BigBirdParams, ctx: BuildContext) -> nn.Module:
     """BigBird: three-block window, global tokens and random key blocks."""
     return SparseAttention(build_pattern("bigbird", p, ctx), ctx, p.kernel)
