@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import json
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -136,9 +137,9 @@ def cmd_validate(args, console) -> int:
     skipped = sum(c.skip_reason is not None for c in cells)
     console.print(Text(f"{suite.path}: valid suite {suite.name!r} v{suite.version}: {len(cells)} cells "
                        f"on {device.type} ({len(cells) - skipped} to run, {skipped} unsupported), "
-                       f"baseline {suite.baseline}"))
+                       f"baseline {suite.baseline}"), soft_wrap=True)
     if (note := added_note(suite, args.only, args.skip)) is not None:
-        console.print(Text(note))
+        console.print(Text(note), soft_wrap=True)
     return 0
 
 
@@ -149,14 +150,17 @@ def _plan_table(cells, title: str):
     from rich.table import Table
     from rich.text import Text
 
-    table = Table("#", "method", "level", "n", "B", "H", "D", "dtype", "mode", "planned",
-                  title=Text(title), title_justify="left")
     shown = list(enumerate(cells))
+    caption = None
     if len(cells) > 2 * PREVIEW:
+        caption = (f"showing {2 * PREVIEW} of {len(cells)} cells: {len(cells) - 2 * PREVIEW} more "
+                   f"cells between #{PREVIEW - 1} and #{len(cells) - PREVIEW}")
         shown = shown[:PREVIEW] + [None] + shown[-PREVIEW:]
+    table = Table("#", "method", "level", "n", "B", "H", "D", "dtype", "mode", "planned",
+                  title=Text(title), title_justify="left", caption=caption, caption_justify="left")
     for item in shown:
         if item is None:
-            table.add_row("…", Text(f"{len(cells) - 2 * PREVIEW} more cells"), *[""] * 8)
+            table.add_row("…", *[""] * 9)
             continue
         i, c = item
         k = c.case
@@ -247,9 +251,9 @@ def _dry_run(args, console, device) -> int:
                                      f"({len(cells) - skipped} to run, {skipped} unsupported; "
                                      "dry run)"))
     if (note := added_note(suite, only, skip)) is not None:
-        console.print(Text(note))
+        console.print(Text(note), soft_wrap=True)
     est = estimate(cells, suite.timing, Path(args.out), suite.name, device.type)
-    console.print(Text(est.describe()))
+    console.print(Text(est.describe()), soft_wrap=True)
     return 0
 
 
@@ -270,6 +274,16 @@ VERB_MODULES = ("attnbench.report", "attnbench.plots", "attnbench.compare", "att
                 "attnbench.conformance", "attnbench.scaffold")
 
 
+def _signal_once(signum, frame):
+    """SIGINT/SIGTERM outside a sweep: the first stops the command (exit 130); once a sweep was
+    interrupted, more signals are ignored while the command prints its resume hint and exits."""
+    from attnbench import runner
+
+    if runner.INTERRUPTED_BY is None:
+        runner.INTERRUPTED_BY = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.markup import escape
@@ -284,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True, soft_wrap=True)
     args.plugin = [*args.plugin, *getattr(args, "plugin_after", [])]
     args.plugin_after = []
+    old = {s: signal.signal(s, _signal_once) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for path in args.plugin:
             load_plugin_file(path)
@@ -295,6 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]", highlight=False)
         return 130
+    finally:
+        from attnbench import runner
+
+        for s, h in old.items():
+            if argv is not None:  # called from Python (tests, notebooks): handlers as they were
+                signal.signal(s, h)
+            elif runner.INTERRUPTED_BY is not None:  # the process ends now: late signals must not
+                signal.signal(s, signal.SIG_IGN)     # kill it while the interpreter shuts down
 
 
 def entry() -> None:

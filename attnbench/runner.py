@@ -263,6 +263,9 @@ def loaded_plugins() -> list[str]:
                    if name.startswith("attnbench_plugin_") and getattr(m, "__file__", None)})
 
 
+INTERRUPTED_BY: str | None = None  # the signal that interrupted a sweep of this process, if any
+
+
 class _Signals:
     """SIGINT and SIGTERM during the sweep: the first raises :class:`Interrupted` where the sweep is;
     later ones, arriving while it cleans up, are noted and change nothing (any number of signals ends
@@ -275,8 +278,9 @@ class _Signals:
         self.old = {}
 
     def _handle(self, signum, frame):
+        global INTERRUPTED_BY
         if self.first is None:
-            self.first = signal.Signals(signum).name
+            self.first = INTERRUPTED_BY = signal.Signals(signum).name
             if not self.deferred:
                 raise Interrupted(self.first)
         else:

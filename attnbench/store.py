@@ -118,20 +118,29 @@ def read_meta(run_dir: Path) -> dict:
 
 
 class ResultWriter:
-    """Appends rows to ``results.jsonl``; each row is on disk before the next cell starts."""
+    """Appends rows to ``results.jsonl``; each row is on disk (written unbuffered and fsynced)
+    before the next cell starts. A failed write raises OSError at once; at worst it leaves a torn
+    last line, which the next open sets aside."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / RESULTS
+        self.path = results_path(Path(run_dir))
         repair_torn_tail(self.path)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, row: dict) -> None:
-        self._f.write(json.dumps(_clean(row), sort_keys=True, default=str) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        data = (json.dumps(_clean(row), sort_keys=True, default=str) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        os.fsync(self._fd)
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # nothing buffered: every row was written or reported as failed
 
 
 def repair_torn_tail(path: Path) -> bool:
@@ -164,9 +173,47 @@ def _is_row(line: bytes) -> bool:
         return False
 
 
-def iter_rows(run_dir: Path) -> Iterator[dict]:
-    """Rows of a run; a torn or corrupt line is skipped with a warning (its cell is re-run on resume)."""
+def row_problem(row: Any) -> str | None:
+    """Why a parsed line is not a usable result row, or None. Rows are data from disk: a line that
+    is valid JSON may still lack what every reader relies on."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    for key in ("cell_id", "method", "status"):
+        if not isinstance(row.get(key), str) or not row[key]:
+            return f"no {key}" if key not in row else f"{key} = {row[key]!r} is not a name"
+    n = row.get("n")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        return "no n" if "n" not in row else f"n = {n!r} is not a length"
+    for key in ("params", "input"):
+        if row.get(key) is not None and not isinstance(row[key], dict):
+            return f"{key} = {row[key]!r} is not a table"
+    return None
+
+
+_WARNED: set[tuple[str, int]] = set()  # (file, line) already warned about in this process
+
+
+def _warn_once(path: Path, lineno: int, message: str) -> None:
+    key = (str(path.resolve()), lineno)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, TornRowWarning, stacklevel=3)
+
+
+def results_path(run_dir: Path) -> Path:
+    """``results.jsonl`` of a run, which must be a file if it exists."""
     path = Path(run_dir) / RESULTS
+    if path.exists() and not path.is_file():
+        raise RunDirError(f"{path}: results.jsonl is not a file; is this a run directory written "
+                          "by attnbench?")
+    return path
+
+
+def iter_rows(run_dir: Path) -> Iterator[dict]:
+    """Rows of a run. A torn or corrupt line, or valid JSON that is not a row (no cell_id, status,
+    method or n), is set aside with a warning naming the line, once per process; its cell is
+    re-run on resume."""
+    path = results_path(run_dir)
     if not path.is_file():
         return
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -175,13 +222,15 @@ def iter_rows(run_dir: Path) -> Iterator[dict]:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                warnings.warn(f"{path}:{lineno}: skipped a torn or corrupt row "
-                              f"({line[:60].strip()!r}...); --resume re-runs its cell",
-                              TornRowWarning, stacklevel=2)
+            except (json.JSONDecodeError, RecursionError):
+                _warn_once(path, lineno, f"{path}:{lineno}: skipped a torn or corrupt row "
+                                         f"({line[:60].strip()!r}...); --resume re-runs its cell")
                 continue
-            if isinstance(row, dict):
-                yield row
+            if (why := row_problem(row)) is not None:
+                _warn_once(path, lineno, f"{path}:{lineno}: set aside a malformed row ({why}: "
+                                         f"{line[:60].strip()!r}); --resume re-runs its cell")
+                continue
+            yield row
 
 
 def done_cells(run_dir: Path) -> set[str]:
@@ -193,7 +242,11 @@ def load_results(run_dir) -> "pandas.DataFrame":  # noqa: F821
     input regime params as ``input.<name>``."""
     import pandas as pd
 
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise RunDirError(f"load_results({run_dir!r}): expected a run directory (a path holding "
+                          f"{RESULTS} and {META})")
     run_dir = Path(run_dir)
+    results_path(run_dir)
     if not (run_dir / RESULTS).is_file() and not (run_dir / META).is_file():
         raise RunDirError(f"{run_dir}: not a run directory (no {RESULTS} or {META})")
     rows = []
