@@ -11,6 +11,7 @@ import json
 import shlex
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from attnbench.errors import BadInput, UserError  # noqa: F401 (BadInput re-exported)
@@ -289,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
     from attnbench.registry import load_plugin_file
+    from attnbench.store import TornRowWarning
 
     try:
         args = build_parser().parse_args(argv)
@@ -299,6 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     args.plugin = [*args.plugin, *getattr(args, "plugin_after", [])]
     args.plugin_after = []
     old = {s: signal.signal(s, _signal_once) for s in (signal.SIGINT, signal.SIGTERM)}
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, TornRowWarning):  # data problems: one line, no source excerpt
+            err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
     try:
         for path in args.plugin:
             load_plugin_file(path)
@@ -313,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from attnbench import runner
 
+        warnings.showwarning = shown
         for s, h in old.items():
             if argv is not None:  # called from Python (tests, notebooks): handlers as they were
                 signal.signal(s, h)

@@ -258,5 +258,5 @@ def cmd_grid(args, console) -> int:
         else:
             console.out(to_markdown(g) if args.format == "md" else to_csv(g), highlight=False)
         for p in [stem.with_suffix(".md"), stem.with_suffix(".csv"), *written]:
-            console.print(f"wrote {p}", highlight=False, style="dim")
+            console.print(f"wrote {p}", highlight=False, style="dim", soft_wrap=True)
     return 0

@@ -322,9 +322,9 @@ def cmd_plot(args, console) -> int:
             raise BadInput(f"plot: cannot write {out / stem} ({exc.strerror or exc}); choose a "
                            "writable directory with --out DIR") from None
         for path in written:
-            console.print(f"wrote {escape(str(path))}", highlight=False)
+            console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
     for kind, why in skipped.items():
-        console.print(f"skipped {kind}: {escape(why)}", highlight=False, style="dim")
+        console.print(f"skipped {kind}: {escape(why)}", highlight=False, style="dim", soft_wrap=True)
     return 0
 
 

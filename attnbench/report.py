@@ -432,7 +432,7 @@ def cmd_report(args, console) -> int:
             raise BadInput(f"report --all: no run directories (meta.json) under {args.all}")
         for run in runs:
             for path in write_reports(run, None, args.baseline, formats):
-                console.print(f"wrote {path}", highlight=False)
+                console.print(f"wrote {path}", highlight=False, soft_wrap=True)
         return 0
     if not args.run_dir:
         raise BadInput("report: name a RUN_DIR (or --all DIR)")
@@ -449,12 +449,12 @@ def cmd_report(args, console) -> int:
         from attnbench.pairs import render_pairs
 
         for path in render_pairs(args.run_dir, args.pairs, console, args.out):
-            console.print(f"wrote {path}", highlight=False)
+            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
         return 0
     if args.format is None:
         render_terminal(args.run_dir, console, args.baseline, table, args.columns)
         for path in write_reports(args.run_dir, args.out, args.baseline):
-            console.print(f"wrote {path}", highlight=False)
+            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
         return 0
     if args.format == "table":
         render_terminal(args.run_dir, console, args.baseline, table, args.columns)
@@ -462,7 +462,7 @@ def cmd_report(args, console) -> int:
     (path,) = write_reports(args.run_dir, args.out, args.baseline, (args.format,))
     if args.format != "html":
         console.out(path.read_text(encoding="utf-8"), end="", highlight=False)
-    console.print(f"wrote {path}", highlight=False, style="dim")
+    console.print(f"wrote {path}", highlight=False, style="dim", soft_wrap=True)
     return 0
 
 

@@ -62,7 +62,7 @@ from torch import nn
 
 from attnbench.kernels import (merged_heads, project_merged, shared_bmm, triton_available,
                                triton_interpreting)
-from attnbench.params import NonNegative, Positive
+from attnbench.params import Positive
 from attnbench.registry import BuildContext, Limit, Unsupported, register_method
 
 Projection = Literal["linear", "random", "mean_pool", "max_pool", "conv"]

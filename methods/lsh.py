@@ -24,9 +24,8 @@ Definitions used here (i = query position, j = key position, scores q_i·k_j/√
   correction), so more rounds can only widen the set each query sees. Without ``dedup`` the rounds are
   merged the same way but nothing is subtracted (a pair found in m rounds counts m times).
 
-Four kernels compute the same thing (``kernel``; ``auto`` = ``triton`` on CUDA where Triton is
-installed and takes the shape, else ``sdpa`` on CUDA, ``torch`` elsewhere; an explicit ``flex`` that
-fails to build is an ``unsupported`` row with the reason):
+Three kernels compute the same thing (``kernel``; ``auto`` = ``triton`` on CUDA where Triton is
+installed and takes the shape, else ``sdpa`` on CUDA, ``torch`` elsewhere):
 
 - ``triton`` (``auto`` on CUDA): :mod:`attnbench.kernels.lsh_triton`, three launches and an argsort:
   the hash with its argmax fused into the rotation product, the attention of every sorted chunk read
@@ -47,18 +46,8 @@ fails to build is an ``unsupported`` row with the reason):
   matrix broadcast to every chunk; the causal test and -log N_ij make that bias pair-sized. The kernel
   gives no gradient for the log-sum-exp, so a call that needs gradients runs the torch kernel
   (``stats()["ran"]`` says which ran); on CPU the same bias and log-sum-exp logic runs on plain ops.
-- ``flex`` (score_mod and block mask in :mod:`attnbench.kernels.lsh_flex`): in each round's sorted
-  order the candidate structure is static (slot s sees the slots of its chunk and the chunk before;
-  causal: the ``bucket_size`` slots back), so one FlexAttention block mask, built in the factory,
-  serves every call. Queries, keys and values are sorted per round into
-  (B, H·R, N, D), one FlexAttention call returns each round's output and log-sum-exp, and the rounds
-  are unsorted and merged as above. The self rule, the causal same-bucket test and -log N_ij are a
-  ``score_mod`` reading small per-slot tensors (each token's chunk in every round, packed into int32
-  words; causal: bucket and slot), so no score-sized tensor is ever stored. On CUDA the kernel is
-  compiled for fixed shapes and its forward warmed up in the factory at the cell's batch and dtype
-  (another batch or dtype, or the first backward, compiles once more, in the harness's untimed
-  warm-up). On CPU FlexAttention runs uncompiled and forward only, which materialises the scores and
-  is there to test the logic, not for speed.
+(A fourth, FlexAttention kernel was retired: it was explicit-only, its compiled non-causal
+deduplicated form disagreed with the torch kernel on an H200, and its compile took minutes.)
 
 ``exact_reference`` is the same shared-QK attention over all keys (causal: all keys <= i) with the same
 self rule, so the error measures the hashing and chunking, not the change to shared QK.
@@ -67,21 +56,17 @@ Needs n divisible by ``bucket_size`` (declared as a constraint).
 from __future__ import annotations
 
 import math
-import time
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from attnbench.compiling import allow_recompiles, compile_failure
-from attnbench.kernels.lsh_flex import lsh_block_mask, make_flex_rounds
-from attnbench.params import NonNegative, Positive
-from attnbench.registry import BuildContext, Limit, Unsupported, register_method
+from attnbench.params import Positive
+from attnbench.registry import BuildContext, Limit, register_method
 
 SELF_SCORE = -1e5  # Reformer's score for attending to oneself
-Kernel = Literal["auto", "triton", "sdpa", "flex", "torch"]
+Kernel = Literal["auto", "triton", "sdpa", "torch"]
 
 
 @dataclass(frozen=True)
@@ -94,8 +79,7 @@ class LSHParams:
     # O(n_hashes²) duplicate count
     dedup: bool = True
     # auto: triton on CUDA (sdpa without Triton or for shapes it does not take; both forward only:
-    # a call that needs gradients takes the torch kernel), torch elsewhere; flex on CPU runs
-    # uncompiled, forward only
+    # a call that needs gradients takes the torch kernel), torch elsewhere
     kernel: Kernel = "auto"
 
 
@@ -180,15 +164,6 @@ class LSHAttention(nn.Module):
         kernel = default_kernel(p, ctx) if p.kernel == "auto" else p.kernel
         self.kernel = kernel
         self._stats: dict = {"n_buckets": self.n_buckets, "kernel": kernel}
-        if kernel == "flex":
-            try:
-                self._init_flex(ctx)
-            except Unsupported as exc:  # auto falls back to the torch kernel and says why
-                if p.kernel != "auto":
-                    raise
-                self.kernel = "torch"
-                self._stats = {"n_buckets": self.n_buckets, "kernel": "torch",
-                               "flex_error": str(exc)}
 
     # shared by both kernels
 
@@ -225,8 +200,6 @@ class LSHAttention(nn.Module):
         return (weights[..., None] * o).sum(dim=2).to(dtype)
 
     def forward(self, q, k, v):
-        if self.kernel == "flex" and q.dtype != torch.float64:
-            return self._forward_flex(q, v)
         grad = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
         kernel = self.kernel
         if kernel == "triton":
@@ -249,84 +222,6 @@ class LSHAttention(nn.Module):
         if kernel == "sdpa":
             self._stats["ran"] = "torch"  # its log-sum-exp has no gradient: the torch kernel instead
         return self._forward_torch(q, v)
-
-    # FlexAttention kernel
-
-    def _init_flex(self, ctx: BuildContext):
-        n, c, rounds = ctx.n, self.bucket_size, self.n_hashes
-        # the compiled score_mod holds the self score in the input dtype: -1e5 overflows fp16
-        self_score = max(SELF_SCORE, torch.finfo(ctx.dtype).min)
-        fn = make_flex_rounds(n, c, rounds, self.causal, self.dedup, 1.0 / math.sqrt(ctx.head_dim),
-                              self_score)
-        cuda = ctx.device.type == "cuda"
-        try:
-            if cuda:
-                allow_recompiles()
-                fn = torch.compile(fn, dynamic=False)
-            self.block_mask = lsh_block_mask(n, c, self.causal, ctx.device)
-        except Exception as exc:  # noqa: BLE001 - inductor/triton fail in many ways
-            raise compile_failure("FlexAttention", exc) from exc
-        self._flex = fn
-        self._stats["compiled"] = False
-        if not cuda or ctx.dtype == torch.float64:  # float64 always takes the torch kernel
-            return
-        # warm up (compile) the forward at the cell's batch; the backward compiles on its first call,
-        # in the harness's untimed warm-up (most cells are forward only, and it costs as much again)
-        shape = (ctx.batch, ctx.heads, n, ctx.head_dim)
-        g = torch.Generator(device=ctx.device).manual_seed(0)
-        q, v = (torch.randn(shape, device=ctx.device, dtype=ctx.dtype, generator=g) for _ in range(2))
-        try:
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                self._forward_flex(q, v)
-            torch.cuda.synchronize(ctx.device)
-        except Exception as exc:  # noqa: BLE001
-            raise compile_failure("FlexAttention", exc) from exc
-        self._stats.update(compiled=True, compile_s=time.perf_counter() - t0)
-
-    @torch.no_grad()
-    def _flex_aux(self, buckets, order, slot):
-        """The per-slot tensors the score_mod reads (see :func:`make_flex_rounds`)."""
-        b, h, rounds, n = order.shape
-        c, nc = self.bucket_size, n // self.bucket_size
-        if not self.causal and not (self.dedup and rounds > 1):
-            return ()
-        # value of every token in every round, read at each round's slots: (B, H, R own, R, N)
-        at = order[:, :, :, None, :].expand(b, h, rounds, rounds, n)
-        if self.causal:
-            g = buckets * (2 * n) + slot  # (B, H, R, N), token order
-            wide = torch.int32 if int(2 * n * self.n_buckets) < 2**31 else torch.int64
-            g_own = g.gather(3, order).to(wide).view(b, h * rounds, n)
-            if not (self.dedup and rounds > 1):
-                return (g_own, g_own)
-            per = g[:, :, None].expand(b, h, rounds, rounds, n).gather(4, at).to(wide)
-            return (per.reshape(b, h * rounds, rounds, n), g_own)
-        bits = max(1, (nc - 1).bit_length())
-        per_word = max(1, 31 // bits)
-        chunk = (slot // c).int()
-        per = chunk[:, :, None].expand(b, h, rounds, rounds, n).gather(4, at)  # (B, H, R, R, N)
-        words = []
-        for w in range(0, rounds, per_word):
-            word = torch.zeros_like(per[:, :, :, 0])
-            for t in range(min(per_word, rounds - w)):
-                word |= per[:, :, :, w + t] << (t * bits)
-            words.append(word)
-        return (torch.stack(words, dim=3).view(b, h * rounds, len(words), n),)
-
-    def _forward_flex(self, q, v):
-        b, h, n, d = q.shape
-        rounds = self.n_hashes
-        key, buckets, order, slot = self._sort(q)
-        idx = order[..., None].expand(b, h, rounds, n, d)
-
-        def sort(x):  # (B, H, N, D) -> (B, H·R, N, D), each round in its sorted order
-            return x[:, :, None].expand(b, h, rounds, n, d).gather(3, idx).view(b, h * rounds, n, d)
-
-        aux = self._flex_aux(buckets, order, slot)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # uncompiled (CPU) flex_attention warns that it is unfused
-            out, lse = self._flex(sort(q), sort(key.to(q.dtype)), sort(v), self.block_mask, aux)
-        return self._merge(out.reshape(b, h, rounds, n, d), lse.view(b, h, rounds, n), slot, q.dtype)
 
     # torch kernel
 

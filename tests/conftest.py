@@ -11,6 +11,10 @@ PLUGINS = TESTS / "plugins"
 
 
 def pytest_collection_modifyitems(config, items):
+    # a test skipped for want of CUDA is a GPU test: `pytest -m gpu` on a GPU machine runs them all
+    for item in items:
+        if any("CUDA" in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.gpu)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

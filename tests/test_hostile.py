@@ -11,7 +11,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from attnbench import load_results, run_suite
 from attnbench.cli import main
-from attnbench.errors import BadInput, RegistryError, RunDirError, SuiteError
+from attnbench.errors import BadInput, RegistryError, RunDirError
 from attnbench.store import iter_rows, read_meta
 from conftest import PLUGINS, TINY, cli_cmd, cli_env
 
@@ -363,8 +362,6 @@ def test_bad_capacity_limit_is_exit_2(tiny_suite, tmp_path, capsys, value):
 
 @pytest.mark.parametrize("name", ["", "a,b", "two\nlines", "x y", "lin*"])
 def test_unusable_method_names_are_refused(name):
-    from dataclasses import dataclass
-
     from attnbench.registry import NoParams, Registry, register_method
 
     with pytest.raises(RegistryError, match="printable characters"):

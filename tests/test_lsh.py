@@ -242,7 +242,7 @@ def test_without_dedup_rounds_are_combined_differently_and_stay_causal(causal):
         assert is_causal(plain, q, k, v)
 
 
-# Kernels: FlexAttention (uncompiled on CPU, compiled on CUDA) against the torch kernel
+# Kernels: the fused-chunk (sdpa) kernel against the torch kernel
 
 def build_kernel(n, causal, kernel, *, seed=0, dtype=torch.float32, device="cpu", heads=H, dim=D,
                  **params) -> LSHAttention:
@@ -254,8 +254,6 @@ def build_kernel(n, causal, kernel, *, seed=0, dtype=torch.float32, device="cpu"
 def test_kernel_auto_is_torch_on_cpu():
     m = build(64, bucket_size=16)
     assert m.kernel == "torch" and m.stats()["kernel"] == "torch"
-    flex = build(64, bucket_size=16, kernel="flex")
-    assert flex.kernel == "flex" and flex.stats()["compiled"] is False  # eager FlexAttention on CPU
 
 
 def test_hash_is_argmax_of_rotations_and_their_negatives():
@@ -265,7 +263,7 @@ def test_hash_is_argmax_of_rotations_and_their_negatives():
     assert torch.equal(m.hash(key), torch.cat([rotated, -rotated], -1).argmax(-1))
 
 
-@pytest.mark.parametrize("kernel", ["flex", "sdpa"])
+@pytest.mark.parametrize("kernel", ["sdpa"])
 @pytest.mark.parametrize("dedup", [True, False])
 @pytest.mark.parametrize("n_hashes", [1, 2, 4])
 @pytest.mark.parametrize("causal", [False, True])
@@ -326,76 +324,8 @@ def test_fused_sdpa_kernel_replays_in_a_cuda_graph():
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_flex_kernel_packs_many_rounds_of_many_chunks(causal):
-    # 256 chunks need 8 bits a round: 8 rounds span three int32 words of the packed chunk ids
-    n, bucket_size, n_hashes = 1024, 4, 8
-    q, k, v = qkv(n, seed=13, batch=1, heads=1)
-    kw = dict(seed=5, heads=1, bucket_size=bucket_size, n_hashes=n_hashes)
-    flex, ref = build_kernel(n, causal, "flex", **kw), build_kernel(n, causal, "torch", **kw)
-    assert rel_err(flex(q, k, v), ref(q, k, v)) < 1e-5
-
-
-@pytest.mark.parametrize("causal", [False, True])
-def test_flex_kernel_matches_brute_force_union_of_rounds(causal):
+def test_sdpa_kernel_matches_brute_force_union_of_rounds(causal):
     n = 48
     q, k, v = qkv(n, seed=2, batch=1)
-    m = build_kernel(n, causal, "flex", seed=4, bucket_size=8, n_hashes=3)
+    m = build_kernel(n, causal, "sdpa", seed=4, bucket_size=8, n_hashes=3)
     assert rel_err(m(q, k, v), brute_force(m, q, v)) < 1e-5
-
-
-def test_flex_kernel_takes_the_torch_path_in_float64():
-    n = 64
-    q, k, v = (t.double() for t in qkv(n, seed=14))
-    flex, ref = (build_kernel(n, False, kern, bucket_size=16, n_hashes=2) for kern in ("flex", "torch"))
-    torch.testing.assert_close(flex(q, k, v), ref(q, k, v), rtol=0, atol=0)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("dedup", [True, False])
-@pytest.mark.parametrize("causal", [False, True])
-def test_compiled_flex_kernel_on_cuda_matches_torch_kernel(causal, dedup):
-    n, dev = 1024, "cuda"
-    kw = dict(seed=3, heads=4, dim=64, bucket_size=64, n_hashes=4, dedup=dedup)
-    ref = build_kernel(n, causal, "torch", device=dev, **kw)
-    q, k, v = (t.to(dev) for t in qkv(n, seed=15, heads=4, dim=64))
-    for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)):
-        m = build_kernel(n, causal, "flex", dtype=dtype, device=dev, **kw)
-        stats = m.stats()
-        assert stats["kernel"] == "flex" and stats["compiled"] and stats["compile_s"] > 0
-        low = tuple(t.to(dtype) for t in (q, k, v))
-        out = m(*low)
-        # same inputs, same hashes: the torch kernel at the same dtype is the reference
-        assert out.dtype == dtype and rel_err(out.float(), ref(*low).float()) < tol, dtype
-    qg = low[0].detach().requires_grad_()  # the compiled backward, at the last dtype
-    m(qg, *low[1:]).float().sum().backward()
-    assert torch.isfinite(qg.grad).all()
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_flex_kernel_replays_in_a_cuda_graph():
-    from attnbench.measure import time_cuda_graph
-
-    n, dev = 1024, torch.device("cuda")
-    m = build_kernel(n, False, "flex", dtype=torch.float16, device=dev, heads=4, dim=64,
-                     bucket_size=64, n_hashes=4)
-    q, k, v = (t.to(dev, torch.float16) for t in qkv(n, seed=16, heads=4, dim=64))
-    with torch.no_grad():
-        timing = time_cuda_graph(lambda: m(q, k, v), dev, warmup=2, repeats=3)
-    assert timing.mode == "cuda-graph" and timing.median > 0
-
-
-def test_auto_falls_back_to_the_torch_kernel_when_flex_cannot_build(monkeypatch):
-    from attnbench.methods import lsh
-    from attnbench.registry import Unsupported
-
-    def fail(self, ctx):
-        raise Unsupported("FlexAttention failed: test")
-
-    monkeypatch.setattr(LSHAttention, "_init_flex", fail)
-    monkeypatch.setattr(lsh, "default_kernel", lambda p, ctx: "flex")  # as on CUDA
-    m = build(64, bucket_size=16)
-    assert m.kernel == "torch" and m.stats()["flex_error"] == "FlexAttention failed: test"
-    with pytest.raises(Unsupported):
-        build(64, bucket_size=16, kernel="flex")

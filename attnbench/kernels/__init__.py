@@ -1,6 +1,6 @@
 """Kernels the methods in ``methods/`` call: hand-written Triton kernels for methods whose plain-torch
-form leaves the GPU idle (``linformer_triton``, ``lsh_triton``, ``nystrom_triton``), LSH's FlexAttention form
-(``lsh_flex``), the chunked torch form of causal linear attention (``causal_linear``) and few-query
+form leaves the GPU idle (``linformer_triton``, ``lsh_triton``, ``nystrom_triton``), the chunked torch
+form of causal linear attention (``causal_linear``) and few-query
 attention over key ranges merged by log-sum-exp (``split_keys``, Nyströmformer's landmark queries).
 
 Modules that use Triton import it lazily and guarded, so ``import attnbench`` and ``attnbench list``
