@@ -113,46 +113,84 @@ def build_sdpa(p: SdpaParams, ctx: BuildContext) -> nn.Module:
 
 
 class XformersAttention(nn.Module):
-    def __init__(self, causal: bool, op):
+    """xformers' memory-efficient attention with an op chosen once at build time; inputs go in the
+    (B, N, H, D) layout xformers expects (a transposed view, no copy)."""
+
+    def __init__(self, causal: bool, op, op_name: str):
         super().__init__()
         self.causal = causal
         self.op = op
+        self.op_name = op_name
 
     def forward(self, q, k, v):
         import xformers.ops as xops
 
         bias = xops.LowerTriangularMask() if self.causal else None
-        # xformers wants (B, N, H, D)
-        out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                              attn_bias=bias, op=self.op)
+        out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                              v.transpose(1, 2), attn_bias=bias, op=self.op)
         return out.transpose(1, 2)
+
+    def stats(self) -> dict:
+        return {"xformers_op": self.op_name}
+
+
+def xformers_candidates(fmha) -> list[tuple[str, tuple | None]]:
+    """(name, op) pairs to try: xformers' own dispatch first, then every forward op the installed
+    xformers ships, each as the (FwOp, BwOp) pair ``memory_efficient_attention`` expects (BwOp may
+    be None: a forward-only op). A bare FwOp class would fail with "type 'FwOp' is not
+    subscriptable"."""
+    out: list[tuple[str, tuple | None]] = [("dispatch", None)]
+    for name in ("flash", "cutlass", "flash3", "triton_splitk", "ck", "ck_splitk",
+                 "cutlass_blackwell"):
+        mod = getattr(fmha, name, None)
+        if mod is not None and hasattr(mod, "FwOp"):
+            out.append((getattr(mod.FwOp, "NAME", name), (mod.FwOp, getattr(mod, "BwOp", None))))
+    return out
+
+
+def _dispatched_name(fmha, inp, needs_grad: bool) -> str:
+    """The forward op xformers' dispatcher picks for ``inp`` (its NAME), or "dispatch"."""
+    try:
+        from xformers.ops.fmha.dispatch import _dispatch_fw
+
+        return getattr(_dispatch_fw(inp, needs_grad), "NAME", "dispatch")
+    except Exception:  # noqa: BLE001 - a private helper: only the label depends on it
+        return "dispatch"
 
 
 @register_method("xformers", family="exact", exact=True, params=NoParams, devices=("cuda",),
                  dtypes=("fp16", "bf16", "fp32"), requires=("xformers",),
                  install_hint="pip install 'attnbench[xformers]'")
 def build_xformers(p: NoParams, ctx: BuildContext) -> nn.Module:
-    """xformers.ops.memory_efficient_attention (optional dependency)."""
+    """xformers.ops.memory_efficient_attention (optional dependency; rows name the op that ran)."""
     import xformers.ops as xops
+    from xformers.ops import fmha
 
-    # Default dispatch finds no operator when xformers' own CUDA extension was built for another torch;
-    # the ops backed by PyTorch's kernels still work, so try dispatch first and then those explicitly.
-    shape = (1, min(ctx.n, 128), ctx.heads, ctx.head_dim)
+    shape = (1, min(ctx.n, 256), ctx.heads, ctx.head_dim)  # (B, N, H, D), xformers' layout
     probe = torch.randn(shape, dtype=ctx.dtype, device=ctx.device)
     bias = xops.LowerTriangularMask() if ctx.causal else None
     errors = []
-    candidates = [None]
-    fmha = getattr(xops, "fmha", None)
-    for name in ("cutlass", "flash", "triton_splitk", "ck"):
-        mod = getattr(fmha, name, None) if fmha else None
-        if mod is not None and hasattr(mod, "FwOp"):
-            candidates.append((mod.FwOp, getattr(mod, "BwOp", None)) if hasattr(mod, "BwOp")
-                              else mod.FwOp)
-    for op in candidates:
+    for name, op in xformers_candidates(fmha):
         try:
             xops.memory_efficient_attention(probe, probe, probe, attn_bias=bias, op=op)
-            return XformersAttention(ctx.causal, op)
         except Exception as exc:  # noqa: BLE001 - xformers raises many kinds for "no operator"
-            errors.append(f"{getattr(op, '__name__', op) if op else 'dispatch'}: "
-                          f"{str(exc).splitlines()[0][:120]}")
+            reasons = _reasons(op, fmha, probe, bias)
+            errors.append(f"{name}: {reasons or str(exc).splitlines()[0][:160]}")
+            continue
+        if op is None:
+            name = _dispatched_name(fmha, fmha.Inputs(query=probe, key=probe, value=probe,
+                                                      attn_bias=bias), False)
+        return XformersAttention(ctx.causal, op, name)
     raise Unsupported("xformers has no working operator here: " + "; ".join(errors))
+
+
+def _reasons(op, fmha, probe, bias) -> str:
+    """xformers' own words on why an op does not take these inputs."""
+    if op is None:
+        return ""
+    try:
+        why = op[0].not_supported_reasons(fmha.Inputs(query=probe, key=probe, value=probe,
+                                                      attn_bias=bias))
+    except Exception:  # noqa: BLE001
+        return ""
+    return ", ".join(why)[:200]

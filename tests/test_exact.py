@@ -87,3 +87,87 @@ def test_sdpa_backends_on_gpu(backend, dtype):
     q, k, v = [t.to(dev) for t in qkv(512, heads=4, head_dim=64, dtype=dtype)]
     err = error_metrics(m(q, k, v), reference_attention(q, k, v, causal=True))
     assert err["rel_err"] < 1e-2
+
+
+def build_xformers_for_test():
+    """The adapter's factory called directly: the registry would refuse CPU and a missing package."""
+    from attnbench.methods.full import build_xformers
+    from attnbench.registry import NoParams
+
+    return build_xformers(NoParams(), BuildContext(n=40, heads=3, head_dim=8))
+
+
+def _fake_xformers(monkeypatch, *, dispatch_works: bool, working: set[str]):
+    """A stand-in for xformers.ops with the parts the adapter touches: ops that take inputs or say
+    why not, and memory_efficient_attention that insists on (B, N, H, D) and an (FwOp, BwOp) pair."""
+    import sys
+    import types
+
+    import torch.nn.functional as F
+
+    fmha = types.ModuleType("xformers.ops.fmha")
+    calls = []
+
+    class Inputs:
+        def __init__(self, query, key, value, attn_bias=None):
+            self.query = query
+
+    def make(name, with_bw):
+        fw = type("FwOp", (), {"NAME": name + "F",
+                               "not_supported_reasons": staticmethod(
+                                   lambda inp: [] if name in working else [f"{name}: not built"])})
+        mod = types.SimpleNamespace(FwOp=fw)
+        if with_bw:
+            mod.BwOp = type("BwOp", (), {})
+        return mod
+
+    fmha.Inputs = Inputs
+    fmha.cutlass = make("cutlass", True)
+    fmha.triton_splitk = make("triton_splitK", False)
+
+    def mea(q, k, v, attn_bias=None, op=None):
+        calls.append(op)
+        if op is None:
+            if not dispatch_works:
+                raise NotImplementedError("No operator found for `memory_efficient_attention_forward`")
+        else:
+            name = op[0].NAME[:-1]  # a bare class here would fail: "type 'FwOp' is not subscriptable"
+            if name not in working:
+                raise NotImplementedError(f"{name} unsupported")
+        b, n, h, d = q.shape  # (B, N, H, D): attention runs over dim 1
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+
+    ops = types.ModuleType("xformers.ops")
+    ops.memory_efficient_attention = mea
+    ops.LowerTriangularMask = lambda: "causal"
+    ops.fmha = fmha
+    dispatch = types.ModuleType("xformers.ops.fmha.dispatch")
+    dispatch._dispatch_fw = lambda inp, grad: fmha.cutlass.FwOp
+    pkg = types.ModuleType("xformers")
+    pkg.ops = ops
+    for name, mod in (("xformers", pkg), ("xformers.ops", ops), ("xformers.ops.fmha", fmha),
+                      ("xformers.ops.fmha.dispatch", dispatch)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    return calls
+
+
+@pytest.mark.parametrize("dispatch_works,working,want", [
+    (True, {"cutlass"}, "cutlassF"),           # dispatch runs: the op it picks is named
+    (False, {"triton_splitK"}, "triton_splitKF"),  # a forward-only op, passed as (FwOp, None)
+])
+def test_xformers_adapter_picks_a_working_op_and_names_it(monkeypatch, dispatch_works, working, want):
+    _fake_xformers(monkeypatch, dispatch_works=dispatch_works, working=working)
+    m = build_xformers_for_test()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 8, generator=g) for _ in range(3))
+    assert m.stats()["xformers_op"] == want
+    torch.testing.assert_close(m(q, k, v), reference_attention(q, k, v).float(), atol=1e-5, rtol=1e-5)
+
+
+def test_xformers_adapter_without_a_working_op_quotes_xformers(monkeypatch):
+    _fake_xformers(monkeypatch, dispatch_works=False, working=set())
+    with pytest.raises(Unsupported) as exc:
+        build_xformers_for_test()
+    msg = str(exc.value)
+    assert "No operator found" in msg and "cutlass: not built" in msg and "triton_splitK: not built" in msg
