@@ -396,7 +396,7 @@ def add_cli(sub) -> None:
     p.add_argument("out", help="directory for the table, curves and plots")
     p.add_argument("--windows", type=int, default=32, help="512-token windows of real text")
     p.add_argument("--n", type=int, default=512, help="tokens per window (<= 512)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu or cuda (default cpu)")
     p.add_argument("--cache", choices=["read", "use", "off"], default="read",
                    help="captured tensors on disk: read if there (default), read and fill, or ignore")
     p.set_defaults(func=_cmd)

@@ -115,3 +115,64 @@ def test_validate_a_gpu_suite_offline_and_version(capsys):
     assert "cells on cuda" in out
     assert main(["--version"]) == 0
     assert attnbench.__version__ in capsys.readouterr().out
+
+
+def test_every_option_of_every_verb_has_help():
+    import argparse
+
+    from attnbench.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for verb, p in [("(global)", parser), *subs.choices.items()]:
+        for action in p._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            if not action.help:
+                missing.append(f"{verb} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, missing
+
+
+def test_retry_noisy_keeps_the_steadiest_attempt():
+    from attnbench.executors import RetryNoisy
+
+    attempts = iter([{"status": "ok", "noisy": True, "time_ms": 10.0, "time_ms_iqr": 5.0},
+                     {"status": "ok", "noisy": True, "time_ms": 9.0, "time_ms_iqr": 2.0},
+                     {"status": "ok", "noisy": False, "time_ms": 8.0, "time_ms_iqr": 0.4}])
+
+    class Inner:
+        def run(self, cases, gate, on_start):
+            for case in cases:
+                yield case, next(attempts)
+
+        def close(self):
+            pass
+
+    (case, row), = RetryNoisy(Inner(), 5).run(["cell"], lambda c: None, lambda c: None)
+    assert row["time_ms"] == 8.0 and row["timing_attempts"] == 3
+    assert row["attempt_medians_ms"] == [10.0, 9.0, 8.0]
+    steady = iter([{"status": "ok", "noisy": True, "time_ms": 10.0, "time_ms_iqr": 5.0},
+                   {"status": "ok", "noisy": True, "time_ms": 12.0, "time_ms_iqr": 1.2}])
+    attempts = steady
+    (case, row), = RetryNoisy(Inner(), 1).run(["cell"], lambda c: None, lambda c: None)
+    assert row["time_ms"] == 12.0 and row["timing_attempts"] == 2 and row["noisy"]
+
+
+def test_meta_records_host_load_and_dry_run_estimates_from_the_last_run(tmp_path, capsys):
+    from attnbench.cli import main
+    from attnbench.store import read_meta
+
+    suite = tmp_path / "s.toml"
+    suite.write_text(TINY + "[methods.sdpa]\n")
+    outcome = attnbench.run_suite(str(suite), "cpu", out=tmp_path / "o", progress=False,
+                                  retry_noisy=1)
+    meta = read_meta(outcome.run_dir)
+    for key in ("host_load_before", "host_load_after"):
+        assert meta[key]["cpu_count"] >= 1 and len(meta[key]["loadavg"]) == 3
+    assert meta["retry_noisy"] == 1
+    assert main(["run", str(suite), "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "estimated run time" in out and str(outcome.run_dir) in out
+    assert main(["run", str(suite), "--dry-run", "--out", str(tmp_path / "none")]) == 0
+    assert "no earlier run of this suite here" in " ".join(capsys.readouterr().out.split())
