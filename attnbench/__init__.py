@@ -68,7 +68,7 @@ def load_results(run_dir: str | Path, baseline: str | None = None) -> "pandas.Da
     df = _load(run_dir)
     if baseline is None:
         return df
-    from attnbench.report import add_baseline_columns, check_baseline
+    from attnbench.frame import add_baseline_columns, check_baseline
 
     check_baseline(df, baseline)
     return add_baseline_columns(df, baseline)

@@ -149,17 +149,12 @@ def svd_rel_err(tails: torch.Tensor, total: float, rank: int) -> float:
 
 
 def budget_rank(method: str, params: Any, stats: dict, head_dim: int) -> int | None:
-    """The rank bound of a method's attention matrix, or None for methods that are not low rank."""
-    if method == "linformer":
-        return int(stats.get("k", params.k_schedule[0] if params.k_schedule else params.k))
-    if method == "nystrom":
-        return int(params.num_landmarks)
-    if method == "performer":
-        m = int(stats.get("nb_features_used", params.nb_features))
-        return m if params.positive else 2 * m
-    if method == "linear":
-        return int(head_dim)
-    return None
+    """The rank bound of a method's attention matrix at ``params``, from the ``rank`` hook its spec
+    declares (``register_method(..., rank=...)``), or None for methods that are not low rank."""
+    from attnbench.registry import REGISTRY
+
+    hook = REGISTRY.get(method).rank
+    return None if hook is None else hook(params, stats, head_dim)
 
 
 class StatsCache:

@@ -24,8 +24,9 @@ from attnbench.levels import (NoExactCounterpart, attention_modules, build_level
 from attnbench.measure import (Step, Timing, capture_cuda_graph, free_memory, is_oom, live_bytes,
                                measure_memory, take_samples, warm_up)
 from attnbench.reference import error_metrics
-from attnbench.roofline import copy_bandwidth_gbs, matmul_tflops, roofline_columns
 from attnbench.registry import REGISTRY, MethodSpec, Unsupported
+from attnbench.roofline import copy_bandwidth_gbs, matmul_tflops, roofline_columns
+from attnbench.schema import STATS
 from attnbench.suite import Case, Suite
 
 NOISY_IQR = 0.10  # a cell whose IQR exceeds 10% of its median is flagged noisy
@@ -278,7 +279,7 @@ class CellRun:
             self.check_output(first if case.mode == "fwd" else self.step.forward_output())
             del first
             self.check_inputs("its first call")
-            row.update(_stats(module))
+            row[STATS] = _stats(module)  # the method's own columns, apart from the harness's
 
     def check_output(self, out) -> None:
         """The output contract: a tensor of the cell's output shape, dtype and device (a violation
@@ -316,8 +317,9 @@ class CellRun:
                 self.row["graph_error"] = one_line(exc)
                 return
             # the captured call may have chosen otherwise than the eager one
-            self.row.update({f"graph_{key}": value for key, value in _stats(self.module).items()
-                             if self.row.get(key) != value})
+            stats = self.row.setdefault(STATS, {})
+            stats.update({f"graph_{key}": value for key, value in _stats(self.module).items()
+                          if stats.get(key) != value})
 
     def sample(self, kind: str, repeats: int, max_time_s: float) -> None:
         """One block of ``kind`` ("eager" calls or "graph" replays, the latter only where captured):

@@ -24,8 +24,8 @@ from typing import Literal
 
 import pandas as pd
 
-from attnbench.report import (NOISY_IQR, baseline_mask, cell_key_columns, fmt_n, time_cost,
-                              time_quartiles, varying)
+from attnbench.frame import (NOISY_IQR, baseline_mask, cell_key_columns, fmt_n, time_cost,
+                             time_quartiles, varying)
 
 FAILED = ("oom", "oom-pruned")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench.report import (baseline_mask, cell_key_columns, check_baseline, escape_md, fmt_n,
-                              md_table, row_keys, time_cost)
+from attnbench.frame import (baseline_mask, cell_key_columns, escape_md, fmt_n, md_table, row_keys,
+                             time_cost)
 
 DATA = Path(__file__).parent / "data"
 PAPER_TABLES = {"linformer_table3": DATA / "linformer_table3.csv"}
@@ -230,33 +230,3 @@ def grid_figure(g, meta: dict, df: pd.DataFrame | None = None, look=None):
     finish(fig, title_text(g.title, meta), [" · ".join(constants(rows, skip=g.facet)), note],
            look or Look(), g.facet)
     return fig
-
-
-def cmd_grid(args, console) -> int:
-    from attnbench.cli import BadInput
-    from attnbench.plots import save_figure
-    from attnbench.report import _rich_table
-    from attnbench.store import load_results, read_meta
-
-    meta, df = read_meta(args.run_dir), load_results(args.run_dir)
-    if args.baseline:
-        check_baseline(df, args.baseline)
-    baseline = args.baseline or meta.get("baseline", "sdpa")
-    found = grids(df, meta, args.grid, baseline, args.rows, args.cols, args.method)
-    if not found:
-        raise BadInput(f"report --grid: no method in this run has a param {args.cols or '(budget)'} "
-                       f"with rows {args.rows!r}" + (f" (method {args.method})" if args.method else ""))
-    out = Path(args.out or args.run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for g in found:
-        stem = out / f"grid-{g.slug}"
-        stem.with_suffix(".md").write_text(to_markdown(g), encoding="utf-8")
-        stem.with_suffix(".csv").write_text(to_csv(g), encoding="utf-8")
-        written = save_figure(grid_figure(g, meta, df), stem, ("png",)) if drawable(g) else []
-        if args.format in (None, "table", "html", "latex"):
-            console.print(_rich_table(g.title, *to_rows(g)))
-        else:
-            console.out(to_markdown(g) if args.format == "md" else to_csv(g), highlight=False)
-        for p in [stem.with_suffix(".md"), stem.with_suffix(".csv"), *written]:
-            console.print(f"wrote {p}", highlight=False, style="dim", soft_wrap=True)
-    return 0

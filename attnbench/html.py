@@ -64,7 +64,7 @@ def render_html(run_dir: str | Path, baseline: str | None = None, kinds=None, n:
                 plots: bool = True) -> str:
     from attnbench import grid as gridmod
     from attnbench.plots import KINDS, make_figures
-    from attnbench.report import NOISE_NOTE, constants_line, crossover_rows, summary, table_rows
+    from attnbench.tables import NOISE_NOTE, constants_line, crossover_rows, summary, table_rows
 
     df, meta = summary(run_dir, baseline)
     baseline = meta["report_baseline"]

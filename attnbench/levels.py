@@ -107,7 +107,7 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 
 def build_level(spec: MethodSpec, params: Any, level: str, *, n: int, heads: int, head_dim: int,
                 layers: int, ffn_dim: int, dtype: torch.dtype, device: torch.device, causal: bool,
-                seed: int, batch: int = 1) -> nn.Module:
+                seed: int, batch: int = 1, checked: bool = False) -> nn.Module:
     """Build the module measured at ``level``; setup only, nothing is timed here."""
     scope = SharedScope()
     num_layers = layers if level == "model" else 1
@@ -116,7 +116,7 @@ def build_level(spec: MethodSpec, params: Any, level: str, *, n: int, heads: int
         ctx = BuildContext(n=n, heads=heads, head_dim=head_dim, dtype=dtype, device=device,
                            batch=batch, causal=causal, seed=seed, layer=layer,
                            num_layers=num_layers, scope=scope)
-        return spec.build(params, ctx)
+        return spec.build(params, ctx, checked=checked)
 
     if level == "core":
         return attn(0)

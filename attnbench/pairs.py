@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from attnbench.report import NOISY_SPREAD, cell_key_columns, fmt_n, md_table, row_keys
-from attnbench.store import load_results
+from attnbench.errors import BadInput
+from attnbench.frame import NOISY_SPREAD, cell_key_columns, fmt_n, md_table, row_keys
+from attnbench.store import check_out_dir, load_results
 
 PAIR_KEYS = ("n", "batch")  # the table's columns; every other cell key must match within a row
 
 
 def parse_pairs(text: str, methods: set[str]) -> list[tuple[str, str]]:
     """``ours=peer,ours=peer`` -> [(ours, peer)], each name checked against the run's methods."""
-    from attnbench.cli import BadInput
-
     pairs = []
     for item in filter(None, (t.strip() for t in text.split(","))):
         ours, sep, peer = item.partition("=")
@@ -110,8 +109,6 @@ def render_pairs(run_dir: str | Path, text: str, console, out: str | Path | None
     pairs.md and pairs.csv beside the run (or under ``out``)."""
     from rich.text import Text
 
-    from attnbench.cli import BadInput
-    from attnbench.report import check_out_dir
     from attnbench.terminal import display_label, fit_tables
 
     check_out_dir(out)

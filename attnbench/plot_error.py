@@ -8,7 +8,7 @@ import pandas as pd
 from attnbench.plotstyle import (Look, NothingToPlot, _figure, _label, _legend, _log_y, _shade, _split,
                                  _stem, constants, finish, method_palette, panel_legend, style_map,
                                  title_text, value_axis)
-from attnbench.report import fmt_n
+from attnbench.frame import fmt_n
 
 DASHES = ["-", "--", ":", "-."]
 

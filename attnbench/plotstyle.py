@@ -9,10 +9,11 @@ import re
 import textwrap
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from pathlib import Path
 
 import pandas as pd
 
-from attnbench.report import baseline_mask, fmt_n
+from attnbench.frame import baseline_mask, fmt_n
 
 KINDS = ("scaling", "memory", "error", "pareto", "grid", "entropy")
 FORMATS = ("png", "svg", "pdf")
@@ -295,3 +296,15 @@ def panel_legend(ax) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0),
                   borderaxespad=0.0)
+
+
+def save_figure(fig, stem: Path, formats=("png", "svg"), dpi: int = 130) -> list[Path]:
+    """Write ``stem.<fmt>`` for each format; vector files carry no creation date, so they are
+    byte-stable."""
+    paths = []
+    for fmt in formats:
+        path = Path(f"{stem}.{fmt}")
+        meta = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
+        fig.savefig(path, dpi=dpi, metadata=meta)
+        paths.append(path)
+    return paths

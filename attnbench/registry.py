@@ -218,7 +218,14 @@ class MethodSpec:
                 return why
         return None
 
-    def build(self, params: Any, ctx: BuildContext) -> nn.Module:
+    def build(self, params: Any, ctx: BuildContext, *, checked: bool = False) -> nn.Module:
+        """The method's module for ``ctx``. Its declared constraints are checked here (a violation
+        raises :class:`Unsupported` with the reason) unless the caller already did (``checked``:
+        the planner checks every cell once, before anything runs)."""
+        if not checked:
+            for check in self.constraints:
+                if (why := check(params, ctx)) is not None:
+                    raise Unsupported(why)
         return self.factory(params, ctx)
 
     def param_fields(self) -> dict[str, dataclasses.Field]:

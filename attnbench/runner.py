@@ -34,6 +34,7 @@ from attnbench.executors import make_executor
 from attnbench.planning import PlannedCell, plan
 from attnbench.progress import Progress
 from attnbench.registry import REGISTRY, load_plugin_file
+from attnbench.schema import SCHEMA_VERSION
 from attnbench.store import (META, ResultWriter, RunDirError, RunLock, iter_rows, new_run_dir,
                              read_meta, write_json_atomic)
 from attnbench.suite import Case, Suite, load_suite, parse_suite
@@ -164,7 +165,8 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
     skip_list = None if skip is None else sorted(_listed(skip))
     if resume is None:
         run_dir = new_run_dir(Path(out), suite.name, device_tag(device))
-        meta = {"suite": suite.name, "suite_version": suite.version, "suite_path": suite.path,
+        meta = {"schema_version": SCHEMA_VERSION, "suite": suite.name, "suite_version": suite.version,
+                "suite_path": suite.path,
                 "suite_sha256": suite.text_hash, "baseline": suite.baseline,
                 "device_type": device.type,
                 "command": shlex.join(command if command is not None else sys.argv),

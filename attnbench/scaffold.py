@@ -52,7 +52,7 @@ def render(name: str) -> dict[str, str]:
 
 def write_method(name: str, folder: str | Path = ".") -> list[Path]:
     """Write the three files into ``folder``; nothing is written if any of them exists."""
-    from attnbench.cli import BadInput
+    from attnbench.errors import BadInput
 
     if (why := name_problem(name)) is not None:
         raise BadInput(f"new-method: {why}")
@@ -67,26 +67,3 @@ def write_method(name: str, folder: str | Path = ".") -> list[Path]:
     for path, text in files.items():
         path.write_text(text, encoding="utf-8")
     return list(files)
-
-
-def cmd_new_method(args, console) -> int:
-    import shlex
-
-    from rich.text import Text
-
-    paths = write_method(args.name, args.dir)
-    plugin, suite, test = (str(p) for p in paths)
-    console.print(Text(f"wrote {plugin} (the method), {suite} (a suite), {test} (its tests); next:"))
-    for line in (["attnbench", "--plugin", plugin, "check", args.name], ["pytest", test],
-                 ["attnbench", "--plugin", plugin, "run", suite]):
-        console.print(Text("  " + shlex.join(line)))
-    return 0
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("new-method", help="write a plugin, a suite and a test for a new method "
-                       "(they pass `attnbench check` as written)")
-    p.add_argument("name", metavar="NAME", help="the method's registry name (letters, digits, _)")
-    p.add_argument("--dir", default=".", help="folder to write NAME.py, NAME.toml and test_NAME.py "
-                   "into (default: the current one)")
-    p.set_defaults(func=cmd_new_method)

@@ -384,19 +384,3 @@ def spectrum_command(out_dir: str | Path, windows: int = 32, n: int = 512, devic
           f"{[row['k_90'] for row in result.layer_rows()]}, value at {result.quarter_index} in "
           f"[{float(heat.min()):.3f}, {float(heat.max()):.3f}]; wrote {len(paths)} files to {out_dir}")
     return 0
-
-
-def _cmd(args, console) -> int:
-    return spectrum_command(args.out, windows=args.windows, n=args.n, device=args.device,
-                            cache=args.cache)
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("spectrum", help="singular-value spectrum of real attention (Linformer Fig. 1)")
-    p.add_argument("out", help="directory for the table, curves and plots")
-    p.add_argument("--windows", type=int, default=32, help="512-token windows of real text")
-    p.add_argument("--n", type=int, default=512, help="tokens per window (<= 512)")
-    p.add_argument("--device", default="cpu", help="where the model runs: cpu or cuda (default cpu)")
-    p.add_argument("--cache", choices=["read", "use", "off"], default="read",
-                   help="captured tensors on disk: read if there (default), read and fill, or ignore")
-    p.set_defaults(func=_cmd)

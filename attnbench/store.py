@@ -17,7 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from attnbench.errors import RunDirError  # noqa: F401 (re-exported)
+from attnbench.errors import BadInput, RunDirError  # noqa: F401 (RunDirError re-exported)
+from attnbench.schema import LIST_COLUMNS, STAT_PREFIX, STATS
 
 RESULTS = "results.jsonl"
 META = "meta.json"
@@ -238,8 +239,10 @@ def done_cells(run_dir: Path) -> set[str]:
 
 
 def load_results(run_dir) -> "pandas.DataFrame":  # noqa: F821
-    """One row per cell with units in column names; params flattened as ``param.<name>`` columns and
-    input regime params as ``input.<name>``."""
+    """One row per cell with units in column names (:mod:`attnbench.schema` declares them); params
+    flattened as ``param.<name>`` columns, input regime params as ``input.<name>`` and the method's
+    own stats as ``stat.<name>`` (runs written before stats had their namespace keep them as plain
+    columns)."""
     import pandas as pd
 
     if not isinstance(run_dir, (str, os.PathLike)):
@@ -251,16 +254,25 @@ def load_results(run_dir) -> "pandas.DataFrame":  # noqa: F821
         raise RunDirError(f"{run_dir}: not a run directory (no {RESULTS} or {META})")
     rows = []
     for r in iter_rows(run_dir):
-        flat = {k: v for k, v in r.items() if k not in ("params", "input")}
+        flat = {k: v for k, v in r.items() if k not in ("params", "input", STATS)}
         for k, v in (r.get("params") or {}).items():
             flat[f"param.{k}"] = tuple(v) if isinstance(v, list) else v
         for k, v in (r.get("input") or {}).items():
             flat[f"input.{k}"] = v
+        stats = r.get(STATS)
+        for k, v in (stats if isinstance(stats, dict) else {}).items():
+            flat[f"{STAT_PREFIX}{k}"] = v
         rows.append(flat)
     df = pd.DataFrame(rows)
     for col in df.columns:
-        if col in ("time_samples_ms", "eager_samples_ms"):  # a list per row
+        if col in LIST_COLUMNS:  # a list per row
             continue
         if col.endswith(("_ms", "_mib", "_err", "_per_s", "_s", "iqr")) or col in ("cosine",):
             df[col] = pd.to_numeric(df[col], errors="coerce")
     return df
+
+
+def check_out_dir(out_dir) -> None:
+    """``--out`` must be a directory or a path that can become one."""
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise BadInput(f"--out {out_dir}: is a file; give a directory (it is created if missing)")

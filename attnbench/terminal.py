@@ -17,8 +17,10 @@ from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
-from attnbench.report import (KEY_HEADERS, NOISY_IQR, NOISY_SPREAD, baseline_mask, cell_key_columns,
-                              fmt_n, noisy_range, time_cost, time_quartiles, varying)
+from attnbench.frame import (NOISY_IQR, NOISY_SPREAD, baseline_mask, cell_key_columns, fmt_n,
+                             noisy_range, time_cost, time_quartiles, varying)
+from attnbench.tables import (KEY_HEADERS, NOISE_NOTE, constants_line, crossover_rows,
+                              table_rows)
 
 # columns that hold words rather than numbers: left-aligned; of these, WRAP may take several lines
 TEXT = {"method", "status", "reason", "dtype", "mode", "note", "ours", "peer", "verdict", "memory",
@@ -139,7 +141,7 @@ def fit_tables(headers: list[str], rows: list[list[str]], width: int, keys: int 
 
 class Fitted:
     """``fit_tables`` at the width the tables are printed at, for callers that build a renderable
-    before they know the console (``report._rich_table``)."""
+    before they know the console (``report.fitted_table``)."""
 
     def __init__(self, headers, rows, keys: int = 1, row_styles=None, title: str | None = None):
         self.headers, self.rows, self.keys, self.row_styles, self.title = \
@@ -322,8 +324,6 @@ def print_tables(console, tables: list[Table], title: str | None = None) -> None
 
 def render(console, df: pd.DataFrame, meta: dict, table: str, columns: list[str] | None) -> None:
     """What ``report.render_terminal`` prints: see its docstring."""
-    from attnbench.report import NOISE_NOTE, constants_line, crossover_rows, table_rows
-
     width = console.width
     baseline = meta["report_baseline"]
     counts = df["status"].value_counts().to_dict() if "status" in df else {}

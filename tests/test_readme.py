@@ -22,7 +22,17 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_quick_suite_named_in_readme_exists():
-    assert (REPO / "suites" / "quick.toml").is_file()
+    """Every built-in suite the README names (``attnbench run NAME``, ``suites/NAME.toml``, the
+    list of built-in suites) exists, the main job's included."""
+    from attnbench.suite import builtin_suites
+
+    named = set(re.findall(r"suites/([a-z0-9_]+)\.toml", README))
+    named |= set(re.findall(r"attnbench (?:run|validate) ([a-z0-9_]+)\b", README))
+    listed = README.split("Built-in suites live in `suites/`")[1].split(".")[0]
+    named |= set(re.findall(r"`([a-z0-9_]+)`", listed))
+    assert "quick" in named and len(named) >= 5
+    missing = sorted(named - set(builtin_suites()))
+    assert not missing, missing
 
 
 def test_documented_columns_are_produced(tiny_suite, tmp_path):

@@ -75,9 +75,16 @@ def test_xformers_unavailable_reason_here():
 
 
 def test_unsupported_device_is_declared():
-    spec = REGISTRY.get("xformers")
+    """A method that declares CUDA only is unsupported on the CPU for that reason (not because an
+    optional package is missing, which would answer first for xformers here)."""
+    local = Registry()
+    register_method("t_cuda_only", family="other", exact=True, params=NoParams, devices=("cuda",),
+                    registry=local)(lambda p, ctx: None)
+    spec = local.get("t_cuda_only")
     why = spec.unsupported_reason(NoParams(), BuildContext(n=8, heads=1, head_dim=8))
-    assert why is not None
+    assert why == "t_cuda_only runs on cuda, not cpu"
+    on_cuda = BuildContext(n=8, heads=1, head_dim=8, device=torch.device("cuda"))
+    assert spec.unsupported_reason(NoParams(), on_cuda) is None
 
 
 PLUGIN = '''

@@ -1,4 +1,4 @@
-"""What ``attnbench list`` shows: each method's one-line description and its params with their
+"""``attnbench list``: each method's one-line description and its params with their
 defaults (capabilities with ``--verbose``), and the built-in suites; laid out to fit the terminal,
 with names never cut."""
 from __future__ import annotations
@@ -81,3 +81,26 @@ def suite_table() -> Table:
             desc = f"(invalid: {exc})"
         table.add_row(Text(name), Text(desc))
     return table
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("list", help="registered methods (default) or built-in suites")
+    p.add_argument("what", nargs="?", choices=["methods", "suites"], default="methods",
+                   help="what to list (default methods)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="methods: also capabilities (causal, backward, devices, dtypes, levels)")
+    p.set_defaults(func=cmd_list)
+
+
+def cmd_list(args, console) -> int:
+    from rich.text import Text
+
+    from attnbench.registry import REGISTRY
+
+    if args.what == "suites":
+        console.print(suite_table())
+        return 0
+    console.print(method_table(REGISTRY.specs(), verbose=args.verbose))
+    for err in REGISTRY.plugin_errors:
+        console.print(Text(f"plugin not loaded: {err}", style="yellow"))
+    return 0

@@ -1,68 +1,26 @@
-"""The ``attnbench`` command. ``main(argv) -> int``: 0 ok, 1 when cells failed with ``error``,
-``crashed`` or ``timeout``, 2 for bad input (a malformed suite, an unknown method, a missing file;
-nothing is run or written), 3 when the run could not write its results (disk full; resumable),
-130 when interrupted (resumable)."""
+"""``attnbench validate`` and ``attnbench run``: plan a suite, run it (or dry-run it), then write the
+reports and print the summary, or the resume hint of a run that stopped early."""
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import json
 import shlex
-import signal
 import sys
-import warnings
 from pathlib import Path
 
-from attnbench.errors import BadInput, UserError  # noqa: F401 (BadInput re-exported)
+from attnbench.cli import EXAMPLES
+from attnbench.errors import BadInput, UserError
 
-EXAMPLES = """examples:
-  attnbench list methods
-  attnbench validate quick
-  attnbench run quick --device cpu
-  attnbench run suites/scaling.toml --device cuda --only sdpa,'linformer*'
-  attnbench run quick --plugin my_method.py --only mine,sdpa
-  attnbench check linformer
-  attnbench run --resume results/quick/20261123-101500-cpu-1a2b
-  attnbench report results/quick/20261123-101500-cpu-1a2b
-  attnbench env
-"""
 TABLES = ("summary", "full", "none")
 
 
-def _version() -> str:
-    import attnbench
-
-    return f"attnbench {attnbench.__version__}"
-
-
-def _add_plugin_option(p: argparse.ArgumentParser, dest: str = "plugin_after") -> None:
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE", dest=dest,
-                   help="a Python file that registers methods (repeatable; also accepted before "
-                        "the verb)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="attnbench", description="Benchmark exact and efficient "
-                                 "attention: time, peak memory and approximation error.",
-                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--version", action="version", version=_version(),
-                    help="print the version and exit")
-    _add_plugin_option(ap, dest="plugin")
-    sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
-
-    p = sub.add_parser("list", help="registered methods (default) or built-in suites")
-    p.add_argument("what", nargs="?", choices=["methods", "suites"], default="methods",
-                   help="what to list (default methods)")
-    p.add_argument("--verbose", "-v", action="store_true",
-                   help="methods: also capabilities (causal, backward, devices, dtypes, levels)")
-
+def add_cli(sub) -> None:
     p = sub.add_parser("validate", help="check a suite and show how many cells it expands to")
     p.add_argument("suite", help="built-in suite name or path to a .toml file")
     p.add_argument("--device", default="cpu", help="the device to plan for: cpu, cuda or cuda:N; "
                    "a GPU suite is checked without a GPU (default cpu)")
     p.add_argument("--only", help="comma-separated method names or wildcards to keep")
     p.add_argument("--skip", help="comma-separated method names or wildcards to leave out")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("run", help="run a suite", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,29 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a worker per method (default) or per cell (implies --isolate)")
     p.add_argument("--timeout-s", type=float, metavar="S",
                    help="per-cell time limit in seconds (implies --isolate)")
-
-    sub.add_parser("env", help="versions, device and git state that runs record")
-    for name in VERB_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).add_cli(sub)
-    for verb in sub.choices.values():
-        _add_plugin_option(verb)
-    return ap
-
-
-def cmd_list(args, console) -> int:
-    from rich.text import Text
-
-    from attnbench.listing import method_table, suite_table
-    from attnbench.registry import REGISTRY
-
-    if args.what == "suites":
-        console.print(suite_table())
-        return 0
-    console.print(method_table(REGISTRY.specs(), verbose=args.verbose))
-    for err in REGISTRY.plugin_errors:
-        console.print(Text(f"plugin not loaded: {err}", style="yellow"))
-    return 0
+    p.set_defaults(func=cmd_run)
 
 
 def cmd_validate(args, console) -> int:
@@ -256,85 +192,3 @@ def _dry_run(args, console, device) -> int:
     est = estimate(cells, suite.timing, Path(args.out), suite.name, device.type)
     console.print(Text(est.describe()), soft_wrap=True)
     return 0
-
-
-def cmd_env(args, console) -> int:
-    import torch
-
-    from attnbench.env import provenance
-
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    console.print_json(json.dumps(provenance(device), default=str))
-    return 0
-
-
-VERBS = {"list": cmd_list, "validate": cmd_validate, "run": cmd_run, "env": cmd_env}
-# Modules that add their own verbs: each defines ``add_cli(subparsers)`` and sets ``func`` on its parser
-# (``set_defaults(func=cmd)`` with ``cmd(args, console) -> int``); heavy imports stay inside ``cmd``.
-VERB_MODULES = ("attnbench.report", "attnbench.plots", "attnbench.compare", "attnbench.spectrum",
-                "attnbench.conformance", "attnbench.scaffold")
-
-
-def _signal_once(signum, frame):
-    """SIGINT/SIGTERM outside a sweep: the first stops the command (exit 130); once a sweep was
-    interrupted, more signals are ignored while the command prints its resume hint and exits."""
-    from attnbench import runner
-
-    if runner.INTERRUPTED_BY is None:
-        runner.INTERRUPTED_BY = signal.Signals(signum).name
-        raise KeyboardInterrupt
-
-
-def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.markup import escape
-
-    from attnbench.registry import load_plugin_file
-    from attnbench.store import TornRowWarning
-
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    console = Console()
-    err = Console(stderr=True, soft_wrap=True)
-    args.plugin = [*args.plugin, *getattr(args, "plugin_after", [])]
-    args.plugin_after = []
-    old = {s: signal.signal(s, _signal_once) for s in (signal.SIGINT, signal.SIGTERM)}
-    shown = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, TornRowWarning):  # data problems: one line, no source excerpt
-            err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
-        else:
-            shown(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = show
-    try:
-        for path in args.plugin:
-            load_plugin_file(path)
-        func = getattr(args, "func", None) or VERBS[args.verb]
-        return func(args, console)
-    except UserError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        return 2
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]", highlight=False)
-        return 130
-    finally:
-        from attnbench import runner
-
-        warnings.showwarning = shown
-        for s, h in old.items():
-            if argv is not None:  # called from Python (tests, notebooks): handlers as they were
-                signal.signal(s, h)
-            elif runner.INTERRUPTED_BY is not None:  # the process ends now: late signals must not
-                signal.signal(s, signal.SIG_IGN)     # kill it while the interpreter shuts down
-
-
-def entry() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    entry()
