@@ -24,6 +24,8 @@ EXAMPLES = """examples:
   attnbench run quick --plugin my_method.py --only mine,sdpa
   attnbench check linformer
   attnbench run --resume results/quick/20261123-101500-cpu-1a2b
+  attnbench run quick --device cuda --executor dask --workers 8
+  attnbench run quick --shard 0/8 && attnbench merge results/quick/* --out merged
   attnbench report results/quick/20261123-101500-cpu-1a2b
   attnbench env
 """
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a worker per method (default) or per cell (implies --isolate)")
     p.add_argument("--timeout-s", type=float, metavar="S",
                    help="per-cell time limit in seconds (implies --isolate)")
+    _add_scaleout_options(p)
 
     sub.add_parser("env", help="versions, device and git state that runs record")
     for name in VERB_MODULES:
@@ -108,6 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in sub.choices.values():
         _add_plugin_option(verb)
     return ap
+
+
+def _add_scaleout_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale-out (README: Scale-out)")
+    g.add_argument("--executor", choices=["serial", "dask"], default=None,
+                   help="serial: this process (default); dask: the cells spread over Dask workers, "
+                        "one per GPU (pip install 'attnbench[dist]')")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="with --executor dask: start a local cluster of N worker processes, one "
+                        "per GPU (on CPU N processes sharing the cores); with --scheduler: wait "
+                        "for N workers to join (default 1)")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --executor dask: use the workers of the Dask cluster at ADDRESS "
+                        "(e.g. tcp://10.0.0.5:8786) instead of starting one")
+    g.add_argument("--shard", metavar="I/N",
+                   help="run shard I of N (0 <= I < N) into its own run directory: a fixed "
+                        "partition of the cells balanced by estimated cost, for job arrays; "
+                        "join the shards with attnbench merge")
+    g.add_argument("--costs-from", metavar="RUN_DIR",
+                   help="an earlier run whose cell wall times balance --shard and order "
+                        "--executor dask (default: estimates from the plan)")
 
 
 def cmd_list(args, console) -> int:
@@ -186,7 +210,7 @@ def cmd_run(args, console) -> int:
         raise BadInput("--columns chooses the columns of --table full; add --table full")
     if args.dry_run:
         return _dry_run(args, console, parse_device(args.device, present=False))
-    device = parse_device(args.device)
+    device = parse_device(args.device, present=args.scheduler is None)
     plugins = args.plugin  # main() merged those given before and after the verb
     outcome = run_suite(args.suite, device, out=args.out, only=args.only, skip=args.skip,
                         resume=args.resume, progress=not args.no_progress,
@@ -194,12 +218,17 @@ def cmd_run(args, console) -> int:
                         cuda_graphs=args.cuda_graphs, capacity_limit_mib=args.capacity_limit_mib,
                         isolate=args.isolate_per or ("method" if args.isolate else None),
                         timeout_s=args.timeout_s, rounds=args.rounds, retry_noisy=args.retry_noisy,
-                        plugins=plugins or None)
+                        plugins=plugins or None, executor=args.executor, workers=args.workers,
+                        scheduler=args.scheduler, shard=args.shard, costs_from=args.costs_from)
     if outcome.complete:
         _reports(outcome.run_dir, console, table, columns)
     console.print(f"results: {outcome.run_dir}/results.jsonl", highlight=False, soft_wrap=True)
+    if outcome.accounting is not None and outcome.accounting.cells:
+        console.print(outcome.accounting.describe(), highlight=False, soft_wrap=True)
     if not outcome.complete:  # no report of a partial run: `attnbench report RUN_DIR` makes one
-        _resume_hint(console, outcome, plugins, args.device)
+        extra = [a for flag, v in (("--executor", args.executor), ("--workers", args.workers),
+                                   ("--scheduler", args.scheduler)) if v for a in (flag, str(v))]
+        _resume_hint(console, outcome, plugins, args.device, extra)
     return outcome.exit_code
 
 
@@ -223,11 +252,11 @@ def _reports(run_dir, console, table: str, columns) -> None:
         console.print(f"[yellow]no table:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
 
 
-def _resume_hint(console, outcome, plugins, device: str) -> None:
+def _resume_hint(console, outcome, plugins, device: str, extra=()) -> None:
     from rich.markup import escape
 
     hint = ["attnbench", *(a for p in plugins for a in ("--plugin", p)), "run", "--resume",
-            str(outcome.run_dir), *(["--device", device] if device != "cpu" else [])]
+            str(outcome.run_dir), *(["--device", device] if device != "cpu" else []), *extra]
     why = "interrupted" if outcome.interrupted else f"stopped: {outcome.write_failed}"
     console.print(f"[yellow]{escape(why)}[/]; the rows written so far are safe; finish it with: "
                   f"{escape(shlex.join(hint))}", highlight=False, soft_wrap=True)
@@ -272,7 +301,7 @@ VERBS = {"list": cmd_list, "validate": cmd_validate, "run": cmd_run, "env": cmd_
 # Modules that add their own verbs: each defines ``add_cli(subparsers)`` and sets ``func`` on its parser
 # (``set_defaults(func=cmd)`` with ``cmd(args, console) -> int``); heavy imports stay inside ``cmd``.
 VERB_MODULES = ("attnbench.report", "attnbench.plots", "attnbench.compare", "attnbench.spectrum",
-                "attnbench.conformance", "attnbench.scaffold")
+                "attnbench.conformance", "attnbench.scaffold", "attnbench.merge")
 
 
 def _signal_once(signum, frame):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from attnbench.accounting import mixed_devices_note
 from attnbench.store import META, RunDirError, load_results, read_meta
 
 CELL_KEYS = ["level", "n", "batch", "heads", "head_dim", "dtype", "mode", "causal", "batching",
@@ -323,8 +324,10 @@ def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 def to_markdown(run_dir: str | Path, baseline: str | None = None) -> str:
     df, meta = summary(run_dir, baseline)
-    lines = [f"# {escape_md(meta.get('suite', ''))}", "", escape_md(constants_line(df, meta)), "",
-             *md_table(*table_rows(df)), "", escape_md(NOISE_NOTE)]
+    lines = [f"# {escape_md(meta.get('suite', ''))}", "", escape_md(constants_line(df, meta)), ""]
+    if (mixed := mixed_devices_note(meta)) is not None:  # scale-out: rows from several GPU models
+        lines += [f"**{escape_md(mixed)}**", ""]
+    lines += [*md_table(*table_rows(df)), "", escape_md(NOISE_NOTE)]
     heads, rows = crossover_rows(df, meta["report_baseline"])
     if rows:
         lines += ["", f"## Crossover against {escape_md(meta['report_baseline'])}", "",
