@@ -48,6 +48,7 @@ from attnbench.shards import chains
 from attnbench.suite import Case
 
 POLL_S = 0.5  # how often the driver wakes while waiting (signals, joining workers)
+SLOTS_EVERY_S = 2.0  # how often the driver asks an external cluster how many workers it has
 WAIT_WORKERS_S = 3600.0  # --scheduler with --workers N: the longest wait for N workers to join
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
             "NVSHMEM_DISABLE_NVLS": "1"}
@@ -114,7 +115,8 @@ class DaskCells:
         self.init = {**init, "token": self.token}
         self.rounds, self.costs = rounds, costs or {}
         self.cluster = self.client = None
-        self.slots = 0
+        self.slots = self.peak = 0
+        self._asked = 0.0
         self._count = itertools.count()
         self._quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
         for name in QUIET_LOGGERS:  # the rows say what happened; Dask's own log lines are noise
@@ -160,7 +162,7 @@ class DaskCells:
             self.check_retry = self.client.run_on_scheduler(_allowed_failures) > 0
         except Exception:  # noqa: BLE001 - a scheduler that refuses to run our function
             self.check_retry = True
-        self.slots = len(self.client.nthreads())
+        self.slots = self.peak = len(self.client.nthreads())
         # every worker loads the suite, plugins and torch now, not during its first cell (a worker
         # that joins later does so at its first cell)
         futures = [self.client.submit(_prepare, self.init, workers=[addr], allow_other_workers=False,
@@ -174,14 +176,18 @@ class DaskCells:
 
     @property
     def workers(self) -> int:
-        return self.slots
+        """The most workers the run had at once (for its parallel efficiency)."""
+        return self.peak
 
     def _refresh_slots(self) -> int:
-        if not self.local:  # workers may join (or leave) an external cluster during the run
+        # workers may join (or leave) an external cluster during the run: asked every few seconds
+        if not self.local and time.monotonic() - self._asked > SLOTS_EVERY_S:
+            self._asked = time.monotonic()
             try:
                 self.slots = max(1, len(self.client.nthreads()))
             except Exception:  # noqa: BLE001 - keep the last count
                 pass
+        self.peak = max(self.peak, self.slots)
         return self.slots
 
     def run(self, cases: Sequence[Case], gate, on_start):
@@ -205,7 +211,8 @@ class DaskCells:
                             runnable.append(case)
                     if runnable:
                         on_start(runnable[0])
-                        inflight[self._submit(runnable, left[i])] = (i, runnable)
+                        inflight[self._submit(runnable, left[i])] = (i, runnable,
+                                                                     time.monotonic())
                     elif pending[i]:
                         heapq.heappush(ready, (-left[i], i))
                 if not inflight:
@@ -220,8 +227,8 @@ class DaskCells:
                         pass
                     done = [f for f in inflight if f.done()]
                 for fut in done:
-                    i, unit = inflight.pop(fut)
-                    yield from zip(unit, self._rows(fut, unit))
+                    i, unit, t0 = inflight.pop(fut)
+                    yield from zip(unit, self._rows(fut, unit, time.monotonic() - t0))
                     if pending[i]:
                         heapq.heappush(ready, (-left[i], i))
         finally:
@@ -237,19 +244,23 @@ class DaskCells:
                                   [c.cell_id for c in unit], self.rounds, self.check_retry,
                                   key=key, pure=False, retries=0, priority=int(priority * 1000))
 
-    def _rows(self, fut, unit: list[Case]) -> list[dict]:
+    def _rows(self, fut, unit: list[Case], waited_s: float) -> list[dict]:
+        """The unit's row fields; a unit that failed outside its cells gets one row per cell, timed
+        from its submission (``cell_s``)."""
+        cell_s = round(waited_s / len(unit), 6)
         try:
             rows = fut.result()
         except KilledWorker as exc:
             w = getattr(exc, "last_worker", None)
             name = str(getattr(w, "name", None) or getattr(w, "address", "?"))
             host = str(getattr(w, "host", "") or "") or None
-            return [{"status": "crashed", "worker": name, "worker_host": host,
+            return [{"status": "crashed", "worker": name, "worker_host": host, "cell_s": cell_s,
                      "reason": f"the Dask worker running it ({name}) died; the cell is not timed "
                                "again"} for _ in unit]
         except Exception as exc:  # noqa: BLE001 - the task failed outside any cell: its cells' rows
             text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            return [{"status": "error", "reason": f"on the Dask worker: {text}"} for _ in unit]
+            return [{"status": "error", "reason": f"on the Dask worker: {text}", "cell_s": cell_s}
+                    for _ in unit]
         if not isinstance(rows, list) or len(rows) != len(unit):
             return [{"status": "error", "reason": f"the Dask worker sent {rows!r:.120}"} for _ in unit]
         return rows
