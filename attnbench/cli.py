@@ -276,8 +276,15 @@ def _dry_run(args, console, device) -> int:
     else:
         suite, only, skip = load_suite(args.suite), args.only, args.skip
     cells = plan(suite, device, only, skip)
+    which = ""
+    if args.shard and not args.resume:  # the cells this shard of a job array would run
+        from attnbench.scaleout import shard_of
+
+        rounds = args.rounds or suite.timing.get("rounds", 1)
+        cells, _ = shard_of(cells, args.shard, rounds, suite, device.type, args.costs_from)
+        which = f" (shard {args.shard})"
     skipped = sum(c.skip_reason is not None for c in cells)
-    console.print(_plan_table(cells, f"{suite.name}: {len(cells)} cells on {device.type} "
+    console.print(_plan_table(cells, f"{suite.name}{which}: {len(cells)} cells on {device.type} "
                                      f"({len(cells) - skipped} to run, {skipped} unsupported; "
                                      "dry run)"))
     if (note := added_note(suite, only, skip)) is not None:
