@@ -25,7 +25,8 @@ EXAMPLES = """examples:
   attnbench check linformer
   attnbench run --resume results/quick/20261123-101500-cpu-1a2b
   attnbench run quick --device cuda --executor dask --workers 8
-  attnbench run quick --shard 0/8 && attnbench merge results/quick/* --out merged
+  attnbench run quick --shard 0/8 --out shards/0
+  attnbench merge shards/*/quick/* --out merged
   attnbench report results/quick/20261123-101500-cpu-1a2b
   attnbench env
 """
