@@ -15,6 +15,7 @@ Rows of a distributed run carry ``worker``, ``worker_host``, ``gpu_index``, ``gp
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
@@ -55,6 +56,45 @@ class Accounting:
         who = "1 worker" if self.workers == 1 else f"{self.workers} workers"
         return (f"makespan {_clock(self.makespan_s)}, cell time {_clock(self.cell_time_s)} over "
                 f"{self.cells} cells on {who}: parallel efficiency {share}")
+
+
+class Tally:
+    """A sweep's rows as they are written, for its :class:`Accounting` and ``devices``.
+
+    ``begin(cell_id)`` when a cell is gated or starts, ``add(cell_id, row)`` when its row is
+    written. A row timed where it ran (``cell_s``) says how long it took; otherwise the cell ran in
+    this process, where cells never overlap, and its time is from its start (or the previous row,
+    if later) to its row."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.last: float | None = None
+        self.began: dict[str, float] = {}
+        self.rows: list[dict] = []  # per row: its seconds and where it ran
+
+    def restart(self) -> None:
+        self.start = time.monotonic()
+
+    def begin(self, cell_id: str) -> None:
+        self.began[cell_id] = time.monotonic()
+
+    def add(self, cell_id: str, row: dict) -> None:
+        now = time.monotonic()
+        secs = cell_seconds(row) if "cell_s" in row else \
+            now - max(self.began.get(cell_id, now), self.last or self.start)
+        self.last = now
+        self.rows.append({"cell_s": secs, **{k: row.get(k) for k in DEVICE_KEYS}})
+
+    def result(self, workers: int) -> Accounting:
+        return Accounting((self.last or self.start) - self.start,
+                          sum(r["cell_s"] for r in self.rows), max(1, int(workers or 1)),
+                          len(self.rows))
+
+    def devices(self, known) -> list[dict] | None:
+        """meta.json's ``devices`` after this session, or None when no row came from a worker."""
+        if not known and not any(r.get("worker") for r in self.rows):
+            return None
+        return devices_from_rows(self.rows, known or ())
 
 
 def _clock(seconds: float) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -137,8 +138,10 @@ def merge_runs(dirs: list[str], out: str | Path) -> dict:
     meta = {k: v for k, v in fmeta.items() if k not in SHARD_KEYS}
     meta.update(
         state="complete" if not missing else "interrupted", cells_planned=len(planned),
-        cells_missing=len(missing), counts=counts, command=[m.get("command") for _, m in sources],
+        cells_missing=len(missing), counts=counts,
+        command=shlex.join(["attnbench", "merge", *map(str, dirs), "--out", str(out)]),
         merged_from=[{"run_dir": str(p.resolve()), "shard": m.get("shard"), "rows": n,
+                      "command": m.get("command"),
                       "state": m.get("state"), "started": m.get("started"),
                       "finished": m.get("finished"), "accounting": m.get("accounting"),
                       "provenance": m.get("provenance")} for (p, m), n in zip(sources, per_source)],
@@ -178,8 +181,6 @@ def _cell_text(row_or_case) -> str:
 
 
 def cmd_merge(args, console) -> int:
-    import shlex
-
     from rich.text import Text
 
     done = merge_runs(args.run_dirs, args.out)

@@ -20,7 +20,6 @@ import shlex
 import shutil
 import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -28,7 +27,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from attnbench import scaleout
-from attnbench.accounting import DEVICE_KEYS, Accounting, cell_seconds, devices_from_rows
+from attnbench.accounting import Accounting, Tally
 from attnbench.cell import CellContext
 from attnbench.checks import is_number, is_rounds, is_whole
 from attnbench.env import device_tag, host_load, parse_device, provenance
@@ -139,7 +138,7 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
     out = "results" if out is None else out
     _check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_noisy, plugins,
                    progress, on_row)
-    executor = scaleout.check(executor, workers, scheduler)
+    executor = scaleout.check(executor, workers, scheduler, shard, costs_from)
     # the workers of a remote cluster have the GPUs: the driver may have none
     device = device if isinstance(device, torch.device) else parse_device(
         str(device), present=scheduler is None)
@@ -356,13 +355,11 @@ def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
                 resumes=meta.get("resumes", 0) + (1 if resumed else 0))
     started: dict[str, str] = {}
     failure: BaseException | None = None
-    ran: list[dict] = []  # this session's rows, slimmed to what accounting reads
-    clock = {"start": time.monotonic(), "last": None}  # the sweep's start and its last row
-    began: dict[str, float] = {}  # cell id -> when it was gated or started (monotonic)
+    tally = Tally()  # makespan, cell time and devices of this session
 
     def gate(case: Case) -> dict | None:
         started[case.cell_id] = _now()
-        began[case.cell_id] = time.monotonic()
+        tally.begin(case.cell_id)
         planned = by_id[case.cell_id]
         if planned.skip_reason is not None:
             return {"status": "unsupported", "reason": planned.skip_reason}
@@ -375,7 +372,7 @@ def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
 
     def on_start(case: Case) -> None:
         started[case.cell_id] = _now()
-        began[case.cell_id] = time.monotonic()
+        tally.begin(case.cell_id)
         bar.start(f"{case.label()} n={case.n} {case.mode} {case.dtype}")
 
     def write(case: Case, fields: dict) -> None:
@@ -390,13 +387,7 @@ def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
         if row["status"] == "oom":
             fam = case.family_key()
             oom_at[fam] = min(oom_at.get(fam, case.n), case.n)
-        now = time.monotonic()
-        # a row timed where it ran says how long it took; in this process cells never overlap, so
-        # a cell's time is from its start (or the previous row) to its row
-        secs = cell_seconds(row) if "cell_s" in row else \
-            now - max(began.get(case.cell_id, now), clock["last"] or clock["start"])
-        clock["last"] = now
-        ran.append({"cell_s": secs, **{k: row.get(k) for k in DEVICE_KEYS}})
+        tally.add(case.cell_id, row)
         bar.finish(f"{case.label()} n={case.n} {case.mode} {case.dtype}", row["status"],
                    worker=row.get("worker"))
         if on_row is not None:
@@ -405,7 +396,7 @@ def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
     signals = _Signals()
     try:
         with signals, bar:
-            clock["start"] = time.monotonic()
+            tally.restart()
             try:
                 _write_meta(run_dir, meta)
                 for case, fields in executor.run(todo, gate, on_start):
@@ -427,13 +418,11 @@ def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
                     outcome.interrupted = True
                     meta["interrupted_by"] = signals.first
                 missing = len(planned_ids - done)
-                outcome.accounting = Accounting(
-                    (clock["last"] or clock["start"]) - clock["start"], sum(r["cell_s"] for r in ran),
-                    int(getattr(executor, "workers", 1) or 1), len(ran))
+                outcome.accounting = tally.result(getattr(executor, "workers", 1))
                 meta["accounting"] = {**outcome.accounting.as_meta(),
                                       "startup_s": getattr(executor, "startup_s", None)}
-                if any(r.get("worker") for r in ran) or meta.get("devices"):
-                    meta["devices"] = devices_from_rows(ran, meta.get("devices") or ())
+                if (devices := tally.devices(meta.get("devices"))) is not None:
+                    meta["devices"] = devices
                 meta.update(state="complete" if not missing else "interrupted", finished=_now(),
                             counts=outcome.counts, cells_missing=missing,
                             host_load_after=host_load(device))

@@ -20,9 +20,16 @@ WORKERS_MAX = 4096
 DASK_HINT = "pip install 'attnbench[dist]'"
 
 
-def check(executor: str | None, workers, scheduler) -> str:
+def check(executor: str | None, workers, scheduler, shard=None, costs_from=None) -> str:
     """The executor's name after checking its options (``serial`` when none is given)."""
     executor = executor or "serial"
+    if shard is not None:
+        parse_shard(shard)
+    if costs_from is not None:
+        if shard is None and executor != "dask":
+            raise BadInput("--costs-from balances --shard and orders --executor dask; add one of "
+                           "them (or leave it out)")
+        read_meta(Path(costs_from))  # a clear error for something that is not a run directory
     if executor not in EXECUTORS:
         raise BadInput(f"--executor {executor!r}: allowed: {', '.join(EXECUTORS)}")
     if workers is not None and not (is_whole(workers) and 1 <= workers <= WORKERS_MAX):

@@ -222,6 +222,8 @@ def test_a_resumed_shard_runs_only_its_own_missing_cells(shardy, tmp_path):
     (["--workers", "2"], "--executor dask"),
     (["--scheduler", "tcp://x:1"], "--executor dask"),
     (["--executor", "dask", "--workers", "0"], "--workers"),
+    (["--costs-from", "nowhere"], "--costs-from"),
+    (["--shard", "0/2", "--costs-from", "nowhere"], "nowhere: not a run directory"),
 ])
 def test_bad_scale_out_options_exit_2_and_write_nothing(shardy, tmp_path, capsys, args, words):
     assert run_cli(str(shardy), "--out", str(tmp_path / "o"), *args) == 2
