@@ -34,7 +34,10 @@ def run_suite(suite: "Suite | dict | str | Path", device: "str | torch.device" =
               progress: bool = True, cuda_graphs: bool = False, capacity_limit_mib: float = 0.0,
               on_row: Callable[[dict], Any] | None = None, isolate: str | None = None,
               timeout_s: float | None = None, plugins: list[str | Path] | None = None,
-              rounds: int | None = None, retry_noisy: int = 0) -> "RunOutcome":
+              rounds: int | None = None, retry_noisy: int = 0, executor: str | None = None,
+              workers: int | None = None, scheduler: str | None = None,
+              shard: "str | tuple[int, int] | None" = None,
+              costs_from: str | Path | None = None) -> "RunOutcome":
     """Run a suite and return its :class:`~attnbench.runner.RunOutcome` (``run_dir``, ``counts``,
     ``exit_code``).
 
@@ -44,7 +47,11 @@ def run_suite(suite: "Suite | dict | str | Path", device: "str | torch.device" =
     the suite lacks is added with its default params. ``resume``: a run directory to finish.
     ``isolate`` (``"method"`` or ``"cell"``) and ``timeout_s`` run cells in worker processes;
     ``rounds`` > 1 interleaves the timing of each shape's methods; ``retry_noisy`` re-times noisy
-    cells. ``on_row(row)`` is called after each row is on disk. Bad arguments raise
+    cells. ``executor="dask"`` spreads the cells over ``workers`` local Dask worker processes (one
+    per GPU) or the workers of the cluster at ``scheduler`` (call it under
+    ``if __name__ == "__main__":`` in a script: local workers are spawned processes); ``shard="I/N"``
+    runs one shard of a job array (``costs_from``: an earlier run whose wall times balance it).
+    ``on_row(row)`` is called after each row is on disk. Bad arguments raise
     :class:`attnbench.errors.UserError` subclasses with one-line messages.
     """
     from attnbench.runner import run_suite as _run
@@ -52,7 +59,8 @@ def run_suite(suite: "Suite | dict | str | Path", device: "str | torch.device" =
     return _run(suite, device, out=out, only=only, skip=skip, resume=resume, progress=progress,
                 cuda_graphs=cuda_graphs, capacity_limit_mib=capacity_limit_mib, on_row=on_row,
                 isolate=isolate, timeout_s=timeout_s, plugins=plugins, rounds=rounds,
-                retry_noisy=retry_noisy)
+                retry_noisy=retry_noisy, executor=executor, workers=workers, scheduler=scheduler,
+                shard=shard, costs_from=costs_from)
 
 
 def load_results(run_dir: str | Path, baseline: str | None = None) -> "pandas.DataFrame":

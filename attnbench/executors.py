@@ -11,6 +11,8 @@ starts. ``close()`` stops whatever the executor started (worker processes).
   one ``crashed`` or ``timeout`` row.
 - :class:`Interleaved`: the cells of each comparison group timed together in alternating rounds
   (:mod:`attnbench.interleave`).
+- ``DaskCells`` (:mod:`attnbench.dask_executor`, optional extra ``dist``): cells spread over the
+  workers of a Dask cluster, one GPU each.
 - :class:`RetryNoisy` wraps any of them: a cell whose timing came back noisy is timed again, up to
   ``retries`` more times, and the steadiest attempt is kept.
 
@@ -132,12 +134,31 @@ class RetryNoisy:
     def close(self) -> None:
         self.inner.close()
 
+    def __getattr__(self, name):  # workers, startup_s: what the wrapped executor says
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
 
 def make_executor(ctx: CellContext, *, isolate: str | None = None, timeout_s: float | None = None,
-                  rounds: int = 1, retry_noisy: int = 0, worker_init: dict | None = None) -> Executor:
-    """The executor for a run's options (they were checked to be compatible by the runner)."""
-    if isolate:
-        executor: Executor = Isolated(worker_init or {}, isolate, timeout_s)
+                  rounds: int = 1, retry_noisy: int = 0, worker_init: dict | None = None,
+                  dask: dict | None = None) -> Executor:
+    """The executor for a run's options (they were checked to be compatible by the runner).
+    ``dask``: ``{"workers": N, "scheduler": ADDRESS, "costs": {cell_id: seconds}}`` for a run on
+    Dask; cells then run in the workers (``isolate``: in a cell subprocess of each worker)."""
+    if dask is not None:
+        from attnbench.dask_executor import DaskCells
+
+        init = {"suite_text": ctx.suite.text, "suite_path": ctx.suite.path,
+                "plugins": (worker_init or {}).get("plugins", []), "device": ctx.device.type,
+                "local_device": str(ctx.device), "cuda_graphs": ctx.cuda_graphs,
+                "capacity_limit_mib": ctx.capacity_limit_mib, "isolate": isolate,
+                "timeout_s": timeout_s}
+        executor: Executor = DaskCells(init, workers=dask.get("workers"),
+                                       scheduler=dask.get("scheduler"), rounds=rounds,
+                                       costs=dask.get("costs"))
+    elif isolate:
+        executor = Isolated(worker_init or {}, isolate, timeout_s)
     elif rounds > 1:
         executor = Interleaved(ctx, rounds)
     else:

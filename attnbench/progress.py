@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from typing import TextIO
 
 
@@ -33,6 +34,7 @@ class Progress:
         self.first_done = done  # cells done before this session (resume): not in the ETA's rate
         self._last_line = -1e9
         self._bar = self._task = None
+        self.per_worker: Counter[str] = Counter()  # cells finished by each worker (distributed runs)
 
     def __enter__(self) -> "Progress":
         if self.enabled and self.live:
@@ -51,12 +53,16 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, description=text[:60])
 
-    def finish(self, text: str, status: str) -> None:
+    def finish(self, text: str, status: str, worker: str | None = None) -> None:
         self.done += 1
+        if worker:
+            self.per_worker[worker] += 1
         if not self.enabled:
             return
         if self._bar is not None:
             self._bar.advance(self._task)
+            if self.per_worker:
+                self._bar.update(self._task, description=f"{self.workers_text()} · {text}"[:80])
             return
         now = time.monotonic()
         if now - self._last_line < self.min_interval_s and self.done < self.total:
@@ -70,8 +76,13 @@ class Progress:
         ran = self.done - self.first_done
         eta = _clock(elapsed / ran * (self.total - self.done)) if ran else "?"
         width = len(str(self.total))
+        workers = f" · {self.workers_text()}" if self.per_worker else ""
         return (f"[{self.done:>{width}}/{self.total}] {_clock(elapsed)} elapsed, ETA {eta} · "
-                f"{status}: {text}")
+                f"{status}: {text}{workers}")
+
+    def workers_text(self) -> str:
+        """Cells per worker, e.g. ``cells per worker: gpu0 12, gpu1 11``."""
+        return "cells per worker: " + ", ".join(f"{w} {k}" for w, k in sorted(self.per_worker.items()))
 
     def __exit__(self, *exc) -> bool:
         if self._bar is not None:

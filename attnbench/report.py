@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from attnbench.accounting import mixed_devices_note
 from attnbench.errors import BadInput
 from attnbench.frame import (add_baseline_columns, check_baseline, escape_latex, escape_md,  # noqa: F401
                              latex_table, md_table, with_baseline)
@@ -58,8 +59,10 @@ def render_terminal(run_dir: str | Path, console=None, baseline: str | None = No
 
 def to_markdown(run_dir: str | Path, baseline: str | None = None) -> str:
     df, meta = summary(run_dir, baseline)
-    lines = [f"# {escape_md(meta.get('suite', ''))}", "", escape_md(constants_line(df, meta)), "",
-             *md_table(*table_rows(df)), "", escape_md(NOISE_NOTE)]
+    lines = [f"# {escape_md(meta.get('suite', ''))}", "", escape_md(constants_line(df, meta)), ""]
+    if (mixed := mixed_devices_note(meta)) is not None:  # scale-out: rows from several GPU models
+        lines += [f"**{escape_md(mixed)}**", ""]
+    lines += [*md_table(*table_rows(df)), "", escape_md(NOISE_NOTE)]
     heads, rows = crossover_rows(df, meta["report_baseline"])
     if rows:
         lines += ["", f"## Crossover against {escape_md(meta['report_baseline'])}", "",

@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from attnbench import scaleout
+from attnbench.accounting import Accounting, Tally
 from attnbench.cell import CellContext
 from attnbench.checks import is_number, is_rounds, is_whole
 from attnbench.env import device_tag, host_load, parse_device, provenance
@@ -52,6 +54,7 @@ class RunOutcome:
     interrupted: bool = False  # by a signal
     write_failed: str | None = None  # why rows or meta.json could not be written
     planned: int = 0
+    accounting: Accounting | None = None  # makespan, cell time, parallel efficiency
 
     @property
     def complete(self) -> bool:
@@ -112,7 +115,9 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
               capacity_limit_mib: float = 0.0, on_row: Callable[[dict], Any] | None = None,
               isolate: str | None = None, timeout_s: float | None = None,
               plugins: list[str | Path] | None = None, rounds: int | None = None,
-              retry_noisy: int = 0) -> RunOutcome:
+              retry_noisy: int = 0, executor: str | None = None, workers: int | None = None,
+              scheduler: str | None = None, shard: str | tuple[int, int] | None = None,
+              costs_from: str | Path | None = None) -> RunOutcome:
     """Run a suite and return where its rows went (:class:`RunOutcome`: ``run_dir``, ``counts``,
     ``exit_code``).
 
@@ -125,11 +130,19 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
     ``[timing] rounds``) above 1 times the cells of each comparison group interleaved.
     ``retry_noisy`` re-times a noisy cell up to that many times and keeps the steadiest attempt.
     ``on_row(row)`` is called after each row is on disk.
+
+    ``executor="dask"`` spreads the cells over Dask workers (:mod:`attnbench.dask_executor`):
+    ``workers`` local worker processes (one per GPU), or those of the cluster at ``scheduler``.
+    ``shard="I/N"`` runs shard I of N (:mod:`attnbench.shards`), balanced by the plan's cost
+    estimate or by the wall times of the run at ``costs_from``; ``attnbench merge`` joins shards.
     """
     out = "results" if out is None else out
     _check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_noisy, plugins,
                    progress, on_row)
-    device = device if isinstance(device, torch.device) else parse_device(str(device))
+    executor = scaleout.check(executor, workers, scheduler, shard, costs_from)
+    # the workers of a remote cluster have the GPUs: the driver may have none
+    device = device if isinstance(device, torch.device) else parse_device(
+        str(device), present=scheduler is None)
     for path in plugins or ():
         load_plugin_file(path)  # up front: a missing or broken plugin is exit 2, not crashed rows
     if resume is not None:
@@ -140,6 +153,9 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
         timeout_s = timeout_s or meta.get("timeout_s")
         rounds = rounds or meta.get("rounds")
         retry_noisy = retry_noisy or meta.get("retry_noisy") or 0
+        if shard is not None:
+            raise BadInput(f"--shard: {run_dir} is resumed as the shard it was started as "
+                           f"({meta.get('shard') or 'the whole suite'}); leave out --shard")
     elif isinstance(suite, dict):
         suite = Suite.from_dict(suite)
     elif not isinstance(suite, Suite):
@@ -161,30 +177,40 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
     plugin_files = [str(Path(p).resolve()) for p in (plugins if plugins is not None
                                                      else loaded_plugins())]
     cells = plan(suite, device, only, skip)
+    shard_meta: dict = {}
+    if shard is not None:
+        cells, shard_meta = scaleout.shard_of(cells, shard, rounds, suite, device.type, costs_from)
+    elif resume is not None and meta.get("shard") is not None:
+        cells = scaleout.resumed_shard(cells, run_dir, meta)
     only_list = None if only is None else sorted(_listed(only))
     skip_list = None if skip is None else sorted(_listed(skip))
     if resume is None:
-        run_dir = new_run_dir(Path(out), suite.name, device_tag(device))
+        local = device.type != "cuda" or torch.cuda.is_available()
+        run_dir = new_run_dir(Path(out), suite.name, device_tag(device) if local else "cuda")
         meta = {"schema_version": SCHEMA_VERSION, "suite": suite.name, "suite_version": suite.version,
                 "suite_path": suite.path,
                 "suite_sha256": suite.text_hash, "baseline": suite.baseline,
                 "device_type": device.type,
                 "command": shlex.join(command if command is not None else sys.argv),
                 "only": only_list, "skip": skip_list, "cuda_graphs": cuda_graphs,
-                "cells_planned": len(cells), "started": _now(), "provenance": provenance(device)}
+                "cells_planned": len(cells), "started": _now(),
+                "provenance": provenance(device if local else torch.device("cpu")), **shard_meta}
         _start_run_dir(run_dir, suite, meta)
     meta.update(isolate=isolate, timeout_s=timeout_s, plugins=plugin_files, rounds=rounds,
-                retry_noisy=retry_noisy)
+                retry_noisy=retry_noisy, executor=executor, workers=workers, scheduler=scheduler)
     ctx = CellContext(suite=suite, device=device, cuda_graphs=cuda_graphs,
                       capacity_limit_mib=capacity_limit_mib)
     init = {"op": "init", "suite": str((run_dir / "suite.toml").resolve()), "plugins": plugin_files,
             "device": str(device), "cuda_graphs": cuda_graphs,
             "capacity_limit_mib": capacity_limit_mib,
             "fault_log": str((run_dir / "worker_faults.log").resolve())}
-    executor = make_executor(ctx, isolate=isolate, timeout_s=timeout_s, rounds=rounds,
-                             retry_noisy=retry_noisy, worker_init=init)
-    with RunLock(run_dir):
-        return _sweep(suite, cells, run_dir, meta, device, executor, progress, on_row,
+    dask = None if executor != "dask" else {
+        "workers": workers, "scheduler": scheduler,
+        "costs": scaleout.order_costs(cells, suite, device.type, Path(out), costs_from)}
+    with RunLock(run_dir):  # workers start once the run directory is ours
+        runner = make_executor(ctx, isolate=isolate, timeout_s=timeout_s, rounds=rounds,
+                               retry_noisy=retry_noisy, worker_init=init, dask=dask)
+        return _sweep(suite, cells, run_dir, meta, device, runner, progress, on_row,
                       resumed=resume is not None)
 
 
@@ -331,9 +357,11 @@ def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
                 resumes=meta.get("resumes", 0) + (1 if resumed else 0))
     started: dict[str, str] = {}
     failure: BaseException | None = None
+    tally = Tally()  # makespan, cell time and devices of this session
 
     def gate(case: Case) -> dict | None:
         started[case.cell_id] = _now()
+        tally.begin(case.cell_id)
         planned = by_id[case.cell_id]
         if planned.skip_reason is not None:
             return {"status": "unsupported", "reason": planned.skip_reason}
@@ -346,6 +374,7 @@ def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
 
     def on_start(case: Case) -> None:
         started[case.cell_id] = _now()
+        tally.begin(case.cell_id)
         bar.start(f"{case.label()} n={case.n} {case.mode} {case.dtype}")
 
     def write(case: Case, fields: dict) -> None:
@@ -360,13 +389,16 @@ def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
         if row["status"] == "oom":
             fam = case.family_key()
             oom_at[fam] = min(oom_at.get(fam, case.n), case.n)
-        bar.finish(f"{case.label()} n={case.n} {case.mode} {case.dtype}", row["status"])
+        tally.add(case.cell_id, row)
+        bar.finish(f"{case.label()} n={case.n} {case.mode} {case.dtype}", row["status"],
+                   worker=row.get("worker"))
         if on_row is not None:
             on_row(row)
 
     signals = _Signals()
     try:
         with signals, bar:
+            tally.restart()
             try:
                 _write_meta(run_dir, meta)
                 for case, fields in executor.run(todo, gate, on_start):
@@ -388,6 +420,11 @@ def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
                     outcome.interrupted = True
                     meta["interrupted_by"] = signals.first
                 missing = len(planned_ids - done)
+                outcome.accounting = tally.result(getattr(executor, "workers", 1))
+                meta["accounting"] = {**outcome.accounting.as_meta(),
+                                      "startup_s": getattr(executor, "startup_s", None)}
+                if (devices := tally.devices(meta.get("devices"))) is not None:
+                    meta["devices"] = devices
                 meta.update(state="complete" if not missing else "interrupted", finished=_now(),
                             counts=outcome.counts, cells_missing=missing,
                             host_load_after=host_load(device))

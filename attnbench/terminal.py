@@ -17,6 +17,7 @@ from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
+from attnbench.accounting import mixed_devices_note
 from attnbench.frame import (NOISY_IQR, NOISY_SPREAD, baseline_mask, cell_key_columns, fmt_n,
                              noisy_range, time_cost, time_quartiles, varying)
 from attnbench.tables import (KEY_HEADERS, NOISE_NOTE, constants_line, crossover_rows,
@@ -332,6 +333,8 @@ def render(console, df: pd.DataFrame, meta: dict, table: str, columns: list[str]
         console.print(count_line)
         return
     console.print(Text(constants_line(df, meta), style="bold"))
+    if (mixed := mixed_devices_note(meta)) is not None:  # scale-out: rows from several GPU models
+        console.print(Text(mixed, style="yellow"))
     if table == "full":
         shown = df[df["status"] != "unsupported"] if "status" in df else df
         heads, rows = table_rows(shown, columns)

@@ -23,6 +23,9 @@ EXAMPLES = """examples:
   attnbench run quick --plugin my_method.py --only mine,sdpa
   attnbench check linformer
   attnbench run --resume results/quick/20261123-101500-cpu-1a2b
+  attnbench run quick --device cuda --executor dask --workers 8
+  attnbench run quick --shard 0/8 --out shards/0
+  attnbench merge shards/*/quick/* --out merged
   attnbench report results/quick/20261123-101500-cpu-1a2b
   attnbench env
 """
@@ -61,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 # heavy imports stay inside ``cmd``, so ``attnbench --help`` never imports torch's kernels.
 VERB_MODULES = ("attnbench.cli.listing", "attnbench.cli.run", "attnbench.cli.check",
                 "attnbench.cli.scaffold", "attnbench.cli.report", "attnbench.cli.plot",
-                "attnbench.cli.compare", "attnbench.cli.spectrum", "attnbench.cli.env")
+                "attnbench.cli.compare", "attnbench.cli.merge", "attnbench.cli.spectrum",
+                "attnbench.cli.env")
 
 
 def _signal_once(signum, frame):

@@ -58,7 +58,29 @@ def add_cli(sub) -> None:
                    help="a worker per method (default) or per cell (implies --isolate)")
     p.add_argument("--timeout-s", type=float, metavar="S",
                    help="per-cell time limit in seconds (implies --isolate)")
+    _add_scaleout_options(p)
     p.set_defaults(func=cmd_run)
+
+
+def _add_scaleout_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale-out (README: Scale-out)")
+    g.add_argument("--executor", choices=["serial", "dask"], default=None,
+                   help="serial: this process (default); dask: the cells spread over Dask workers, "
+                        "one per GPU (pip install 'attnbench[dist]')")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="with --executor dask: start a local cluster of N worker processes, one "
+                        "per GPU (on CPU N processes sharing the cores); with --scheduler: wait "
+                        "for N workers to join (default 1)")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --executor dask: use the workers of the Dask cluster at ADDRESS "
+                        "(e.g. tcp://10.0.0.5:8786) instead of starting one")
+    g.add_argument("--shard", metavar="I/N",
+                   help="run shard I of N (0 <= I < N) into its own run directory: a fixed "
+                        "partition of the cells balanced by estimated cost, for job arrays; "
+                        "join the shards with attnbench merge")
+    g.add_argument("--costs-from", metavar="RUN_DIR",
+                   help="an earlier run whose cell wall times balance --shard and order "
+                        "--executor dask (default: estimates from the plan)")
 
 
 def cmd_validate(args, console) -> int:
@@ -122,7 +144,7 @@ def cmd_run(args, console) -> int:
         raise BadInput("--columns chooses the columns of --table full; add --table full")
     if args.dry_run:
         return _dry_run(args, console, parse_device(args.device, present=False))
-    device = parse_device(args.device)
+    device = parse_device(args.device, present=args.scheduler is None)
     plugins = args.plugin  # main() merged those given before and after the verb
     outcome = run_suite(args.suite, device, out=args.out, only=args.only, skip=args.skip,
                         resume=args.resume, progress=not args.no_progress,
@@ -130,12 +152,17 @@ def cmd_run(args, console) -> int:
                         cuda_graphs=args.cuda_graphs, capacity_limit_mib=args.capacity_limit_mib,
                         isolate=args.isolate_per or ("method" if args.isolate else None),
                         timeout_s=args.timeout_s, rounds=args.rounds, retry_noisy=args.retry_noisy,
-                        plugins=plugins or None)
+                        plugins=plugins or None, executor=args.executor, workers=args.workers,
+                        scheduler=args.scheduler, shard=args.shard, costs_from=args.costs_from)
     if outcome.complete:
         _reports(outcome.run_dir, console, table, columns)
     console.print(f"results: {outcome.run_dir}/results.jsonl", highlight=False, soft_wrap=True)
+    if outcome.accounting is not None and outcome.accounting.cells:
+        console.print(outcome.accounting.describe(), highlight=False, soft_wrap=True)
     if not outcome.complete:  # no report of a partial run: `attnbench report RUN_DIR` makes one
-        _resume_hint(console, outcome, plugins, args.device)
+        extra = [a for flag, v in (("--executor", args.executor), ("--workers", args.workers),
+                                   ("--scheduler", args.scheduler)) if v for a in (flag, str(v))]
+        _resume_hint(console, outcome, plugins, args.device, extra)
     return outcome.exit_code
 
 
@@ -159,11 +186,11 @@ def _reports(run_dir, console, table: str, columns) -> None:
         console.print(f"[yellow]no table:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
 
 
-def _resume_hint(console, outcome, plugins, device: str) -> None:
+def _resume_hint(console, outcome, plugins, device: str, extra=()) -> None:
     from rich.markup import escape
 
     hint = ["attnbench", *(a for p in plugins for a in ("--plugin", p)), "run", "--resume",
-            str(outcome.run_dir), *(["--device", device] if device != "cpu" else [])]
+            str(outcome.run_dir), *(["--device", device] if device != "cpu" else []), *extra]
     why = "interrupted" if outcome.interrupted else f"stopped: {outcome.write_failed}"
     console.print(f"[yellow]{escape(why)}[/]; the rows written so far are safe; finish it with: "
                   f"{escape(shlex.join(hint))}", highlight=False, soft_wrap=True)
@@ -183,8 +210,15 @@ def _dry_run(args, console, device) -> int:
     else:
         suite, only, skip = load_suite(args.suite), args.only, args.skip
     cells = plan(suite, device, only, skip)
+    which = ""
+    if args.shard and not args.resume:  # the cells this shard of a job array would run
+        from attnbench.scaleout import shard_of
+
+        rounds = args.rounds or suite.timing.get("rounds", 1)
+        cells, _ = shard_of(cells, args.shard, rounds, suite, device.type, args.costs_from)
+        which = f" (shard {args.shard})"
     skipped = sum(c.skip_reason is not None for c in cells)
-    console.print(_plan_table(cells, f"{suite.name}: {len(cells)} cells on {device.type} "
+    console.print(_plan_table(cells, f"{suite.name}{which}: {len(cells)} cells on {device.type} "
                                      f"({len(cells) - skipped} to run, {skipped} unsupported; "
                                      "dry run)"))
     if (note := added_note(suite, only, skip)) is not None:
