@@ -27,6 +27,7 @@ from attnbench.reference import error_metrics
 from attnbench.roofline import copy_bandwidth_gbs, matmul_tflops, roofline_columns
 from attnbench.registry import REGISTRY, MethodSpec, Unsupported
 from attnbench.suite import Case, Suite
+from attnbench.varlen import documents_for, pack_level
 
 NOISY_IQR = 0.10  # a cell whose IQR exceeds 10% of its median is flagged noisy
 
@@ -87,9 +88,13 @@ def probe_inputs(case: Case, batch: int, dtype: torch.dtype, device: torch.devic
 
 
 def _build(spec: MethodSpec, params: Any, case: Case, dtype: torch.dtype, device: torch.device):
-    return build_level(spec, params, case.level, n=case.n, heads=case.heads, head_dim=case.head_dim,
-                       layers=case.layers, ffn_dim=case.ffn_dim, dtype=dtype, device=device,
-                       causal=case.causal, seed=case.seed, batch=case.batch)
+    module = build_level(spec, params, case.level, n=case.n, heads=case.heads,
+                         head_dim=case.head_dim, layers=case.layers, ffn_dim=case.ffn_dim,
+                         dtype=dtype, device=device, causal=case.causal, seed=case.seed,
+                         batch=case.batch)
+    if (docs := documents_for(case)) is not None:  # packed documents (attnbench.varlen)
+        module = pack_level(module, docs)
+    return module
 
 
 def _flops(module: torch.nn.Module, inputs) -> float | None:
@@ -154,7 +159,7 @@ def _error(ctx: CellContext, case: Case, module, inputs, dtype, cell: "CellRun")
     if not own:
         row["baseline_rel_err"] = ctx.cached(("base", ref_key, case.dtype),
                                              lambda: _baseline_error(ctx, case, inputs, dtype, ref))
-    if case.level == "core":
+    if case.level == "core" and "lengths" not in case.input_dict:  # packed: per-document, not these
         row.update(_accuracy_columns(ctx, case, module, inputs32, ref, row["rel_err"], ref_key, own))
     return row
 
@@ -420,7 +425,12 @@ def allocated_bytes(device: torch.device) -> int | None:
 
 
 def run_cell(ctx: CellContext, case: Case) -> dict:
-    """Run one cell start to end: its eager samples, then (graph mode) capture and replays."""
+    """Run one cell start to end: its eager samples, then (graph mode) capture and replays.
+    Prefill and decode cells go to :mod:`attnbench.decode`."""
+    if case.mode in ("prefill", "decode"):
+        from attnbench.decode import run_causal_cell
+
+        return run_causal_cell(ctx, case)
     baseline = allocated_bytes(ctx.device)
     cell = CellRun(ctx, case)
     t = ctx.suite.timing
