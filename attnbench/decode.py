@@ -180,8 +180,8 @@ class DecodeCell:
         row.update(count_parameters(module))
         self.decoder = dec = Decoder(module, case.level)
         total = warmup + steps + (GRAPH_WARMUP + steps if graphs and dec.graphable else 0) + 1
-        self.tokens = self._draw_tokens(total + 1)
-        capacity = case.n + total + 1
+        self.tokens = self._draw_tokens(total)
+        capacity = case.n + total  # every token this cell steps: no reallocation while timed
         with torch.no_grad():
             prefix = make_inputs(case, case.batch, self.dtype, device)
             sync(device)

@@ -244,8 +244,7 @@ class MethodSpec:
         if decode and (why := self.decode_reason()) is not None:
             return why
         if packed and not self.varlen:
-            return (f"{self.name} cannot attend within packed documents (it declares no varlen "
-                    "path: register_method(varlen=True) and a pack(docs) hook)")
+            return f"{self.name} cannot attend within packed documents (no varlen path)"
         for check in self.constraints:
             if (why := check(params, ctx)) is not None:
                 return why

@@ -464,29 +464,30 @@ def expand(suite: Suite, device_type: str = "cpu") -> list[Case]:
     return cases
 
 
-def _values(axis: Any) -> list[Any]:
-    """Every value an axis takes, on any device (a per-device table flattened)."""
+def _values(axis: Any, device: str) -> list[Any]:
+    """The values an axis takes on ``device`` (a per-device table resolved)."""
     if isinstance(axis, dict):
-        return [v for vals in axis.values() for v in vals]
+        return list(axis.get(device, []))
     return list(axis or [])
 
 
 def check_total_tokens(c: _Checker, given: dict, sweep: dict, method_sweeps: list[dict]) -> None:
     """``total_tokens`` (batch = total_tokens / n): exclusive with ``batch`` and capacity batching,
-    and a whole multiple of every n it meets. ``given``: the sweep table as written."""
+    and a whole multiple of every n it meets on each device. ``given``: the sweep table as written."""
     for i, override in enumerate([{}, *method_sweeps]):
         where = "sweep" if i == 0 else f"the sweep of method table {i}"
-        totals = _values(override.get("total_tokens", sweep.get("total_tokens")))
-        if not totals:
-            continue
-        if "batch" in override or "batch" in given:
-            c.fail(f"{where}.total_tokens", totals, "give batch or total_tokens, not both "
-                   "(with total_tokens, batch = total_tokens / n)")
-        if "capacity" in _values(override.get("batching", sweep.get("batching"))):
-            c.fail(f"{where}.total_tokens", totals, "batching = \"capacity\" finds the batch "
-                   "itself; total_tokens fixes it: use one or the other")
-        for total in totals:
-            for n in _values(override.get("n", sweep.get("n"))):
-                if total % n:
-                    c.fail(f"{where}.total_tokens", total, f"not a whole multiple of n = {n} (batch "
-                           "= total_tokens / n must be a whole number >= 1)")
+        for device in DEVICE_TYPES:
+            totals = _values(override.get("total_tokens", sweep.get("total_tokens")), device)
+            if not totals:
+                continue
+            if "batch" in override or "batch" in given:
+                c.fail(f"{where}.total_tokens", totals, "give batch or total_tokens, not both "
+                       "(with total_tokens, batch = total_tokens / n)")
+            if "capacity" in _values(override.get("batching", sweep.get("batching")), device):
+                c.fail(f"{where}.total_tokens", totals, "batching = \"capacity\" finds the batch "
+                       "itself; total_tokens fixes it: use one or the other")
+            for total in totals:
+                for n in _values(override.get("n", sweep.get("n")), device):
+                    if total % n:
+                        c.fail(f"{where}.total_tokens", total, f"not a whole multiple of n = {n} "
+                               f"on {device} (batch = total_tokens / n must be a whole number >= 1)")
