@@ -4,8 +4,9 @@
   on (time, memory and error as any forward cell; its row keeps mode ``prefill``).
 - ``decode`` runs single-token steps against a context of n tokens already processed, batch B, through
   the method's decode hooks (``init_state`` / ``step``, see :mod:`attnbench.registry`), at core level
-  (q, k, v per token) or layer level (a hidden state per token through the layer's projections). The
-  prefix is folded into the state untimed (``init_state_ms`` records it); ``[decode] warmup`` steps
+  (q, k, v per token) or layer level (a hidden state per token through the layer's projections),
+  drawn on the device for gaussian inputs (see ``DecodeCell._draw``). The prefix is folded into the
+  state untimed (``init_state_ms`` records it); ``[decode] warmup`` steps
   follow untimed, then ``[decode] steps`` timed ones. Where the method declares a capturable step
   (``decode_graphs``) and the device is CUDA, the step is also captured in a CUDA graph and replayed
   for as many more timed steps (decode is launch-bound: the graph removes the launch gaps), and the row
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from attnbench.cell import CellContext, allocated_bytes, make_inputs, one_line
+from attnbench.cell import CellContext, allocated_bytes, one_line
 from attnbench.contract import check_output
 from attnbench.decode_state import tensor_bytes
 from attnbench.dtypes import to_torch
@@ -153,13 +154,26 @@ class DecodeCell:
         return (c.batch, c.heads, 1, c.head_dim) if c.level == "core" else \
             (c.batch, 1, c.heads * c.head_dim)
 
-    def _draw_tokens(self, count: int) -> tuple:
-        c = self.case
-        if c.level == "core":
-            return make_qkv(c.input_dict, batch=c.batch, heads=c.heads, n=count, head_dim=c.head_dim,
-                            dtype=self.dtype, device=self.device, seed=c.seed + 1)
-        return (make_hidden(batch=c.batch, n=count, d_model=c.heads * c.head_dim, dtype=self.dtype,
-                            device=self.device, seed=c.seed + 1),)
+    def _draw(self, count: int, salt: int) -> tuple:
+        """``count`` tokens of q, k, v (core) or x (layer). Gaussian inputs are drawn on the device
+        from a generator seeded by the cell's seed (a 128k-token prefix drawn on the host would take
+        longer than the cell), q and k scaled by ``qk_scale``; other regimes as every cell draws."""
+        c, device = self.case, self.device
+        spec = c.input_dict
+        if spec.get("regime", "gaussian") != "gaussian":
+            if c.level == "core":
+                return make_qkv(spec, batch=c.batch, heads=c.heads, n=count, head_dim=c.head_dim,
+                                dtype=self.dtype, device=device, seed=c.seed + salt)
+            return (make_hidden(batch=c.batch, n=count, d_model=c.heads * c.head_dim,
+                                dtype=self.dtype, device=device, seed=c.seed + salt),)
+        g = torch.Generator(device=device).manual_seed(c.seed * 1_000_003 + salt)
+        if c.level != "core":
+            return (torch.randn(c.batch, count, c.heads * c.head_dim, generator=g, device=device,
+                                dtype=self.dtype),)
+        scale = float(spec.get("qk_scale", 1.0))
+        q, k, v = (torch.randn(c.batch, c.heads, count, c.head_dim, generator=g, device=device,
+                               dtype=self.dtype) for _ in range(3))
+        return q.mul_(scale), k.mul_(scale), v
 
     def _measure(self) -> None:
         ctx, case, row, device = self.ctx, self.case, self.row, self.device
@@ -180,10 +194,10 @@ class DecodeCell:
         row.update(count_parameters(module))
         self.decoder = dec = Decoder(module, case.level)
         total = warmup + steps + (GRAPH_WARMUP + steps if graphs and dec.graphable else 0) + 1
-        self.tokens = self._draw_tokens(total)
+        self.tokens = self._draw(total, salt=1)
         capacity = case.n + total  # every token this cell steps: no reallocation while timed
         with torch.no_grad():
-            prefix = make_inputs(case, case.batch, self.dtype, device)
+            prefix = self._draw(case.n, salt=0)
             sync(device)
             t0 = time.perf_counter()
             self.state = dec.init(prefix, capacity)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.compiling import allow_recompiles, compile_failure
+from attnbench.compiling import allow_recompiles
 from attnbench.decode_state import DeviceKVCache, KVCache
 from attnbench.registry import BuildContext, NoParams, Unsupported, register_method
 from attnbench.varlen import DenseMaskPacked, Documents, Packed
@@ -290,8 +290,8 @@ def _reasons(op, fmha, probe, bias) -> str:
 
 
 class FlexAttention(nn.Module):
-    """Exact attention through FlexAttention: compiled on CUDA (and warmed in the factory), the eager
-    reference implementation elsewhere (it materialises the scores: for tests only)."""
+    """Exact attention through FlexAttention: compiled on CUDA, the eager reference implementation
+    elsewhere (it materialises the scores: for tests only)."""
 
     def __init__(self, ctx: BuildContext):
         super().__init__()
@@ -305,24 +305,14 @@ class FlexAttention(nn.Module):
             self.flex = torch.compile(flex_attention)
         else:
             self.flex = flex_attention
-        self.block_mask = _causal_block_mask(ctx.n, ctx.device) if ctx.causal else None
-        if self.compiled:
-            self._warm(ctx)
-
-    def _warm(self, ctx: BuildContext) -> None:
-        import time
-
-        shape = (ctx.batch, ctx.heads, ctx.n, ctx.head_dim)
-        q = torch.randn(shape, device=ctx.device, dtype=ctx.dtype)
-        try:
-            t0 = time.perf_counter()
-            self.flex(q, q, q, block_mask=self.block_mask)
-            torch.cuda.synchronize(ctx.device)
-        except Exception as exc:  # noqa: BLE001 - inductor/triton fail in many ways
-            raise compile_failure("FlexAttention", exc) from exc
-        self._stats["compile_s"] = time.perf_counter() - t0
+        # the causal block mask and the compiled kernel come with the first call, which every cell
+        # makes untimed (a decode cell never calls the forward: nothing is made for it)
+        self.block_mask, self.n = None, ctx.n
 
     def forward(self, q, k, v):
+        if self.causal and (self.block_mask is None or self.n != q.shape[-2]):
+            self.n = q.shape[-2]
+            self.block_mask = _causal_block_mask(self.n, q.device)
         return self.flex(q, k, v, block_mask=self.block_mask)
 
     def stats(self) -> dict:
