@@ -238,12 +238,18 @@ def _plot(df: pd.DataFrame, meta: dict, baseline: str | None, what: str, look: L
             sec = ax.secondary_yaxis("right", functions=(lambda y: cap / np.maximum(y, 1e-12),
                                                          lambda s: cap / np.maximum(s, 1e-12)))
             sec.set_ylabel("sequences per GPU (state alone)")
+            from matplotlib.ticker import FuncFormatter
+
+            sec.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
             note += f" · right axis: {cap / 1024:.0f} GiB / state per sequence"
-        finish(fig, title_text("decode: time per token vs context" if what == "decode"
-                               else "decode: state per sequence vs context", meta, fixed),
+        finish(fig, title_text("decode: time per token" if what == "decode"
+                               else "decode: state per sequence", meta, fixed),
                [" · ".join(constants(part, skip=fixed)), f"black: exact baseline {baseline} · {note}",
                 gone], look, fixed)
         _legend(fig, [ax], markers, order=styles)
+        if fig._suptitle is not None:  # one panel: a centred title would run into the legend
+            fig._suptitle.set_horizontalalignment("left")
+            fig._suptitle.set_x(0.02)
         out[_stem(what, fixed)] = fig
     if not out:
         raise NothingToPlot("no decode row ran in this run")
