@@ -1,4 +1,4 @@
-"""Causal workloads: ``prefill`` and ``decode`` cells (dispatched here from :func:`attnbench.cell.run_cell`).
+"""Causal workloads: ``prefill`` and ``decode`` cells (dispatched here from ``cell.run_cell``).
 
 - ``prefill`` is the causal forward over n tokens: the measured cell of mode ``fwd`` with causal forced
   on (time, memory and error as any forward cell; its row keeps mode ``prefill``).

@@ -55,7 +55,8 @@ class NaiveAttention(nn.Module):
 
     def step(self, q_t, k_t, v_t, state: KVCache):
         state.append(k_t, v_t)
-        scores = (q_t @ state.keys().transpose(-1, -2)) * (1.0 / math.sqrt(q_t.shape[-1]))  # (B, H, 1, L)
+        scale = 1.0 / math.sqrt(q_t.shape[-1])
+        scores = (q_t @ state.keys().transpose(-1, -2)) * scale  # (B, H, 1, L)
         return torch.softmax(scores, dim=-1) @ state.values(), state
 
     def pack(self, docs: Documents) -> nn.Module:
