@@ -28,6 +28,7 @@ from attnbench.registry import REGISTRY, MethodSpec, Unsupported
 from attnbench.roofline import copy_bandwidth_gbs, matmul_tflops, roofline_columns
 from attnbench.schema import STATS
 from attnbench.suite import Case, Suite
+from attnbench.varlen import Packed, documents_for, pack_level
 
 NOISY_IQR = 0.10  # a cell whose IQR exceeds 10% of its median is flagged noisy
 
@@ -88,9 +89,13 @@ def probe_inputs(case: Case, batch: int, dtype: torch.dtype, device: torch.devic
 
 
 def _build(spec: MethodSpec, params: Any, case: Case, dtype: torch.dtype, device: torch.device):
-    return build_level(spec, params, case.level, n=case.n, heads=case.heads, head_dim=case.head_dim,
-                       layers=case.layers, ffn_dim=case.ffn_dim, dtype=dtype, device=device,
-                       causal=case.causal, seed=case.seed, batch=case.batch)
+    module = build_level(spec, params, case.level, n=case.n, heads=case.heads,
+                         head_dim=case.head_dim, layers=case.layers, ffn_dim=case.ffn_dim,
+                         dtype=dtype, device=device, causal=case.causal, seed=case.seed,
+                         batch=case.batch)
+    if (docs := documents_for(case)) is not None:  # packed documents (attnbench.varlen)
+        module = pack_level(module, docs)
+    return module
 
 
 def _flops(module: torch.nn.Module, inputs) -> float | None:
@@ -155,7 +160,7 @@ def _error(ctx: CellContext, case: Case, module, inputs, dtype, cell: "CellRun")
     if not own:
         row["baseline_rel_err"] = ctx.cached(("base", ref_key, case.dtype),
                                              lambda: _baseline_error(ctx, case, inputs, dtype, ref))
-    if case.level == "core":
+    if case.level == "core" and "lengths" not in case.input_dict:  # packed: per-document, not these
         row.update(_accuracy_columns(ctx, case, module, inputs32, ref, row["rel_err"], ref_key, own))
     return row
 
@@ -254,6 +259,9 @@ class CellRun:
             params = spec.params(**case.params_dict)
             t0 = time.perf_counter()
             self.module = module = _build(spec, params, case, dtype, device)
+            packed = [a for a in attention_modules(module) if isinstance(a, Packed)]
+            if packed:  # packed documents: how many, how long, which kernel
+                row.update(packed[0].packing())
             row["build_s"] = time.perf_counter() - t0
             if case.batching == "capacity":
                 if device.type == "cpu" and not (ctx.capacity_limit_mib or
@@ -422,7 +430,12 @@ def allocated_bytes(device: torch.device) -> int | None:
 
 
 def run_cell(ctx: CellContext, case: Case) -> dict:
-    """Run one cell start to end: its eager samples, then (graph mode) capture and replays."""
+    """Run one cell start to end: its eager samples, then (graph mode) capture and replays.
+    Prefill and decode cells go to :mod:`attnbench.decode`."""
+    if case.mode in ("prefill", "decode"):
+        from attnbench.decode import run_causal_cell
+
+        return run_causal_cell(ctx, case)
     baseline = allocated_bytes(ctx.device)
     cell = CellRun(ctx, case)
     t = ctx.suite.timing

@@ -13,6 +13,8 @@ pass the method's constraints, so every built-in method checks in seconds on a C
   reference, non-causal and, when the method claims causal, causal.
 - ``converges``: where declared, the error against exact attention falls as the budget knob grows.
 - ``causal``: the causal variant is causal (:func:`attnbench.reference.is_causal`).
+- ``decode``: for a method that declares decode, stepping token by token gives its causal forward's
+  outputs (:mod:`attnbench.consistency`); skipped, with the reason, for the others.
 - ``backward``: gradients of the inputs and trainable parameters exist and are finite (an input may
   have none only when the output does not depend on it, as k in shared-QK attention).
 - ``constraints``: integer knobs probed around 0 and n: every declared constraint answers without
@@ -193,6 +195,7 @@ class _Checker:
         if limit is not None and limit.converges is not None:
             self.row("converges", lambda: self.check_converges(limit))
         self.row("causal", self.check_causal)
+        self.row("decode", self.check_decode)
         self.row("backward", self.check_backward)
         self.row("constraints", self.check_constraints)
         for level in ("layer", "model"):
@@ -345,6 +348,19 @@ class _Checker:
         pos, worst = max(moved.items(), key=lambda kv: kv[1])
         raise _Fail(f"claims causal, but changing position {pos} onwards moves earlier outputs by "
                     f"{_fmt(worst)} (allowed {_fmt(tol)})")
+
+    def check_decode(self) -> str:
+        from attnbench.consistency import decode_consistency
+
+        if (why := self.spec.decode_reason()) is not None:
+            raise _Skip(why)
+        if self.hidden:
+            raise _Skip("takes hidden states: decode is checked on (q, k, v) methods")
+        result = decode_consistency(self.spec, self.params, n=self.n, batch=B, heads=H,
+                                    head_dim=D, dtype=self.main, device=self.device)
+        if not result.ok:
+            raise _Fail(result.detail())
+        return result.detail()
 
     def check_backward(self) -> str:
         if not self.spec.backward:

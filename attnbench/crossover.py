@@ -24,7 +24,7 @@ from typing import Literal
 
 import pandas as pd
 
-from attnbench.frame import (NOISY_IQR, baseline_mask, cell_key_columns, fmt_n, time_cost,
+from attnbench.frame import (NOISY_IQR, baseline_mask, family_columns, fmt_n, time_cost,
                              time_quartiles, varying)
 
 FAILED = ("oom", "oom-pruned")
@@ -97,7 +97,7 @@ def crossover_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     if df.empty or "n" not in df or "status" not in df:
         return pd.DataFrame(columns=cols)
     base_rows = df[baseline_mask(df, baseline)]
-    keys = [c for c in cell_key_columns(df) if c not in ("n", "seed")]
+    keys = family_columns(df)
     others = df[~df.index.isin(base_rows.index)]
     if "exact" in others:
         others = others[others["exact"].astype(str).str.lower() != "true"]

@@ -94,6 +94,11 @@ class Interleaved:
                     runnable.append(case)
             if not runnable:
                 continue
+            if runnable[0].mode in ("prefill", "decode"):  # causal cells run one by one
+                for case in runnable:
+                    on_start(case)
+                    yield case, run_cell(self.ctx, case)
+                continue
             on_start(runnable[0])
             yield from zip(runnable, run_interleaved(self.ctx, runnable, self.rounds))
 

@@ -17,7 +17,7 @@ import pandas as pd
 from attnbench.errors import BadInput
 
 CELL_KEYS = ["level", "n", "batch", "heads", "head_dim", "dtype", "mode", "causal", "batching",
-             "seed", "layers", "ffn_dim"]
+             "seed", "layers", "ffn_dim", "total_tokens"]
 
 
 NOISY_IQR = 0.10    # a cell whose IQR exceeds this share of its median is noisy (as the runner flags it)
@@ -32,6 +32,15 @@ FAILED_RUN = ("error", "crashed", "timeout")  # a time such a row carries is not
 def cell_key_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in CELL_KEYS if c in df.columns] + sorted(
         c for c in df.columns if c.startswith("input."))
+
+
+def family_columns(df: pd.DataFrame) -> list[str]:
+    """Cell keys but n (and seed): what a line along n shares. In a constant-token sweep (every row
+    has ``total_tokens``) the batch follows n, so it is left out."""
+    keys = [c for c in cell_key_columns(df) if c not in ("n", "seed")]
+    if "total_tokens" in df and len(df) and df["total_tokens"].notna().all():
+        keys.remove("batch")
+    return keys
 
 
 def row_keys(df: pd.DataFrame, cols: list[str]) -> pd.Series:

@@ -84,6 +84,11 @@ def render_html(run_dir: str | Path, baseline: str | None = None, kinds=None, n:
                  "<p class=\"muted\">Smallest n at which each approximate method beats the baseline, "
                  "interpolated between measured n on a log scale, never extrapolated.</p>",
                  table(heads, rows, None)]
+    from attnbench.decode_report import sections
+
+    for title, note, heads, rows in sections(df, baseline):
+        body += [f"<h2>{esc(title)}</h2>", f"<p class=\"muted\">{esc(note)}.</p>",
+                 table(heads, rows, "status" if "status" in heads else None)]
     grids = [g for kind in ("speedup", "memory") for g in gridmod.grids(df, meta, kind, baseline)] \
         if not df.empty and meta.get("suite") in gridmod.PAPER_TABLES else []
     if grids:

@@ -140,6 +140,7 @@ def make_qkv(input_spec: dict[str, Any], *, batch: int, heads: int, n: int, head
     spec = dict(input_spec)
     regime = REGIMES[spec.pop("regime", "gaussian")]
     storage = spec.pop("storage", STORAGES[0])
+    spec.pop("lengths", None)  # packed documents (attnbench.varlen): the same tokens, split
     params = regime.params(**spec)
     sample = getattr(params, "sample", 0)
     shape = (batch, heads, n, head_dim) if regime.shape_salted else (-1,)

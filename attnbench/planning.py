@@ -18,6 +18,7 @@ import torch
 from attnbench.dtypes import to_torch
 from attnbench.errors import BadInput
 from attnbench.registry import REGISTRY, BuildContext, MethodSpec, unknown_name_message
+from attnbench.decode import plan_reason
 from attnbench.suite import PLUGIN_HINT, Case, Suite, expand
 
 
@@ -127,7 +128,9 @@ def plan(suite: Suite, device: torch.device, only=None, skip=None) -> list[Plann
         try:
             params = spec.params(**case.params_dict)
             why = spec.unsupported_reason(params, ctx, backward=case.mode == "fwd_bwd",
-                                          dtype_name=case.dtype, level=case.level)
+                                          dtype_name=case.dtype, level=case.level,
+                                          decode=case.mode == "decode",
+                                          packed="lengths" in case.input_dict) or plan_reason(case)
         except Exception as exc:  # noqa: BLE001 - a constraint that crashes is reported, not fatal
             why = f"constraint check failed: {type(exc).__name__}: {exc}"
         cells.append(PlannedCell(case, why, spec, params))

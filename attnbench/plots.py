@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from attnbench.decode_report import DECODE_KINDS, has_decode, plot_decode, plot_state
 from attnbench.plot_error import plot_entropy, plot_error
 from attnbench.plotstyle import (FAILED, save_figure, FORMATS, KINDS, MODE_NAMES, Look, NothingToPlot, _figure,
                                  _label, _legend, _log_y, _n_axis, _split, _stem, constants, finish,
@@ -191,7 +192,8 @@ def plot_grid(df: pd.DataFrame, meta: dict, baseline: str | None = None, rows: s
 
 
 PLOTTERS = {"scaling": plot_scaling, "memory": plot_memory, "error": plot_error,
-            "pareto": plot_pareto, "grid": plot_grid, "entropy": plot_entropy}
+            "pareto": plot_pareto, "grid": plot_grid, "entropy": plot_entropy,
+            "decode": plot_decode, "state": plot_state}
 
 
 def make_figures(df: pd.DataFrame, meta: dict, kinds=KINDS, *, baseline: str | None = None,
@@ -219,6 +221,8 @@ def make_figures(df: pd.DataFrame, meta: dict, kinds=KINDS, *, baseline: str | N
         if kind == "grid" and not strict and meta.get("suite") not in PAPER_TABLES and cols is None:
             skipped[kind] = "grids are drawn for paper suites or when asked (--kind grid)"
             continue
+        if kind in DECODE_KINDS and not strict and not has_decode(df):
+            continue  # a run without decode cells: nothing to say
         extra = {"n": n} if kind == "pareto" else {"rows": rows, "cols": cols} if kind == "grid" else {}
         try:
             figs.update(PLOTTERS[kind](df, meta, baseline, look=look, **extra))

@@ -15,7 +15,7 @@ import pandas as pd
 
 from attnbench.frame import baseline_mask, fmt_n
 
-KINDS = ("scaling", "memory", "error", "pareto", "grid", "entropy")
+KINDS = ("scaling", "memory", "error", "pareto", "grid", "entropy", "decode", "state")
 FORMATS = ("png", "svg", "pdf")
 SPLIT = ["level", "dtype", "batch", "heads", "head_dim", "causal", "batching", "layers", "ffn_dim"]
 CONSTANTS = ("dtype", "mode", "level", "batch", "heads", "head_dim", "causal", "batching")
@@ -25,7 +25,8 @@ FAILED_NOTES = {"x": "OOM (top edge)", "|": "unsupported (top edge)", "X": "erro
 MARKERS = "osD^vP*h<>pX"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#7f7f7f"]
-MODE_NAMES = {"fwd": "forward", "fwd_bwd": "forward + backward"}
+MODE_NAMES = {"fwd": "forward", "fwd_bwd": "forward + backward", "prefill": "prefill (causal forward)",
+              "decode": "decode (one step)"}
 TITLE_PT, CAPTION_PT = 11, 8
 REQUIRED = ("method", "status", "n", "mode")
 
@@ -125,7 +126,10 @@ def _hex(h: str) -> tuple[float, float, float]:
 
 
 def _split(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
-    cols = [c for c in SPLIT + sorted(c for c in df if c.startswith("input."))
+    split = SPLIT
+    if "total_tokens" in df and len(df) and df["total_tokens"].notna().all():
+        split = [c if c != "batch" else "total_tokens" for c in SPLIT]  # batch follows n there
+    cols = [c for c in split + sorted(c for c in df if c.startswith("input."))
             if c in df and df[c].astype(str).nunique() > 1]
     if not cols:
         return [({}, df)]

@@ -12,6 +12,29 @@ Optional hooks a built module may define, all read by the harness and never requ
   after the cell's first call.
 - ``flops(q, k, v) -> float``: forward FLOPs of one call, for achieved FLOP/s.
 
+Decoding (``register_method(..., decode=True)``; :mod:`attnbench.decode` runs the cells, the contract is
+checked by :mod:`attnbench.consistency`): a causal method that can advance one token at a time against
+what it kept from the past defines
+
+- ``init_state(q, k, v, capacity=None) -> state``: the state after the prefix q, k, v (B, H, n, D),
+  n >= 1, processed causally. ``capacity`` is the most tokens the state will have seen once the steps
+  to come are done (prefix included): a growing cache allocates that much once; None lets it grow.
+- ``step(q_t, k_t, v_t, state) -> (out_t, state)``: one new token (B, H, 1, D) each; ``out_t`` is its
+  output (B, H, 1, D), equal (to the dtype's rounding) to the last row of the causal forward over the
+  prefix and every token stepped so far. The state may be updated in place and returned.
+- ``state_bytes(state) -> int`` (optional): the bytes the method keeps between steps; default: the
+  distinct tensor storages reachable from the state (:func:`attnbench.decode_state.tensor_bytes`).
+- ``decode_graphs`` (optional attribute, default False): True when a step can be captured in a CUDA
+  graph and replayed, i.e. it keeps every position it needs on the device and allocates nothing whose
+  shape changes from step to step.
+
+An fla (flash-linear-attention) method plugs in the same way: ``decode=True`` and the three hooks on
+its module, ``step`` calling its ``fused_recurrent_*`` kernel with the state it returns.
+
+Packed documents (``register_method(..., varlen=True)``; :mod:`attnbench.varlen`): the module defines
+``pack(docs) -> nn.Module``, a module (built once, untimed) whose ``forward(q, k, v)`` attends within each
+document of ``docs`` (an :class:`attnbench.varlen.Documents`) only, causal or not as the method was built.
+
 A method registered with ``levels=("layer", "model")`` (no core level) is a whole self-attention layer
 instead: ``forward(x)`` on (B, N, d_model), d_model = heads · head_dim, with its own projections; its
 ``exact_reference(x)`` hook, if any, is the same layer with exact attention.
@@ -175,6 +198,9 @@ class MethodSpec:
     limit: Limit | None = None  # the limiting case (see Limit); exact methods default to themselves
     # the rank bound of the attention matrix at these params: (params, stats, head_dim) -> int | None
     rank: Callable[[Any, dict, int], "int | None"] | None = None
+    decode: bool = False  # init_state/step hooks: one token at a time (see the module docstring)
+    varlen: bool = False  # a pack(docs) hook: attention within packed documents
+    decode_note: str = ""  # why there is no decode path (shown in unsupported rows)
 
     def limit_case(self) -> Limit | None:
         """The declared limiting case; an exact method's limit is itself (its default params)."""
@@ -197,8 +223,10 @@ class MethodSpec:
         return None
 
     def unsupported_reason(self, params: Any, ctx: BuildContext, *, backward: bool = False,
-                           dtype_name: str | None = None, level: str | None = None) -> str | None:
-        """The declared reason this case cannot run, checked before building anything."""
+                           dtype_name: str | None = None, level: str | None = None,
+                           decode: bool = False, packed: bool = False) -> str | None:
+        """The declared reason this case cannot run, checked before building anything. ``decode``:
+        the case steps one token at a time; ``packed``: its sequences are packed documents."""
         if (why := self.unavailable_reason()) is not None:
             return why
         if level is not None and level not in self.levels:
@@ -213,10 +241,25 @@ class MethodSpec:
             return f"{self.name} has no causal variant"
         if backward and not self.backward:
             return f"{self.name} has no backward pass"
+        if decode and (why := self.decode_reason()) is not None:
+            return why
+        if packed and not self.varlen:
+            return f"{self.name} cannot attend within packed documents (no varlen path)"
         for check in self.constraints:
             if (why := check(params, ctx)) is not None:
                 return why
         return None
+
+    def decode_reason(self) -> str | None:
+        """Why this method cannot decode one token at a time, or None."""
+        if self.decode:
+            return None
+        if not self.causal:
+            return f"{self.name} is not causal (no causal variant), so it has no token-by-token decode"
+        if self.decode_note:
+            return f"{self.name} has no decode path: {self.decode_note}"
+        return (f"{self.name} declares no decode path (register_method(decode=True) with "
+                "init_state/step hooks)")
 
     def build(self, params: Any, ctx: BuildContext, *, checked: bool = False) -> nn.Module:
         """The method's module for ``ctx``. Its declared constraints are checked here (a violation
@@ -299,12 +342,15 @@ def register_method(name: str, *, family: str, exact: bool, params: type = NoPar
                     description: str = "", levels: tuple[str, ...] = ALL_LEVELS,
                     limit: Limit | dict | Callable[[BuildContext], dict] | None = None,
                     rank: Callable[[Any, dict, int], "int | None"] | None = None,
+                    decode: bool = False, varlen: bool = False, decode_note: str = "",
                     registry: Registry | None = None):
     """Decorator registering ``factory(params, ctx) -> nn.Module`` under ``name``.
 
     ``limit`` declares the limiting case that ``attnbench check`` compares with exact attention: a dict
     of params (or a function of the build context returning one) with which the method is exact, or a
     :class:`Limit`; ``rank`` maps (params, stats, head_dim) to the rank bound of the attention matrix.
+    ``decode``: the built module has the init_state/step hooks (module docstring); ``decode_note``:
+    why a causal method has none; ``varlen``: it has a pack(docs) hook.
     """
     if not dataclasses.is_dataclass(params):
         raise RegistryError(f"method {name!r}: params must be a dataclass, got {params!r}")
@@ -326,7 +372,8 @@ def register_method(name: str, *, family: str, exact: bool, params: type = NoPar
                           causal=causal, backward=backward, devices=tuple(devices),
                           dtypes=tuple(dtypes), requires=tuple(requires), install_hint=install_hint,
                           constraints=tuple(constraints), budget=budget, description=doc,
-                          origin=origin, levels=tuple(levels), limit=limit, rank=rank)
+                          origin=origin, levels=tuple(levels), limit=limit, rank=rank,
+                          decode=bool(decode), varlen=bool(varlen), decode_note=decode_note)
         (registry or REGISTRY).add(spec)
         factory.spec = spec
         return factory

@@ -68,6 +68,10 @@ def to_markdown(run_dir: str | Path, baseline: str | None = None) -> str:
         lines += ["", f"## Crossover against {escape_md(meta['report_baseline'])}", "",
                   "Smallest n at which each approximate method beats the baseline, interpolated "
                   "between measured n (log scale) and never extrapolated.", "", *md_table(heads, rows)]
+    from attnbench.decode_report import sections
+
+    for title, note, heads, rows in sections(df, meta["report_baseline"]):
+        lines += ["", f"## {escape_md(title)}", "", escape_md(note) + ".", "", *md_table(heads, rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -21,6 +21,7 @@ from attnbench.checks import is_number, is_rounds, is_whole
 from attnbench.dtypes import DTYPES
 from attnbench.errors import SuiteError  # noqa: F401 (re-exported)
 from attnbench.inputs import REGIMES, STORAGES
+from attnbench.varlen import check_lengths
 from attnbench.params import check_params
 from attnbench.registry import REGISTRY, RegistryError, unknown_name_message
 
@@ -28,11 +29,12 @@ AXIS_MAX = 2**31 - 1  # n, batch, heads, head_dim: beyond this no tensor dimensi
 SEED_MAX = 2**62  # seeds are mixed into 63-bit generator seeds with small offsets
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LEVELS = ("core", "layer", "model")
-MODES = ("fwd", "fwd_bwd")
+MODES = ("fwd", "fwd_bwd", "prefill", "decode")
+CAUSAL_MODES = ("prefill", "decode")  # causal by definition: their cells have causal = true
 BATCHING = ("fixed", "capacity")
 DEVICE_TYPES = ("cpu", "cuda")
 TOP_KEYS = {"name", "version", "description", "baseline", "seed", "sweep", "methods", "inputs",
-            "timing", "error", "model", "capacity"}
+            "timing", "error", "model", "capacity", "decode"}
 
 
 PLUGIN_HINT = (". A method defined in your own file needs --plugin FILE (attnbench run SUITE "
@@ -61,6 +63,7 @@ class Case:
     seed: int
     layers: int = 1
     ffn_dim: int = 0
+    total_tokens: int = 0  # a constant-token sweep: batch = total_tokens / n (0: batch as given)
 
     @property
     def params_dict(self) -> dict[str, Any]:
@@ -74,6 +77,8 @@ class Case:
         d = dataclasses.asdict(self)
         d["params"] = self.params_dict
         d["input"] = self.input_dict
+        if not self.total_tokens:  # fields added later stay out at their defaults: old ids hold
+            d.pop("total_tokens")
         return d
 
     @classmethod
@@ -94,6 +99,8 @@ class Case:
         """Everything but n: cells that differ only in n share it (used for OOM pruning)."""
         d = self.identity()
         d.pop("n")
+        if self.total_tokens:  # the batch follows n in a constant-token sweep
+            d.pop("batch")
         return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in d.items()))
 
     def label(self) -> str:
@@ -134,6 +141,7 @@ class Suite:
     capacity: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(CAPACITY_DEFAULTS))
     # one dict per entry of ``methods``: sweep axes that entry overrides (its table's ``sweep = {...}``)
     method_sweeps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    decode: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DECODE_DEFAULTS))
 
     @property
     def text_hash(self) -> str:
@@ -221,8 +229,9 @@ SWEEP_AXES: dict[str, tuple] = {
     "n": ("int", 1), "batch": ("int", 1), "heads": ("int", 1), "head_dim": ("int", 1),
     "dtype": ("choice", tuple(d for d in DTYPES if d != "fp64")), "mode": ("choice", MODES),
     "causal": ("choice", (False, True)), "level": ("choice", LEVELS),
-    "batching": ("choice", BATCHING),
+    "batching": ("choice", BATCHING), "total_tokens": ("int", 1),
 }
+OPTIONAL_AXES = ("total_tokens",)  # no default: left out, the axis does not apply
 SWEEP_DEFAULTS = {"batch": [1], "heads": [8], "head_dim": [64], "dtype": ["fp32"], "mode": ["fwd"],
                   "causal": [False], "level": ["core"], "batching": ["fixed"]}
 TIMING_DEFAULTS = {"warmup": 3, "warmup_s": 0.1, "repeats": 10, "max_time_s": 2.0,
@@ -230,6 +239,7 @@ TIMING_DEFAULTS = {"warmup": 3, "warmup_s": 0.1, "repeats": 10, "max_time_s": 2.
 ERROR_DEFAULTS = {"enabled": True, "max_n": 16384}
 MODEL_DEFAULTS = {"layers": 12, "ffn_dim": 3072}
 CAPACITY_DEFAULTS = {"max_batch": 1 << 16, "rel_tol": 0.0, "limit_mib": 0.0}
+DECODE_DEFAULTS = {"steps": 32, "warmup": 8, "cuda_graphs": True}
 
 
 def _check_axis(c: _Checker, key: str, value: Any, device: str | None = None,
@@ -296,7 +306,8 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
     c.unknown_keys("sweep.", sweep_t, SWEEP_AXES)
     if "n" not in sweep_t:
         c.fail("sweep.n", None, "required: a list of sequence lengths")
-    sweep = {k: _check_axis(c, k, sweep_t.get(k, SWEEP_DEFAULTS.get(k))) for k in SWEEP_AXES}
+    sweep = {k: _check_axis(c, k, sweep_t.get(k, SWEEP_DEFAULTS.get(k))) for k in SWEEP_AXES
+             if k in sweep_t or k not in OPTIONAL_AXES}
 
     methods_t = data.get("methods")
     if not isinstance(methods_t, dict) or not methods_t:
@@ -346,7 +357,7 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
         regime = table.get("regime", "gaussian")
         if not isinstance(regime, str) or regime not in REGIMES:  # a list or table is unhashable
             c.fail(f"inputs.{label}.regime", regime, f"allowed: {', '.join(REGIMES)}")
-        rest = {k: v for k, v in table.items() if k not in ("regime", "storage")}
+        rest = {k: v for k, v in table.items() if k not in ("regime", "storage", "lengths")}
         grid = check_params(c, f"inputs.{label}", REGIMES[regime].params, rest)
         entry = {"regime": [regime], **grid}
         layouts = table.get("storage", STORAGES[0])
@@ -357,6 +368,8 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
                    "in (B, H, N, D) memory, or (B, N, H, D) memory as a layer's projection makes them)")
         if layouts != [STORAGES[0]]:  # the default stays out of the cell keys (older runs resume)
             entry["storage"] = layouts
+        if "lengths" in table:  # packed documents (attnbench.varlen); absent, the key stays out
+            entry["lengths"] = check_lengths(c, f"inputs.{label}.lengths", table["lengths"])
         inputs.append(entry)
 
     timing = _check_table(c, data, "timing", TIMING_DEFAULTS, {
@@ -376,16 +389,24 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
         "max_batch": lambda v: is_whole(v) and v >= 1,
         "rel_tol": lambda v: is_number(v) and 0 <= v < 1,
         "limit_mib": lambda v: is_number(v) and v >= 0})
+    decode = _check_table(c, data, "decode", DECODE_DEFAULTS, {
+        "steps": lambda v: is_whole(v) and 1 <= v <= 100_000,
+        "warmup": lambda v: is_whole(v) and 0 <= v <= 100_000,
+        "cuda_graphs": lambda v: isinstance(v, bool)})
+    check_total_tokens(c, sweep_t, sweep, method_sweeps)
     return Suite(name=name, version=version, description=description, baseline=baseline, path=file,
                  text=text, sweep=sweep, methods=methods, inputs=inputs, timing=timing, error=error,
-                 model=model, seed=seed, capacity=capacity, method_sweeps=method_sweeps)
+                 model=model, seed=seed, capacity=capacity, method_sweeps=method_sweeps,
+                 decode=decode)
 
 
 _RULES = {"warmup": "an integer >= 0", "warmup_s": "a number >= 0", "repeats": "an integer >= 1",
           "max_time_s": "a number > 0", "cuda_graphs": "true or false",
           "rounds": "an integer from 1 to 1000 (rounds of interleaved timing)", "enabled": "true or false", "max_n": "an integer >= 1",
           "layers": "an integer >= 1", "ffn_dim": "an integer >= 1", "max_batch": "an integer >= 1",
-          "rel_tol": "a number in [0, 1)", "limit_mib": "a number >= 0 (MiB; 0 = the device's)"}
+          "rel_tol": "a number in [0, 1)", "limit_mib": "a number >= 0 (MiB; 0 = the device's)",
+          "steps": "an integer from 1 to 100000 (timed decode steps)"}
+_DECODE_RULES = {"warmup": "an integer from 0 to 100000 (untimed decode steps first)"}
 
 
 def _check_table(c: _Checker, data: dict, key: str, defaults: dict, rules: dict) -> dict:
@@ -395,7 +416,8 @@ def _check_table(c: _Checker, data: dict, key: str, defaults: dict, rules: dict)
     c.unknown_keys(f"{key}.", table, defaults)
     for k, v in table.items():
         if not rules[k](v):
-            c.fail(f"{key}.{k}", v, f"expected {_RULES[k]}")
+            rule = _DECODE_RULES.get(k, _RULES[k]) if key == "decode" else _RULES[k]
+            c.fail(f"{key}.{k}", v, f"expected {rule}")
     return {**defaults, **table}
 
 
@@ -405,7 +427,7 @@ def _grid(table: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def _axis(suite: Suite, key: str, device_type: str, override: dict | None = None) -> list[Any]:
-    v = (override or {}).get(key, suite.sweep[key])
+    v = (override or {}).get(key, suite.sweep.get(key, []))
     if isinstance(v, dict):
         return v.get(device_type, SWEEP_DEFAULTS.get(key, []))
     return v
@@ -421,13 +443,51 @@ def expand(suite: Suite, device_type: str = "cpu") -> list[Case]:
     for (mname, grid), override in zip(suite.methods, overrides):
         axes = {k: _axis(suite, k, device_type, override) for k in SWEEP_AXES}
         ns = sorted(set(axes.pop("n")))
+        totals = axes.pop("total_tokens")
+        if totals:  # batch = total_tokens / n, each n doing the same work
+            axes["batch"] = [0]
         defaults = dataclasses.asdict(REGISTRY.get(mname).params())
         for given in _grid(grid):
             params = {**defaults, **given}  # rows carry every param, defaults included
-            for combo in _grid({**axes, "input": inputs}):
+            for combo in _grid({**axes, "input": inputs, "total_tokens": totals or [0]}):
+                if combo["mode"] in CAUSAL_MODES:  # causal by definition: listed once, as causal
+                    if not combo["causal"] and True in axes["causal"]:
+                        continue
+                    combo["causal"] = True
                 for n in ns:
                     layers = suite.model["layers"] if combo["level"] == "model" else 1
                     ffn = suite.model["ffn_dim"] if combo["level"] == "model" else 0
+                    if combo["total_tokens"]:
+                        combo["batch"] = combo["total_tokens"] // n
                     cases.append(Case(method=mname, params=tuple(sorted(params.items())), n=n,
                                       seed=suite.seed, layers=layers, ffn_dim=ffn, **combo))
     return cases
+
+
+def _values(axis: Any, device: str) -> list[Any]:
+    """The values an axis takes on ``device`` (a per-device table resolved)."""
+    if isinstance(axis, dict):
+        return list(axis.get(device, []))
+    return list(axis or [])
+
+
+def check_total_tokens(c: _Checker, given: dict, sweep: dict, method_sweeps: list[dict]) -> None:
+    """``total_tokens`` (batch = total_tokens / n): exclusive with ``batch`` and capacity batching,
+    and a whole multiple of every n it meets on each device. ``given``: the sweep table as written."""
+    for i, override in enumerate([{}, *method_sweeps]):
+        where = "sweep" if i == 0 else f"the sweep of method table {i}"
+        for device in DEVICE_TYPES:
+            totals = _values(override.get("total_tokens", sweep.get("total_tokens")), device)
+            if not totals:
+                continue
+            if "batch" in override or "batch" in given:
+                c.fail(f"{where}.total_tokens", totals, "give batch or total_tokens, not both "
+                       "(with total_tokens, batch = total_tokens / n)")
+            if "capacity" in _values(override.get("batching", sweep.get("batching")), device):
+                c.fail(f"{where}.total_tokens", totals, "batching = \"capacity\" finds the batch "
+                       "itself; total_tokens fixes it: use one or the other")
+            for total in totals:
+                for n in _values(override.get("n", sweep.get("n")), device):
+                    if total % n:
+                        c.fail(f"{where}.total_tokens", total, f"not a whole multiple of n = {n} "
+                               f"on {device} (batch = total_tokens / n must be a whole number >= 1)")

@@ -381,3 +381,7 @@ def render(console, df: pd.DataFrame, meta: dict, table: str, columns: list[str]
                      f"extrapolated{suffix}; ? rests on noisy cells (see the note)")
         for line in notes:
             console.print(Text("  " + line, style="dim"))
+    from attnbench.decode_report import sections  # decode rows: their table and crossover
+
+    for title, note, heads, rows in sections(df, baseline):
+        print_tables(console, fit_tables(heads, rows, width, 1), f"{title}: {note}")

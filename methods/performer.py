@@ -39,6 +39,14 @@ keys that matter to a query:
 Trigonometric features and elu+1 are handled by the same chunked sums with one log-scale per key
 (exp(‖k‖²/2) for the former) and both feature maps multiplied by n^(-1/2), so sums over n keys stay
 O(features). The stabilising shifts are detached: the output does not depend on them.
+
+Decoding (causal, the contract in :mod:`attnbench.registry`): both keep the recurrent state of
+"Transformers are RNNs", S = Σ_j φ(k_j)[v_j, 1] of shape (B, H, F, D+1), in fp32 (or float64), whatever
+n is; a step adds the new key's term and reads φ(q_t)·S. FAVOR+ positive features keep a per-feature
+frame beside it, the running maximum M_l of the key exponents, and S relative to exp(M_l), rescaled
+when M_l grows (as online softmax does); trigonometric features one scalar frame of the key
+log-scales. The prefix is folded in by the same update, a chunk of keys at a time. Fixed shapes and no
+host syncs: a step replays in a CUDA graph.
 """
 from __future__ import annotations
 
@@ -469,6 +477,86 @@ class PerformerAttention(nn.Module):
     def stats(self):
         return dict(self._stats)
 
+    # decode: the recurrent state (module docstring, "Decoding")
+
+    decode_graphs = True
+
+    def init_state(self, q, k, v, capacity=None):
+        b, h, _, d = k.shape
+        acc = _acc(k.dtype)
+        width = self.m if self.p.positive else 2 * self.m
+        state = FeatureState(k.new_zeros(b, h, width, d + 1, dtype=acc))
+        state.frame = (torch.full((b, h, width), float("-inf"), dtype=acc, device=k.device)
+                       if self.p.positive else torch.full((b, h), float("-inf"), dtype=acc,
+                                                          device=k.device))
+        return _fold_prefix(self._advance, state, k, v)
+
+    def _features(self, x: torch.Tensor):
+        """(projection ωᵀx·s, ‖x·s‖²/2) of x (B, H, c, D) in fp32 or better, s = d^(-1/4)."""
+        acc = _acc(x.dtype)
+        xs = x.to(acc) * x.shape[-1] ** -0.25
+        return xs @ self.omega.to(acc).t(), (xs * xs).sum(-1) / 2  # (B, H, c, m), (B, H, c)
+
+    def _advance(self, state: FeatureState, k, v) -> None:
+        """Fold keys and values (B, H, c, D) into the state, in place."""
+        proj, sq = self._features(k)
+        vv = _with_ones(v, proj.dtype)
+        if self.p.positive:
+            k_exp = proj - sq[..., None]  # (B, H, c, m)
+            top = torch.maximum(state.frame, k_exp.amax(dim=-2))  # (B, H, m)
+            state.S.mul_(torch.exp(state.frame - top)[..., None])
+            state.S.add_(torch.exp(k_exp - top[..., None, :]).transpose(-1, -2) @ vv)
+        else:
+            kf = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)  # (B, H, c, 2m)
+            top = torch.maximum(state.frame, sq.amax(dim=-1))  # (B, H): key log-scales ‖k‖²/2
+            state.S.mul_(torch.exp(state.frame - top)[..., None, None])
+            state.S.add_((kf * torch.exp(sq - top[..., None])[..., None]).transpose(-1, -2) @ vv)
+        state.frame.copy_(top)
+
+    def step(self, q_t, k_t, v_t, state: FeatureState):
+        self._advance(state, k_t, v_t)
+        proj, sq = self._features(q_t)
+        if self.p.positive:
+            a = proj + state.frame[..., None, :]  # (B, H, 1, m); −‖q‖²/2 and the row max cancel
+            qf = torch.exp(a - a.amax(dim=-1, keepdim=True))
+        else:
+            qf = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+        return _readout(qf @ state.S, v_t.dtype), state
+
+
+@dataclass
+class FeatureState:
+    """The recurrent state of kernel attention: ``S`` (B, H, F, D+1), Σ_j w_j φ(k_j)[v_j, 1] with key
+    weights w_j relative to ``frame`` (per feature (B, H, F), per head (B, H), or None)."""
+
+    S: torch.Tensor
+    frame: torch.Tensor | None = None
+
+
+PREFIX_CHUNK = 4096  # prefix tokens folded into a state per update (bounds the (B, H, c, F) features)
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _with_ones(v: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    v = v.to(acc)
+    return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, c, D+1)
+
+
+def _readout(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    num, den = out[..., :-1], out[..., -1:]
+    return (num / den.masked_fill(den == 0, 1.0)).to(dtype)
+
+
+def _fold_prefix(advance, state: FeatureState, k, v) -> FeatureState:
+    for start in range(0, k.shape[-2], PREFIX_CHUNK):
+        advance(state, k[..., start:start + PREFIX_CHUNK, :], v[..., start:start + PREFIX_CHUNK, :])
+    return state
+
+
+
 
 class LinearAttention(nn.Module):
     """elu(x)+1 feature-map attention, bidirectional or causal."""
@@ -490,6 +578,24 @@ class LinearAttention(nn.Module):
         if self.causal:
             total += 2.0 * n * min(self.p.chunk_size, n) * (2 * d + 1)
         return b * h * total
+
+    # decode: S = Σ_j φ(k_j)[v_j, 1], φ = elu + 1 (the n^(-1/2) of the forward cancels in the ratio)
+
+    decode_graphs = True
+
+    def init_state(self, q, k, v, capacity=None):
+        b, h, _, d = k.shape
+        state = FeatureState(k.new_zeros(b, h, d, v.shape[-1] + 1, dtype=_acc(k.dtype)))
+        return _fold_prefix(self._advance, state, k, v)
+
+    def _advance(self, state: FeatureState, k, v) -> None:
+        kf = F.elu(k.to(state.S.dtype)) + 1  # (B, H, c, D)
+        state.S.add_(kf.transpose(-1, -2) @ _with_ones(v, state.S.dtype))
+
+    def step(self, q_t, k_t, v_t, state: FeatureState):
+        self._advance(state, k_t, v_t)
+        qf = F.elu(q_t.to(state.S.dtype)) + 1  # (B, H, 1, D)
+        return _readout(qf @ state.S, v_t.dtype), state
 
 
 def _positive_knobs(p, ctx):
@@ -542,14 +648,14 @@ def _linear_rank(p: LinearParams, stats: dict, head_dim: int) -> int:
 
 @register_method("performer", family="kernel", exact=False, params=PerformerParams, causal=True,
                  constraints=(_positive_knobs, _compile_knob), budget="nb_features",
-                 limit=PERFORMER_LIMIT, rank=_performer_rank)
+                 limit=PERFORMER_LIMIT, rank=_performer_rank, decode=True)
 def build_performer(p: PerformerParams, ctx: BuildContext) -> nn.Module:
     """Performer FAVOR+: positive orthogonal random features, O(n·m·d)."""
     return PerformerAttention(p, ctx)
 
 
 @register_method("linear", family="kernel", exact=False, params=LinearParams, causal=True,
-                 constraints=(_positive_knobs,), limit=LINEAR_LIMIT, rank=_linear_rank)
+                 constraints=(_positive_knobs,), limit=LINEAR_LIMIT, rank=_linear_rank, decode=True)
 def build_linear(p: LinearParams, ctx: BuildContext) -> nn.Module:
     """Linear attention with the elu(x)+1 feature map, O(n·d²)."""
     return LinearAttention(p, ctx)

@@ -16,6 +16,13 @@ all queries) and gives each group the key positions its queries may need. The ke
 scores the group densely against them under the predicate's mask and merges the parts' softmaxes with
 their log-sum-exp weights, so nothing of size n × n is ever formed. On CUDA the same predicate drives a
 compiled FlexAttention kernel whose block mask is built once, in the factory.
+
+Decoding (``local``): the last ``window`` keys and values in a ring buffer, the new query attending to
+the slots filled so far; fixed shapes, so a step replays in a CUDA graph. The other patterns reach back
+over the whole past (every l-th position, the summary columns, global and random blocks), so a cached
+step would keep every key, as exact attention does; they have no decode path here.
+Packed documents (``local``, ``strided``, whose predicates depend on i - j only, so a document sees the
+pattern it would see alone): the predicate intersected with "same document", in both kernels.
 """
 from __future__ import annotations
 
@@ -27,9 +34,13 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
+import torch.nn.functional as F
+
 from attnbench.compiling import allow_recompiles, compile_failure
+from attnbench.decode_state import RingCache
 from attnbench.params import NonNegative, Positive
-from attnbench.registry import BuildContext, Limit, register_method
+from attnbench.registry import BuildContext, Limit, Unsupported, register_method
+from attnbench.varlen import Documents, Packed
 
 Kernel = Literal["auto", "flex", "blocked"]
 Pred = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -213,6 +224,27 @@ class BigBirdPattern(Pattern):
         return out
 
 
+class DocumentPattern(Pattern):
+    """``inner`` intersected with "i and j lie in one document" (packed sequences)."""
+
+    def __init__(self, inner: Pattern, docs: Documents):
+        super().__init__(inner.n, inner.causal)
+        self.inner, self.docs = inner, docs
+        self.ids = docs.doc_ids("cpu")
+
+    def base(self, i, j):
+        return self.inner.allowed(i, j) & (self.ids[i] == self.ids[j])
+
+    def parts(self):
+        return [(rows, cols, lambda i, j, pred=pred: pred(i, j) & (self.ids[i] == self.ids[j]))
+                for rows, cols, pred in self.inner.parts()]
+
+    def to(self, device):
+        self.inner.to(device)
+        self.ids = self.ids.to(device)
+        return self
+
+
 @dataclass
 class _Part:
     rows: torch.Tensor  # (G, gs) query positions
@@ -295,6 +327,7 @@ class SparseAttention(nn.Module):
     def __init__(self, pattern: Pattern, ctx: BuildContext, kernel: str):
         super().__init__()
         self.pattern = pattern
+        self.build_ctx, self.kernel_param = ctx, kernel
         if kernel == "auto":
             kernel = "flex" if ctx.device.type == "cuda" else "blocked"
         self.kernel = kernel
@@ -355,6 +388,41 @@ class SparseAttention(nn.Module):
         b, h, n, d = q.shape
         return 4.0 * b * h * self._stats["kernel_density"] * n * n * d
 
+    # decode (local only): a ring of the last `window` keys and values
+
+    decode_graphs = True
+
+    def init_state(self, q, k, v, capacity=None):
+        if not isinstance(self.pattern, LocalPattern) or not self.pattern.causal:
+            raise Unsupported("decode needs the causal local pattern")
+        return RingCache(k, v, self.pattern.window)
+
+    def step(self, q_t, k_t, v_t, state: RingCache):
+        state.append(k_t, v_t)  # query t sees t - window < j <= t: the ring after the write
+        mask = state.valid().view(1, 1, 1, -1)  # (1, 1, 1, window)
+        return F.scaled_dot_product_attention(q_t, state.k, state.v, attn_mask=mask), state
+
+    def pack(self, docs: Documents) -> nn.Module:
+        if not isinstance(self.pattern, (LocalPattern, StridedPattern)):
+            raise Unsupported("packed documents need a pattern that depends on i - j only")
+        return SparsePacked(docs, SparseAttention(DocumentPattern(self.pattern, docs),
+                                                  self.build_ctx, self.kernel_param))
+
+
+class SparsePacked(Packed):
+    """A pattern within packed documents: the sparse kernel on the intersected pattern, the exact
+    reference run per document."""
+
+    def __init__(self, docs: Documents, inner: SparseAttention):
+        super().__init__(docs, inner.pattern.causal, inner.kernel)
+        self.inner = inner
+
+    def forward(self, q, k, v):
+        return self.inner(q, k, v)
+
+    def stats(self) -> dict:
+        return {**self.inner.stats(), **super().stats()}
+
 
 def build_pattern(name: str, p, ctx: BuildContext) -> Pattern:
     """The pattern ``name`` with params ``p`` for the cell ``ctx`` (n, causal, seed)."""
@@ -399,6 +467,8 @@ def _bigbird_counts(p, ctx):
 
 
 _COMMON = dict(family="sparse", exact=False, causal=True, backward=True)
+_WHOLE_PAST = ("its pattern reaches back over the whole past ({}), so a cached step keeps every key "
+               "as exact attention does; not implemented")
 
 # Limiting cases: patterns that allow every pair (causal: every j <= i), so the kernels compute softmax
 # attention itself. Block sizes are divisors of n no larger than 64, so the blocked parts stay several.
@@ -415,28 +485,30 @@ BIGBIRD_LIMIT = Limit(params=lambda ctx: {"block": _divisor_at_most(ctx.n, 64), 
 
 
 @register_method("local", params=LocalParams, budget="window", constraints=(_window,),
-                 limit=LOCAL_LIMIT, **_COMMON)
+                 limit=LOCAL_LIMIT, decode=True, varlen=True, **_COMMON)
 def build_local(p: LocalParams, ctx: BuildContext) -> nn.Module:
     """Sliding-window attention: each query sees the keys within `window` positions."""
     return SparseAttention(build_pattern("local", p, ctx), ctx, p.kernel)
 
 
 @register_method("strided", params=StridedParams, budget="stride",
-                 constraints=(_divides("stride"),), limit=STRIDED_LIMIT, **_COMMON)
+                 constraints=(_divides("stride"),), limit=STRIDED_LIMIT, varlen=True,
+                 decode_note=_WHOLE_PAST.format("every l-th position"), **_COMMON)
 def build_strided(p: StridedParams, ctx: BuildContext) -> nn.Module:
     """Sparse Transformer strided pattern: local band of `stride` plus every `stride`-th key."""
     return SparseAttention(build_pattern("strided", p, ctx), ctx, p.kernel)
 
 
 @register_method("fixed", params=FixedParams, budget="c", constraints=(_divides("block"), _fixed_c),
-                 limit=FIXED_LIMIT, **_COMMON)
+                 limit=FIXED_LIMIT, decode_note=_WHOLE_PAST.format("the summary columns"), **_COMMON)
 def build_fixed(p: FixedParams, ctx: BuildContext) -> nn.Module:
     """Sparse Transformer fixed pattern: own block plus the last `c` positions of every block."""
     return SparseAttention(build_pattern("fixed", p, ctx), ctx, p.kernel)
 
 
 @register_method("bigbird", params=BigBirdParams, budget="num_random",
-                 constraints=(_divides("block"), _bigbird_counts), limit=BIGBIRD_LIMIT, **_COMMON)
+                 constraints=(_divides("block"), _bigbird_counts), limit=BIGBIRD_LIMIT,
+                 decode_note=_WHOLE_PAST.format("global tokens, random blocks"), **_COMMON)
 def build_bigbird(p: BigBirdParams, ctx: BuildContext) -> nn.Module:
     """BigBird: three-block window, global tokens and random key blocks."""
     return SparseAttention(build_pattern("bigbird", p, ctx), ctx, p.kernel)

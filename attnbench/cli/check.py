@@ -53,7 +53,9 @@ def add_cli(sub) -> None:
                        "table; exit 1 on a failure)",
                        description="Check that a method keeps the contract: output shape/dtype/device, "
                        "finite, inputs untouched, deterministic, its declared limiting case against a "
-                       "float64 reference, causality, gradients, constraints, layer and model levels. "
+                       "float64 reference, causality, decoding token by token against the causal "
+                       "forward (methods that declare decode), gradients, constraints, layer and "
+                       "model levels. "
                        "Plugin methods: attnbench --plugin FILE check NAME.")
     p.add_argument("methods", nargs="*", metavar="METHOD", help="registered method names")
     p.add_argument("--all", action="store_true", help="check every registered method")
