@@ -18,6 +18,7 @@ from attnbench.capacity import CapacityProbe, max_batch
 from attnbench.contract import ContractViolation, changed_inputs, check_output, fingerprint
 from attnbench.dtypes import to_torch
 from attnbench.errors import Interrupted
+from attnbench.gradient import gradient_errors
 from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import (NoExactCounterpart, attention_modules, build_level, count_parameters,
                               reference_output)
@@ -151,6 +152,9 @@ def _error(ctx: CellContext, case: Case, module, inputs, dtype, cell: "CellRun")
     except NoExactCounterpart as exc:
         return {"error_skipped": str(exc)}
     row = error_metrics(out, ref)
+    if REGISTRY.get(case.method).approximates is None:  # an operator in its own right (issue 22)
+        return {**{f"ref_{key}": value for key, value in row.items()},
+                "error_vs": "its own float64 reference (not an approximation of softmax attention)"}
     if not own:
         row["baseline_rel_err"] = ctx.cached(("base", ref_key, case.dtype),
                                              lambda: _baseline_error(ctx, case, inputs, dtype, ref))
@@ -176,16 +180,49 @@ def _accuracy_columns(ctx: CellContext, case: Case, module, inputs32, ref, rel_e
                          own_probs=own_probs, rank=rank)
 
 
-def _baseline_error(ctx: CellContext, case: Case, inputs, dtype, ref) -> float | None:
+def _baseline_module(ctx: CellContext, case: Case, dtype):
     spec = REGISTRY.get(ctx.suite.baseline)
     grids = [g for name, g in ctx.suite.methods if name == spec.name]
     params = spec.params(**{k: v[0] for k, v in grids[0].items()}) if grids else spec.params()
+    return _build(spec, params, case, dtype, ctx.device)
+
+
+def _baseline_error(ctx: CellContext, case: Case, inputs, dtype, ref) -> float | None:
     try:
-        module = _build(spec, params, case, dtype, ctx.device)
-        out = Step(module, inputs, "fwd").forward_output()
+        out = Step(_baseline_module(ctx, case, dtype), inputs, "fwd").forward_output()
         return error_metrics(out, ref)["rel_err"]
     except Exception:  # noqa: BLE001 - the baseline may not support this case
         return None
+
+
+def _gradient_columns(ctx: CellContext, case: Case, module, inputs, grad_out, dtype,
+                      shared: bool) -> dict:
+    """fwd_bwd cells: dq/dk/dv (or dx) errors against float64 reference gradients
+    (:mod:`attnbench.gradient`); ``shared``: the reference is exact attention on the cell's
+    inputs, so the baseline's gradient error on them is the rounding level beside it."""
+    try:
+        row, refs = gradient_errors(module, inputs, grad_out, case.causal)
+        if shared:
+            def baseline():
+                try:
+                    return gradient_errors(_baseline_module(ctx, case, dtype), inputs, grad_out,
+                                           case.causal, refs)[0]["grad_rel_err"]
+                except Exception as exc:  # noqa: BLE001 - the baseline may not support this case
+                    if is_oom(exc):
+                        raise
+                    return None
+            key = ("base_grad", case.level, case.n, case.batch, case.heads, case.head_dim,
+                   case.causal, case.input, case.seed, case.layers, case.ffn_dim, case.dtype)
+            row["baseline_grad_rel_err"] = ctx.cached(key, baseline)
+        return row
+    except NoExactCounterpart as exc:
+        return {"grad_err_skipped": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - the gradient reference must not sink a measured cell
+        if not is_oom(exc):
+            raise
+        free_memory(ctx.device, collect=True)
+        return {"grad_err_skipped": f"out of memory computing float64 reference gradients: "
+                                    f"{one_line(exc, 120)}"}
 
 
 def _out_shape(case: Case, batch: int) -> tuple[int, ...]:
@@ -384,6 +421,12 @@ class CellRun:
                     self.result = {**row, "status": "nan", "reason": "non-finite values in the output"}
                     return self.result
                 row.update(err)
+                if case.mode == "fwd_bwd":
+                    shared = not (REGISTRY.get(case.method).takes_hidden or any(
+                        getattr(a, "exact_reference", None) is not None
+                        for a in attention_modules(module)))
+                    row.update(_gradient_columns(ctx, case, module, self.inputs, step.grad_out,
+                                                 self.dtype, shared))
             else:
                 out = step.forward_output()
                 self.check_output(out)
