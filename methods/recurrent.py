@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench import flaops
+from attnbench import flops as fl
 from attnbench import recurrences as ref
 from attnbench.params import Positive
 from attnbench.registry import BuildContext, Limit, NoParams, Unsupported, register_method
@@ -88,6 +89,10 @@ class Op:
         """What the operator does to q, k before the recurrence (here: nothing)."""
         return q, k
 
+    def flops(self, b: int, h: int, n: int, dk: int, dv: int) -> float:
+        """Forward FLOPs (:mod:`attnbench.flops`): the chunked linear recurrence by default."""
+        return fl.chunked_linear_flops(b, h, n, dk, dv)
+
 
 def _normal(shape, gen, device) -> torch.Tensor:
     return torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
@@ -127,6 +132,9 @@ class DeltaOp(Op):
 
     def pre(self, q, k):
         return ref.l2norm(q), ref.l2norm(k)
+
+    def flops(self, b, h, n, dk, dv):
+        return fl.chunked_linear_flops(b, h, n, dk, dv, delta=True)
 
     def naive(self, fn, q, k, v, beta, g=None):
         q, k = self.pre(q, k)
@@ -177,6 +185,9 @@ class BasedOp(Op):
     def reference(self, q, k, v):
         return ref.based(q, k, v, ref.default_scale(q.shape[-1]))
 
+    def flops(self, b, h, n, dk, dv):
+        return fl.based_flops(b, h, n, dk, dv)
+
 
 class LinearOp(Op):
     """elu(x)+1 features (inside the timed call, as our ``linear`` has them), then fla's normalised
@@ -195,6 +206,9 @@ class LinearOp(Op):
 
     def reference(self, q, k, v):
         return ref.normalized_linear(*self.pre(q, k), v)
+
+    def flops(self, b, h, n, dk, dv):
+        return fl.chunked_linear_flops(b, h, n, dk, dv + 1)  # the normaliser rides along as a column
 
 
 class NsaOp(Op):
@@ -229,6 +243,9 @@ class NsaOp(Op):
     def reference(self, q, k, v, g_cmp, g_slc):
         return ref.nsa(q, k, v, g_cmp, g_slc, self.block_size, self.block_counts,
                        ref.default_scale(q.shape[-1]))
+
+    def flops(self, b, h, n, dk, dv):
+        return fl.nsa_flops(b, h, n, dk, self.block_size, self.block_counts)
 
 
 class RecurrentCore(nn.Module):
@@ -290,6 +307,10 @@ class RecurrentCore(nn.Module):
 
     def stats(self) -> dict:
         return dict(self._stats)
+
+    def flops(self, q, k, v) -> float:
+        b, h, n, d = q.shape
+        return self.op.flops(b, h, n, d, v.shape[-1])
 
 
 def prepare(module: nn.Module, core: RecurrentCore, ctx: BuildContext, inputs) -> None:

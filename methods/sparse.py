@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from attnbench.compiling import allow_recompiles, compile_failure
+from attnbench.flops import attention_flops
 from attnbench.params import NonNegative, Positive
 from attnbench.registry import BuildContext, Limit, register_method
 
@@ -352,8 +353,10 @@ class SparseAttention(nn.Module):
         return dict(self._stats)
 
     def flops(self, q, k, v) -> float:
+        """Over the pattern's allowed pairs (``density``·n², causal included); the pairs the kernel
+        also scores inside partly allowed blocks (``kernel_density``) are not useful work."""
         b, h, n, d = q.shape
-        return 4.0 * b * h * self._stats["kernel_density"] * n * n * d
+        return attention_flops(b, h, d, self._stats["density"] * n * n, v.shape[-1])
 
 
 def build_pattern(name: str, p, ctx: BuildContext) -> Pattern:
