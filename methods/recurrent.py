@@ -35,7 +35,8 @@ small seeded inputs (``fla_gate_rel_err``; a disagreement is an ``error`` row), 
 backward once at the cell's shape (autotuning, outside the timed region; ``autotune`` says when) and
 records whether fla refuses the backward on this stack (``fla_backward``): a refused backward makes
 ``fwd_bwd`` cells ``unsupported`` with fla's own reason. The op is applied to q, k, v transposed to
-fla's (B, N, H, D) layout; fla copies them to contiguous memory inside the timed call (``layout``).
+fla's (B, N, H, D) layout and copied to contiguous memory inside the timed call (``layout``), as
+fla's own input guard would.
 """
 from __future__ import annotations
 
@@ -284,7 +285,8 @@ class RecurrentCore(nn.Module):
         q, k, v = self._split(q, k, v)
         b, h, n, d = q.shape
         gates = self.gates(b, n, h, d, q.dtype, q.device)
-        out = self.op.kernel(self.kernel, *map(heads_first, (q, k, v)), **gates)
+        # fla's kernels index (B, N, H, D) memory: the copy its input guard would make, made here
+        out = self.op.kernel(self.kernel, *(heads_first(t).contiguous() for t in (q, k, v)), **gates)
         return heads_first(out).to(q.dtype)
 
     def exact_reference(self, q, k, v):

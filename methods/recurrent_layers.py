@@ -89,7 +89,7 @@ class RecurrentLayer(nn.Module):
             return {"gk": F.logsigmoid(_lin(self.gk_up, _lin(self.gk_down, x))).view(b, n, h, -1) / 16}
         if isinstance(op, NsaOp):
             g = torch.sigmoid(_lin(self.g_proj, x)).view(b, n, h, 2)
-            return {"g_cmp": g[..., 0], "g_slc": g[..., 1]}
+            return {"g_cmp": g[..., 0].contiguous(), "g_slc": g[..., 1].contiguous()}
         out = {"beta": torch.sigmoid(_lin(self.b_proj, x))}  # (B, N, H)
         if isinstance(op, GatedDeltaOp):
             wide = torch.promote_types(x.dtype, torch.float32)

@@ -378,3 +378,34 @@ def test_layer_projections_and_gates_match_the_layer_reference(monkeypatch, op):
                                                           dtype=torch.float64, seed=2))
     assert not torch.allclose(other(x), out, atol=1e-6)
     assert layer.stats()["fla_backward"] == "ok"
+
+
+def test_linear_runs_fla_chunked_kernel_from_4k_on_cuda_and_says_so(monkeypatch):
+    """Issue 22, same math best kernel: causal `linear` hands its own features to fla's
+    chunk_linear_attn from n = 4096 on CUDA; the output is the same attention, rows name the kernel."""
+    import importlib.util as iu
+
+    from attnbench.methods import performer
+
+    real_find_spec = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: object() if name == "fla" else
+                        real_find_spec(name, *a))
+
+    def chunk_linear_attn(q, k, v, normalize):  # fla's signature and layout
+        assert normalize and q.is_contiguous()
+        return heads_first(R.normalized_linear(*map(heads_first, (q, k, v)))), None
+
+    monkeypatch.setattr(flaops, "load", lambda path: chunk_linear_attn)
+    p = performer.LinearParams()
+    cuda = torch.device("cuda")
+    fla = performer.LinearAttention(p, BuildContext(n=4096, heads=2, head_dim=8, causal=True,
+                                                    device=cuda))
+    assert fla.fla is chunk_linear_attn and fla.stats()["kernel"].startswith("fla chunk_linear_attn")
+    for ctx in (BuildContext(n=2048, heads=2, head_dim=8, causal=True, device=cuda),
+                BuildContext(n=4096, heads=2, head_dim=8, causal=False, device=cuda),
+                BuildContext(n=4096, heads=2, head_dim=8, causal=True)):
+        assert performer.LinearAttention(p, ctx).fla is None
+    ours = performer.LinearAttention(p, BuildContext(n=64, heads=2, head_dim=8, causal=True))
+    assert ours.stats() == {"kernel": "torch chunked"}
+    q, k, v = (rand(1, 2, 64, 8, seed=s) for s in range(3))
+    assert torch.allclose(fla(q, k, v), ours(q, k, v), atol=1e-10)
