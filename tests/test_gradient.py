@@ -84,20 +84,21 @@ def test_exact_gradients_are_at_rounding_level_and_an_approximation_well_above(w
 def own_reference_method():
     """A CPU operator that approximates nothing: GLA through the recurrent wrapper, its kernel a
     step-by-step fp32 recurrence standing in for fla's."""
-    from attnbench.methods.recurrent import GlaOp, RecurrentCore, causal_only
+    from attnbench.methods.recurrent import OWN, GlaOp, RecurrentCore, causal_only
 
     def kernel(q, k, v, g, scale):
         b, n, h, dk = q.shape
         state = q.new_zeros(b, h, dk, v.shape[-1])
         out = []
         for t in range(n):
-            state = state * g[:, t, :, :, None].exp() + k[:, t, :, :, None] * v[:, t, :, None, :]
+            decay = g[:, t, :, :, None].to(q.dtype).exp()  # the gates are drawn in fp32
+            state = state * decay + k[:, t, :, :, None] * v[:, t, :, None, :]
             out.append((q[:, t, :, :, None] * scale * state).sum(-2))
         return torch.stack(out, 1), None
 
     if "t_gla_cpu" not in REGISTRY:
         @register_method("t_gla_cpu", family="recurrent", exact=False, approximates=None,
-                         constraints=(causal_only,))
+                         constraints=(causal_only,), limit=OWN)
         def build(p, ctx: BuildContext):
             return RecurrentCore(GlaOp(), ctx, kernel=kernel)
     return "t_gla_cpu"
@@ -119,3 +120,15 @@ def test_an_operator_in_its_own_right_is_measured_against_itself(write_suite, tm
 
 def pd_isna(value) -> bool:
     return value != value or value is None
+
+
+def test_a_causal_only_operator_passes_the_conformance_kit(own_reference_method):
+    """`attnbench check` builds a causal-only method causal throughout (it refuses the rest)."""
+    from attnbench.conformance import check_method
+
+    report = check_method(REGISTRY.get(own_reference_method), "cpu", dtypes=["fp32"])
+    rows = {r.check: (r.status, r.detail) for r in report.rows}
+    assert report.ok, [(c, s, d) for c, (s, d) in rows.items() if s != "pass"]
+    assert rows["limit"][0] == "pass" and "non-causal" not in rows["limit"][1]
+    assert "exact_reference" in rows["limit"][1]
+    assert rows["causal"][0] == "pass" and rows["backward"][0] == "pass"
