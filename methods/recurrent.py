@@ -69,6 +69,10 @@ class Op:
     def kv_heads(self, heads: int) -> int:
         return heads
 
+    def gate_n(self) -> int:
+        """Positions of the gate check's inputs (at most the cell's n)."""
+        return flaops.GATE_N
+
     def draw(self, b: int, n: int, heads: int, dk: int, dtype: torch.dtype,
              gen: torch.Generator, device) -> dict[str, torch.Tensor]:
         """Seeded gates (fla layout) for a (b, n) call; none by default."""
@@ -191,22 +195,24 @@ class BasedOp(Op):
 
 
 class LinearOp(Op):
-    """elu(x)+1 features (inside the timed call, as our ``linear`` has them), then fla's normalised
-    chunked linear attention."""
+    """elu(x)+1 features times n^(-1/2) (inside the timed call, exactly as our ``linear`` makes
+    them: the factor cancels in the normalisation and keeps the sums in fp16's range), then fla's
+    normalised chunked linear attention."""
     name, kernel_path, naive_path = ("fla_linear", "fla.ops.linear_attn:chunk_linear_attn",
                                      "fla.ops.linear_attn.naive:naive_recurrent_linear_attn")
 
-    def pre(self, q, k):
-        return F.elu(q) + 1, F.elu(k) + 1
+    @staticmethod
+    def features(q, k, n: int):
+        return (F.elu(q) + 1) * n ** -0.5, (F.elu(k) + 1) * n ** -0.5
 
-    def kernel(self, fn, q, k, v):
-        return fn(*self.pre(q, k), v, normalize=True)[0]
+    def kernel(self, fn, q, k, v):  # fla layout: n is axis 1
+        return fn(*self.features(q, k, q.shape[1]), v, normalize=True)[0]
 
     def naive(self, fn, q, k, v):
-        return fn(*self.pre(q, k), v, normalize=True)[0]
+        return fn(*self.features(q, k, q.shape[1]), v, normalize=True)[0]
 
-    def reference(self, q, k, v):
-        return ref.normalized_linear(*self.pre(q, k), v)
+    def reference(self, q, k, v):  # our layout: n is axis 2
+        return ref.normalized_linear(*self.features(q, k, q.shape[-2]), v)
 
     def flops(self, b, h, n, dk, dv):
         return fl.chunked_linear_flops(b, h, n, dk, dv + 1)  # the normaliser rides along as a column
@@ -220,6 +226,9 @@ class NsaOp(Op):
 
     def kv_heads(self, heads):
         return heads // self.group
+
+    def gate_n(self) -> int:
+        return self.block_counts * self.block_size  # the gate check selects from every block
 
     def draw(self, b, n, heads, dk, dtype, gen, device):
         return {name: torch.sigmoid(_normal((b, n, heads), gen, device)).to(dtype)
@@ -324,7 +333,7 @@ def prepare(module: nn.Module, core: RecurrentCore, ctx: BuildContext, inputs) -
         core.kernel = flaops.load(op.kernel_path)
         naive_fn = flaops.load(op.naive_path)
         gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 17)
-        shape = (1, ctx.heads, min(ctx.n, flaops.GATE_N), ctx.head_dim)
+        shape = (1, ctx.heads, min(ctx.n, op.gate_n()), ctx.head_dim)
         q, k, v = (torch.randn(shape, generator=gen, device=ctx.device).to(ctx.dtype) for _ in range(3))
         with torch.no_grad():
             err = flaops.check_gate(op.name, core(q, k, v), core.naive(naive_fn, q, k, v), ctx.dtype)
