@@ -18,7 +18,7 @@ from attnbench.capacity import CapacityProbe, max_batch
 from attnbench.contract import ContractViolation, changed_inputs, check_output, fingerprint
 from attnbench.dtypes import to_torch
 from attnbench.errors import Interrupted
-from attnbench.gradient import gradient_errors
+from attnbench.gradient import gradient_columns
 from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import (NoExactCounterpart, attention_modules, build_level, count_parameters,
                               reference_output)
@@ -193,36 +193,6 @@ def _baseline_error(ctx: CellContext, case: Case, inputs, dtype, ref) -> float |
         return error_metrics(out, ref)["rel_err"]
     except Exception:  # noqa: BLE001 - the baseline may not support this case
         return None
-
-
-def _gradient_columns(ctx: CellContext, case: Case, module, inputs, grad_out, dtype,
-                      shared: bool) -> dict:
-    """fwd_bwd cells: dq/dk/dv (or dx) errors against float64 reference gradients
-    (:mod:`attnbench.gradient`); ``shared``: the reference is exact attention on the cell's
-    inputs, so the baseline's gradient error on them is the rounding level beside it."""
-    try:
-        row, refs = gradient_errors(module, inputs, grad_out, case.causal)
-        if shared:
-            def baseline():
-                try:
-                    return gradient_errors(_baseline_module(ctx, case, dtype), inputs, grad_out,
-                                           case.causal, refs)[0]["grad_rel_err"]
-                except Exception as exc:  # noqa: BLE001 - the baseline may not support this case
-                    if is_oom(exc):
-                        raise
-                    return None
-            key = ("base_grad", case.level, case.n, case.batch, case.heads, case.head_dim,
-                   case.causal, case.input, case.seed, case.layers, case.ffn_dim, case.dtype)
-            row["baseline_grad_rel_err"] = ctx.cached(key, baseline)
-        return row
-    except NoExactCounterpart as exc:
-        return {"grad_err_skipped": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - the gradient reference must not sink a measured cell
-        if not is_oom(exc):
-            raise
-        free_memory(ctx.device, collect=True)
-        return {"grad_err_skipped": f"out of memory computing float64 reference gradients: "
-                                    f"{one_line(exc, 120)}"}
 
 
 def _out_shape(case: Case, batch: int) -> tuple[int, ...]:
@@ -421,12 +391,13 @@ class CellRun:
                     self.result = {**row, "status": "nan", "reason": "non-finite values in the output"}
                     return self.result
                 row.update(err)
-                if case.mode == "fwd_bwd":
+                if case.mode == "fwd_bwd":  # issue 22: gradient error beside the forward's
                     shared = not (REGISTRY.get(case.method).takes_hidden or any(
                         getattr(a, "exact_reference", None) is not None
                         for a in attention_modules(module)))
-                    row.update(_gradient_columns(ctx, case, module, self.inputs, step.grad_out,
-                                                 self.dtype, shared))
+                    row.update(gradient_columns(
+                        module, self.inputs, step.grad_out, case.causal, device,
+                        (lambda: _baseline_module(ctx, case, self.dtype)) if shared else None))
             else:
                 out = step.forward_output()
                 self.check_output(out)

@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from attnbench.registry import BuildContext, Unsupported
+
 REQUIRES = ("fla", "einops", "triton")
 INSTALL_HINT = "pip install 'attnbench[fla]'"
 # what fla says when it refuses a computation it knows to be wrong on this stack (e.g. the gated
@@ -90,3 +92,34 @@ def backward_probe(call: Callable[[], torch.Tensor]) -> tuple[str, str | None]:
 def fla_assertion(exc: AssertionError) -> str:
     """fla states its shape and dtype rules as assertions: their text is the unsupported reason."""
     return f"fla: {str(exc).strip() or 'assertion failed'}"
+
+
+def prepare(module: torch.nn.Module, core, ctx: BuildContext, inputs) -> None:
+    """Load fla's kernel into ``core``, gate it against fla's naive reference, probe the backward and
+    warm ``module`` up at the cell's shape (autotuning, untimed). ``inputs(b, n)`` draws its inputs."""
+    op = core.op
+    where = enable_autotune_cache()
+    try:
+        core.kernel = load(op.kernel_path)
+        naive_fn = load(op.naive_path)
+        gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 17)
+        shape = (1, ctx.heads, min(ctx.n, op.gate_n()), ctx.head_dim)
+        q, k, v = (torch.randn(shape, generator=gen, device=ctx.device).to(ctx.dtype) for _ in range(3))
+        with torch.no_grad():
+            err = check_gate(op.name, core(q, k, v), core.naive(naive_fn, q, k, v), ctx.dtype)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        core.backward_status = backward_probe(lambda: core(*leaves))
+        status, why = core.backward_status
+        x = inputs(ctx.batch, ctx.n)
+        with torch.no_grad():
+            module(*x)
+        if status == "ok":
+            module(*(t.requires_grad_() for t in x)).float().square().mean().backward()
+            module.zero_grad(set_to_none=True)
+    except AssertionError as exc:
+        raise Unsupported(fla_assertion(exc)) from exc
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    core._stats.update(fla_gate_rel_err=err, fla_backward=status if why is None else f"{status}: {why}",
+                       autotune="at build: forward" + (" and backward" if status == "ok" else "") +
+                       " at the cell's shape, untimed", autotune_cache=where)

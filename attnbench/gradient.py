@@ -15,10 +15,12 @@ output depend on their own queries only), so the n×n float64 matrix never exist
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
-from attnbench.levels import Encoder, SelfAttention, reference_model
+from attnbench.levels import Encoder, NoExactCounterpart, SelfAttention, reference_model
+from attnbench.measure import free_memory, is_oom
 
 CHUNK = 1024
 
@@ -88,3 +90,30 @@ def gradient_errors(module, inputs, grad_out, causal: bool, refs=None) -> tuple[
         refs = [r.to(g.device) for r, g in zip(reference_gradients(module, inputs, grad_out, causal),
                                               grads)]
     return relative_errors(grads, refs, names), refs
+
+
+def gradient_columns(module, inputs, grad_out, causal: bool, device: torch.device,
+                     baseline: Callable[[], torch.nn.Module] | None = None) -> dict:
+    """A ``fwd_bwd`` cell's gradient columns. ``baseline`` builds the suite's baseline on this cell
+    where the reference is exact attention on the cell's inputs (its error is the rounding level
+    beside the method's); None where the reference is the method's own. A missing exact counterpart
+    or an out-of-memory in the float64 reference says so in ``grad_err_skipped``."""
+    try:
+        row, refs = gradient_errors(module, inputs, grad_out, causal)
+    except NoExactCounterpart as exc:
+        return {"grad_err_skipped": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - the reference must not sink a measured cell
+        if not is_oom(exc):
+            raise
+        free_memory(device, collect=True)
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        return {"grad_err_skipped": f"out of memory computing float64 reference gradients: {first}"}
+    if baseline is not None:
+        try:
+            row["baseline_grad_rel_err"] = gradient_errors(baseline(), inputs, grad_out, causal,
+                                                           refs)[0]["grad_rel_err"]
+        except Exception as exc:  # noqa: BLE001 - the baseline may not support this case
+            if is_oom(exc):
+                free_memory(device, collect=True)
+            row["baseline_grad_rel_err"] = None
+    return row

@@ -324,37 +324,6 @@ class RecurrentCore(nn.Module):
         return self.op.flops(b, h, n, d, v.shape[-1])
 
 
-def prepare(module: nn.Module, core: RecurrentCore, ctx: BuildContext, inputs) -> None:
-    """Load fla's kernel into ``core``, gate it against fla's naive reference, probe the backward and
-    warm ``module`` up at the cell's shape (autotuning, untimed). ``inputs(b, n)`` draws its inputs."""
-    op = core.op
-    where = flaops.enable_autotune_cache()
-    try:
-        core.kernel = flaops.load(op.kernel_path)
-        naive_fn = flaops.load(op.naive_path)
-        gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 17)
-        shape = (1, ctx.heads, min(ctx.n, op.gate_n()), ctx.head_dim)
-        q, k, v = (torch.randn(shape, generator=gen, device=ctx.device).to(ctx.dtype) for _ in range(3))
-        with torch.no_grad():
-            err = flaops.check_gate(op.name, core(q, k, v), core.naive(naive_fn, q, k, v), ctx.dtype)
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        core.backward_status = flaops.backward_probe(lambda: core(*leaves))
-        status, why = core.backward_status
-        x = inputs(ctx.batch, ctx.n)
-        with torch.no_grad():
-            module(*x)
-        if status == "ok":
-            module(*(t.requires_grad_() for t in x)).float().square().mean().backward()
-            module.zero_grad(set_to_none=True)
-    except AssertionError as exc:
-        raise Unsupported(flaops.fla_assertion(exc)) from exc
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
-    core._stats.update(fla_gate_rel_err=err, fla_backward=status if why is None else f"{status}: {why}",
-                       autotune="at build: forward" + (" and backward" if status == "ok" else "") +
-                       " at the cell's shape, untimed", autotune_cache=where)
-
-
 def causal_only(p, ctx: BuildContext) -> str | None:
     if ctx.causal:
         return None
@@ -393,7 +362,7 @@ def build_core(op: Op, ctx: BuildContext) -> RecurrentCore:
         return tuple(torch.randn((b, ctx.heads, n, ctx.head_dim), generator=g, device=ctx.device)
                      .to(ctx.dtype) for _ in range(3))
 
-    prepare(module, module, ctx, inputs)
+    flaops.prepare(module, module, ctx, inputs)
     return module
 
 

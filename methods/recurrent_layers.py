@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnbench.flaops import prepare
 from attnbench.methods.recurrent import (COMMON, DeltaOp, GatedDeltaOp, GlaOp, NsaOp, NsaParams, Op,
-                                         RecurrentCore, _nsa_shape, causal_only, heads_first,
-                                         prepare)
+                                         RecurrentCore, _nsa_shape, causal_only, heads_first)
 from attnbench.registry import BuildContext, NoParams, Unsupported, register_method
 
 GLA_GATE_RANK = 16
