@@ -185,7 +185,8 @@ def summary(run_dir: str | Path, baseline: str | None = None) -> tuple[pd.DataFr
 
 
 KEY_HEADERS = ("method", "level", "n", "B", "H", "D", "dtype", "mode", "causal")
-TIMED = ("time_ms", "time_ms_iqr", "speedup", "tokens_per_s", "tflops_per_s", "tb_per_s")  # blank on error/crashed/timeout rows
+# blank on error/crashed/timeout rows
+TIMED = ("time_ms", "time_ms_iqr", "speedup", "tokens_per_s", "tflops_per_s", "tb_per_s")
 
 
 def parse_columns(text: str | list[str] | None) -> list[str] | None:
