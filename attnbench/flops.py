@@ -38,7 +38,8 @@ def window_pairs(n: int, window: int, causal: bool) -> int:
     return behind if causal else 2 * behind - n
 
 
-def attention_flops(batch: int, heads: int, head_dim: int, pairs: float, value_dim: int | None = None) -> float:
+def attention_flops(batch: int, heads: int, head_dim: int, pairs: float,
+                    value_dim: int | None = None) -> float:
     """4·d FLOPs per scored pair (2·d for q·k and 2·d_v for p·v)."""
     dv = head_dim if value_dim is None else value_dim
     return 2.0 * batch * heads * pairs * (head_dim + dv)

@@ -69,7 +69,8 @@ def gated_linear(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Te
 
 def normalized_linear(qf: torch.Tensor, kf: torch.Tensor, v: torch.Tensor,
                       eps: float = 0.0) -> torch.Tensor:
-    """Causal linear attention with its normaliser: Σ_{j<=i}(qf_i·kf_j) v_j / (Σ_{j<=i} qf_i·kf_j + eps)."""
+    """Causal linear attention with its normaliser:
+    Σ_{j<=i}(qf_i·kf_j) v_j / (Σ_{j<=i} qf_i·kf_j + eps)."""
     vv = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, N, Dv+1): last column = normaliser
     out = gated_linear(qf, kf, vv, None, 1.0)
     return out[..., :-1] / (out[..., -1:] + eps)
@@ -77,7 +78,8 @@ def normalized_linear(qf: torch.Tensor, kf: torch.Tensor, v: torch.Tensor,
 
 def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                g: torch.Tensor | None, scale: float, chunk: int = CHUNK) -> torch.Tensor:
-    """(Gated) delta rule: S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ, o_t = scale · S_tᵀ q_t.
+    """(Gated) delta rule: S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,
+    o_t = scale · S_tᵀ q_t.
     ``beta``, ``g``: (B, H, N); g None is DeltaNet (no decay).
 
     Within a chunk the new values u_j = β_j (v_j − k_jᵀ Ŝ_j), Ŝ_j the decayed state before step j,
