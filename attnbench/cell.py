@@ -18,6 +18,7 @@ from attnbench.capacity import CapacityProbe, max_batch
 from attnbench.contract import ContractViolation, changed_inputs, check_output, fingerprint
 from attnbench.dtypes import to_torch
 from attnbench.errors import Interrupted
+from attnbench.gradient import gradient_columns
 from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import (NoExactCounterpart, attention_modules, build_level, count_parameters,
                               reference_output)
@@ -157,6 +158,9 @@ def _error(ctx: CellContext, case: Case, module, inputs, dtype, cell: "CellRun")
     except NoExactCounterpart as exc:
         return {"error_skipped": str(exc)}
     row = error_metrics(out, ref)
+    if REGISTRY.get(case.method).approximates is None:  # an operator in its own right (issue 22)
+        return {**{f"ref_{key}": value for key, value in row.items()},
+                "error_vs": "its own float64 reference (not an approximation of softmax attention)"}
     if not own:
         row["baseline_rel_err"] = ctx.cached(("base", ref_key, case.dtype),
                                              lambda: _baseline_error(ctx, case, inputs, dtype, ref))
@@ -182,13 +186,16 @@ def _accuracy_columns(ctx: CellContext, case: Case, module, inputs32, ref, rel_e
                          own_probs=own_probs, rank=rank)
 
 
-def _baseline_error(ctx: CellContext, case: Case, inputs, dtype, ref) -> float | None:
+def _baseline_module(ctx: CellContext, case: Case, dtype):
     spec = REGISTRY.get(ctx.suite.baseline)
     grids = [g for name, g in ctx.suite.methods if name == spec.name]
     params = spec.params(**{k: v[0] for k, v in grids[0].items()}) if grids else spec.params()
+    return _build(spec, params, case, dtype, ctx.device)
+
+
+def _baseline_error(ctx: CellContext, case: Case, inputs, dtype, ref) -> float | None:
     try:
-        module = _build(spec, params, case, dtype, ctx.device)
-        out = Step(module, inputs, "fwd").forward_output()
+        out = Step(_baseline_module(ctx, case, dtype), inputs, "fwd").forward_output()
         return error_metrics(out, ref)["rel_err"]
     except Exception:  # noqa: BLE001 - the baseline may not support this case
         return None
@@ -394,6 +401,13 @@ class CellRun:
                     self.result = {**row, "status": "nan", "reason": "non-finite values in the output"}
                     return self.result
                 row.update(err)
+                if case.mode == "fwd_bwd":  # issue 22: gradient error beside the forward's
+                    shared = not (REGISTRY.get(case.method).takes_hidden or any(
+                        getattr(a, "exact_reference", None) is not None
+                        for a in attention_modules(module)))
+                    row.update(gradient_columns(
+                        module, self.inputs, step.grad_out, case.causal, device,
+                        (lambda: _baseline_module(ctx, case, self.dtype)) if shared else None))
             else:
                 out = step.forward_output()
                 self.check_output(out)

@@ -109,10 +109,12 @@ def pick_n(spec: MethodSpec, params: Any, device: torch.device) -> tuple[int | N
     """The smallest n in :data:`SIZES` at which ``params`` pass the constraints, or (None, reason)."""
     why = None
     for n in SIZES:
-        why = spec.unsupported_reason(params, BuildContext(n=n, heads=H, head_dim=D, batch=B,
-                                                           device=device))
-        if why is None:
+        reasons = [spec.unsupported_reason(params, BuildContext(n=n, heads=H, head_dim=D, batch=B,
+                                                                device=device, causal=causal))
+                   for causal in (False, True)]  # a causal-only method passes causal
+        if None in reasons:
             return n, None
+        why = reasons[0]
     return None, why
 
 
@@ -123,6 +125,11 @@ class _Checker:
         declared = [d for d in dtypes if d in spec.dtypes]  # check_method makes sure there is one
         self.main = DTYPES["fp32" if "fp32" in declared else declared[0]]
         self.hidden = spec.takes_hidden
+        # causal only (a recurrence, say): every check builds it causal (issue 22)
+        self.causal_only = spec.causal and all(
+            (spec.unsupported_reason(self.params, BuildContext(n=n, heads=H, head_dim=D, batch=B,
+                                                               device=device, causal=c)) is None) == c
+            for c in (False, True))
         self.shape = (B, n, H * D) if self.hidden else (B, H, n, D)
         self.module = None
         self.outputs: dict[torch.dtype, torch.Tensor] = {}
@@ -130,9 +137,16 @@ class _Checker:
 
     # helpers
 
-    def ctx(self, dtype: torch.dtype | None = None, causal: bool = False, seed: int = 0) -> BuildContext:
+    def ctx(self, dtype: torch.dtype | None = None, causal: bool | None = None,
+            seed: int = 0) -> BuildContext:
+        causal = self.causal_only if causal is None else causal
         return BuildContext(n=self.n, heads=H, head_dim=D, dtype=dtype or self.main, batch=B,
                             device=self.device, causal=causal, seed=seed, scope=SharedScope())
+
+    def causal_modes(self) -> list[bool]:
+        if self.causal_only:
+            return [True]
+        return [False, True] if self.spec.causal and not self.hidden else [False]
 
     def inputs(self, dtype: torch.dtype | None = None, seed: int = 0, scale: float = 1.0,
                grad: bool = False) -> tuple[torch.Tensor, ...]:
@@ -263,7 +277,7 @@ class _Checker:
         if bad := sorted(set(values) - known):
             raise _Fail(f"limit names unknown params {bad}")
         p = dataclasses.replace(self.params, **values)
-        modes = [False, True] if self.spec.causal and not self.hidden else [False]
+        modes = self.causal_modes()
         if limit.build is None:
             for causal in modes:
                 if (why := self.spec.unsupported_reason(p, self.ctx(causal=causal))) is not None:
@@ -367,7 +381,7 @@ class _Checker:
             raise _Skip("declares no backward pass")
         names = ("x",) if self.hidden else ("q", "k", "v")
         notes = []
-        for causal in ([False, True] if self.spec.causal and not self.hidden else [False]):
+        for causal in self.causal_modes():
             module = self.spec.build(self.params, self.ctx(causal=causal))
             inputs = self.inputs(grad=True)
             out = module(*inputs)
@@ -453,8 +467,8 @@ class _Checker:
         from attnbench.levels import build_level
 
         model = build_level(self.spec, self.params, level, n=self.n, heads=H, head_dim=D, layers=2,
-                            ffn_dim=2 * H * D, dtype=self.main, device=self.device, causal=False,
-                            seed=0, batch=B)
+                            ffn_dim=2 * H * D, dtype=self.main, device=self.device,
+                            causal=self.causal_only, seed=0, batch=B)
         x = torch.randn(B, self.n, H * D, generator=torch.Generator().manual_seed(5))
         with torch.no_grad():
             out = model(x.to(self.device, self.main))

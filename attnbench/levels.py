@@ -142,15 +142,15 @@ def build_level(spec: MethodSpec, params: Any, level: str, *, n: int, heads: int
     return wrapper
 
 
-def reference_output(model: nn.Module, inputs: tuple[torch.Tensor, ...], causal: bool) -> torch.Tensor:
-    """The exact float64 counterpart of ``model`` on ``inputs``: same weights, exact attention."""
+def reference_model(model: nn.Module, causal: bool):
+    """The exact float64 counterpart of ``model`` as a callable on float64 inputs: same weights, exact
+    attention (the method's ``exact_reference`` hook where it has one). Differentiable: the float64
+    reference gradients (:mod:`attnbench.gradient`) come from it."""
     if not isinstance(model, (SelfAttention, Encoder)):
         hook = getattr(model, "exact_reference", None)
         if hook is not None:
-            return hook(*(t.double() for t in inputs)).double()
-        if len(inputs) != 3:
-            raise NoExactCounterpart(f"{type(model).__name__} has no exact_reference(x) hook")
-        return reference_attention(*inputs, causal=causal)
+            return lambda *inputs: hook(*(t.double() for t in inputs)).double()
+        return lambda *inputs: _core_reference(inputs, causal, type(model).__name__)
     originals = attention_modules(model)
     memo = {id(a): nn.Identity() for a in originals}  # don't copy the method's own state
     ref = copy.deepcopy(model, memo)
@@ -160,8 +160,20 @@ def reference_output(model: nn.Module, inputs: tuple[torch.Tensor, ...], causal:
     for sa, original in zip([m for m in ref.modules() if isinstance(m, SelfAttention)], originals):
         sa.attn = ExactStandIn(original, causal)
     ref = ref.double()
+    return lambda *inputs: ref(*(t.double() for t in inputs))
+
+
+def _core_reference(inputs, causal: bool, name: str) -> torch.Tensor:
+    if len(inputs) != 3:
+        raise NoExactCounterpart(f"{name} has no exact_reference(x) hook")
+    return reference_attention(*inputs, causal=causal)
+
+
+def reference_output(model: nn.Module, inputs: tuple[torch.Tensor, ...], causal: bool) -> torch.Tensor:
+    """The exact float64 counterpart of ``model`` on ``inputs``: same weights, exact attention."""
+    forward = reference_model(model, causal)
     with torch.no_grad():
-        return ref(*(t.double() for t in inputs))
+        return forward(*inputs)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

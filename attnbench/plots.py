@@ -14,6 +14,7 @@ import pandas as pd
 
 from attnbench.decode_report import DECODE_KINDS, has_decode, plot_decode, plot_state
 from attnbench.plot_error import plot_entropy, plot_error
+from attnbench.plot_roofline import plot_roofline
 from attnbench.plotstyle import (FAILED, save_figure, FORMATS, KINDS, MODE_NAMES, Look, NothingToPlot, _figure,
                                  _label, _legend, _log_y, _n_axis, _split, _stem, constants, finish,
                                  mark_failed, method_palette, never_ran, select_methods, style_map,
@@ -193,7 +194,7 @@ def plot_grid(df: pd.DataFrame, meta: dict, baseline: str | None = None, rows: s
 
 PLOTTERS = {"scaling": plot_scaling, "memory": plot_memory, "error": plot_error,
             "pareto": plot_pareto, "grid": plot_grid, "entropy": plot_entropy,
-            "decode": plot_decode, "state": plot_state}
+            "decode": plot_decode, "state": plot_state, "roofline": plot_roofline}
 
 
 def make_figures(df: pd.DataFrame, meta: dict, kinds=KINDS, *, baseline: str | None = None,

@@ -15,7 +15,8 @@ import pandas as pd
 
 from attnbench.frame import baseline_mask, fmt_n
 
-KINDS = ("scaling", "memory", "error", "pareto", "grid", "entropy", "decode", "state")
+KINDS = ("scaling", "memory", "error", "pareto", "grid", "entropy", "decode", "state",
+         "roofline")
 FORMATS = ("png", "svg", "pdf")
 SPLIT = ["level", "dtype", "batch", "heads", "head_dim", "causal", "batching", "layers", "ffn_dim"]
 CONSTANTS = ("dtype", "mode", "level", "batch", "heads", "head_dim", "causal", "batching")

@@ -8,6 +8,8 @@ Optional hooks a built module may define, all read by the harness and never requ
 
 - ``exact_reference(q, k, v) -> Tensor``: the exact attention this method approximates, when that is not
   plain softmax attention on the same q, k, v (e.g. Reformer's shared-QK attention). Called in float64.
+  For a method registered with ``approximates=None`` (it approximates nothing: a linear recurrence,
+  say) it is the method itself computed in float64, and rows name its error ``ref_rel_err``.
 - ``stats() -> dict``: extra result columns (``density``, ``compiled``, ``compile_s``, ...), read once
   after the cell's first call.
 - ``flops(q, k, v) -> float``: forward FLOPs of one call, for achieved FLOP/s.
@@ -59,7 +61,7 @@ from torch import nn
 
 from attnbench.errors import RegistryError  # noqa: F401 (re-exported)
 
-Family = Literal["exact", "low_rank", "sparse", "lsh", "kernel", "landmark", "other"]
+Family = Literal["exact", "low_rank", "sparse", "lsh", "kernel", "landmark", "recurrent", "other"]
 ENTRY_POINT_GROUP = "attnbench.methods"
 ALL_DEVICES = ("cpu", "cuda")
 ALL_DTYPES = ("fp32", "fp16", "bf16")
@@ -201,6 +203,9 @@ class MethodSpec:
     decode: bool = False  # init_state/step hooks: one token at a time (see the module docstring)
     varlen: bool = False  # a pack(docs) hook: attention within packed documents
     decode_note: str = ""  # why there is no decode path (shown in unsupported rows)
+    # what the method approximates: "softmax" attention (its rel_err is against it), or None for an
+    # operator in its own right (rows carry ref_rel_err against its float64 self instead)
+    approximates: str | None = "softmax"
 
     def limit_case(self) -> Limit | None:
         """The declared limiting case; an exact method's limit is itself (its default params)."""
@@ -343,7 +348,7 @@ def register_method(name: str, *, family: str, exact: bool, params: type = NoPar
                     limit: Limit | dict | Callable[[BuildContext], dict] | None = None,
                     rank: Callable[[Any, dict, int], "int | None"] | None = None,
                     decode: bool = False, varlen: bool = False, decode_note: str = "",
-                    registry: Registry | None = None):
+                    approximates: str | None = "softmax", registry: Registry | None = None):
     """Decorator registering ``factory(params, ctx) -> nn.Module`` under ``name``.
 
     ``limit`` declares the limiting case that ``attnbench check`` compares with exact attention: a dict
@@ -351,6 +356,8 @@ def register_method(name: str, *, family: str, exact: bool, params: type = NoPar
     :class:`Limit`; ``rank`` maps (params, stats, head_dim) to the rank bound of the attention matrix.
     ``decode``: the built module has the init_state/step hooks (module docstring); ``decode_note``:
     why a causal method has none; ``varlen``: it has a pack(docs) hook.
+    ``approximates=None`` declares an operator that is no approximation of softmax attention (its
+    error is measured against its own ``exact_reference`` hook and named ``ref_rel_err``).
     """
     if not dataclasses.is_dataclass(params):
         raise RegistryError(f"method {name!r}: params must be a dataclass, got {params!r}")
@@ -373,7 +380,8 @@ def register_method(name: str, *, family: str, exact: bool, params: type = NoPar
                           dtypes=tuple(dtypes), requires=tuple(requires), install_hint=install_hint,
                           constraints=tuple(constraints), budget=budget, description=doc,
                           origin=origin, levels=tuple(levels), limit=limit, rank=rank,
-                          decode=bool(decode), varlen=bool(varlen), decode_note=decode_note)
+                          decode=bool(decode), varlen=bool(varlen), decode_note=decode_note,
+                          approximates=approximates)
         (registry or REGISTRY).add(spec)
         factory.spec = spec
         return factory

@@ -5,6 +5,9 @@ fwd_bwd also reading the output gradient and writing the input and parameter gra
 the device's copy bandwidth measured in the same run. The floor for arithmetic is the method's own
 FLOP count (where it reports one) over a measured dense matmul rate in the cell's dtype. The
 ``*_roofline_frac`` columns are floor time / measured time: 1.0 would be at the hardware limit.
+``tb_per_s`` is the achieved rate of that least data movement (min_bytes over the time) beside the
+measured copy rate (``copy_gbs``); ``tflops_per_s`` (from the cell) the achieved FLOP rate beside
+``matmul_tflops``. FLOPs are counted over the pairs a mask allows (:mod:`attnbench.flops`).
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ def roofline_columns(rates: dict, step, out_shape, time_ms: float, flops: float 
     moved = min_bytes(step, out_shape)
     floor_ms = moved / (rates["copy_gbs"] * 1e9) * 1e3
     row = {"min_bytes": moved, "copy_gbs": rates["copy_gbs"], "mem_floor_ms": floor_ms,
-           "mem_roofline_frac": floor_ms / time_ms}
+           "mem_roofline_frac": floor_ms / time_ms, "tb_per_s": moved / (time_ms / 1e3) / 1e12}
     if flops:
         flop_floor_ms = flops / (rates["matmul_tflops"] * 1e12) * 1e3
         row.update(matmul_tflops=rates["matmul_tflops"], flop_floor_ms=flop_floor_ms,

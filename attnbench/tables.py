@@ -19,11 +19,14 @@ COLUMNS = [
     ("head_dim", "D"), ("dtype", "dtype"), ("mode", "mode"), ("causal", "causal"),
     ("time_ms", "time_ms"), ("time_ms_iqr", "±iqr"), ("speedup", "speedup"),
     ("peak_mem_mib", "peak_MiB"), ("extra_mem_mib", "extra_MiB"), ("mem_ratio", "mem×"),
-    ("rel_err", "rel_err"), ("baseline_rel_err", "base_err"), ("tokens_per_s", "tok/s"),
+    ("rel_err", "rel_err"), ("baseline_rel_err", "base_err"), ("ref_rel_err", "ref_err"),
+    ("grad_rel_err", "grad_err"), ("baseline_grad_rel_err", "base_grad_err"),
+    ("tokens_per_s", "tok/s"), ("tflops_per_s", "TFLOP/s"), ("tb_per_s", "TB/s"),
     ("status", "status"), ("reason", "reason"),
 ]
 KEY_HEADERS = ("method", "level", "n", "B", "H", "D", "dtype", "mode", "causal")
-TIMED = ("time_ms", "time_ms_iqr", "speedup", "tokens_per_s")  # blank on error/crashed/timeout rows
+# blank on error/crashed/timeout rows
+TIMED = ("time_ms", "time_ms_iqr", "speedup", "tokens_per_s", "tflops_per_s", "tb_per_s")
 
 
 def summary(run_dir: str | Path, baseline: str | None = None) -> tuple[pd.DataFrame, dict]:

@@ -26,8 +26,15 @@ from torch import nn
 
 from attnbench.compiling import allow_recompiles
 from attnbench.decode_state import DeviceKVCache, KVCache
+from attnbench.flops import attention_flops, dense_pairs
 from attnbench.registry import BuildContext, NoParams, Unsupported, register_method
 from attnbench.varlen import DenseMaskPacked, Documents, Packed
+
+
+def exact_flops(q, k, v, causal: bool) -> float:
+    """Forward FLOPs of softmax attention over the allowed pairs (:mod:`attnbench.flops`)."""
+    b, h, n, d = q.shape
+    return attention_flops(b, h, d, dense_pairs(n, k.shape[-2], causal), v.shape[-1])
 
 
 class NaiveAttention(nn.Module):
@@ -47,8 +54,7 @@ class NaiveAttention(nn.Module):
         return torch.softmax(scores, dim=-1) @ v  # (B, H, N, D)
 
     def flops(self, q, k, v):
-        b, h, n, d = q.shape
-        return 4.0 * b * h * n * k.shape[-2] * d / (2 if self.causal else 1)
+        return exact_flops(q, k, v, self.causal)
 
     def init_state(self, q, k, v, capacity=None):
         return KVCache(k, v, capacity)
@@ -137,8 +143,7 @@ class SdpaAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
 
     def flops(self, q, k, v):
-        b, h, n, d = q.shape
-        return 4.0 * b * h * n * k.shape[-2] * d / (2 if self.causal else 1)
+        return exact_flops(q, k, v, self.causal)
 
     def init_state(self, q, k, v, capacity=None):
         return KVCache(k, v, capacity)
@@ -226,6 +231,9 @@ class XformersAttention(nn.Module):
 
     def stats(self) -> dict:
         return {"xformers_op": self.op_name}
+
+    def flops(self, q, k, v):
+        return exact_flops(q, k, v, self.causal)
 
 
 def xformers_candidates(fmha) -> list[tuple[str, tuple | None]]:

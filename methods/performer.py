@@ -558,6 +558,28 @@ def _fold_prefix(advance, state: FeatureState, k, v) -> FeatureState:
 
 
 
+# Issue 22 ("same math, best kernel"): from this n on, causal `linear` on CUDA runs fla's chunked
+# kernel (fla-core installed) on its own elu+1 features; rows say which kernel ran (`kernel`).
+FLA_LINEAR_MIN_N = 4096
+
+
+def _fla_linear(ctx: BuildContext):
+    """fla's chunk_linear_attn where it applies (causal, CUDA, n >= FLA_LINEAR_MIN_N, fla-core
+    installed), else None."""
+    import importlib.util
+
+    if not (ctx.causal and ctx.device.type == "cuda" and ctx.n >= FLA_LINEAR_MIN_N
+            and importlib.util.find_spec("fla") is not None):
+        return None
+    from attnbench import flaops
+
+    flaops.enable_autotune_cache()
+    try:
+        return flaops.load("fla.ops.linear_attn:chunk_linear_attn")
+    except ImportError:
+        return None
+
+
 class LinearAttention(nn.Module):
     """elu(x)+1 feature-map attention, bidirectional or causal."""
 
@@ -565,12 +587,21 @@ class LinearAttention(nn.Module):
         super().__init__()
         self.p = p
         self.causal = ctx.causal
+        self.fla = _fla_linear(ctx)
 
     def forward(self, q, k, v):
         norm = q.shape[-2] ** -0.5  # keeps Σ over n keys O(d) in fp16
         qf = (F.elu(q) + 1) * norm  # (B, H, N, D)
         kf = (F.elu(k) + 1) * norm
+        if self.fla is not None:  # fla's layout is (B, N, H, D)
+            qf, kf, vt = (t.transpose(1, 2).contiguous() for t in (qf, kf, v))
+            return self.fla(qf, kf, vt, normalize=True)[0].transpose(1, 2)
         return kernel_attention(qf, kf, v, None, causal=self.causal, chunk_size=self.p.chunk_size)
+
+    def stats(self) -> dict:
+        if self.fla is not None:
+            return {"kernel": f"fla chunk_linear_attn (causal, n >= {FLA_LINEAR_MIN_N})"}
+        return {"kernel": "torch chunked" if self.causal else "torch"}
 
     def flops(self, q, k, v):
         b, h, n, d = q.shape

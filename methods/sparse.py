@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from attnbench.compiling import allow_recompiles, compile_failure
 from attnbench.decode_state import RingCache
+from attnbench.flops import attention_flops
 from attnbench.params import NonNegative, Positive
 from attnbench.registry import BuildContext, Limit, Unsupported, register_method
 from attnbench.varlen import Documents, Packed
@@ -385,8 +386,10 @@ class SparseAttention(nn.Module):
         return dict(self._stats)
 
     def flops(self, q, k, v) -> float:
+        """Over the pattern's allowed pairs (``density``·n², causal included); the pairs the kernel
+        also scores inside partly allowed blocks (``kernel_density``) are not useful work."""
         b, h, n, d = q.shape
-        return 4.0 * b * h * self._stats["kernel_density"] * n * n * d
+        return attention_flops(b, h, d, self._stats["density"] * n * n, v.shape[-1])
 
     # decode (local only): a ring of the last `window` keys and values
 

@@ -45,8 +45,21 @@ def params_text(spec: MethodSpec) -> str:
 def capabilities_text(spec: MethodSpec) -> str:
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
     return (f"exact {yes(spec.exact)} · causal {yes(spec.causal)} · backward {yes(spec.backward)} · "
-            f"decode {yes(spec.decode)} · varlen {yes(spec.varlen)} · devices {','.join(spec.devices)} · dtypes {','.join(spec.dtypes)} · "
-            f"levels {','.join(spec.levels)}")
+            f"decode {yes(spec.decode)} · varlen {yes(spec.varlen)} · "
+            f"devices {','.join(spec.devices)} · dtypes {','.join(spec.dtypes)} · "
+            f"levels {','.join(spec.levels)}" +
+            ("" if spec.approximates else " · approximates nothing: error against its own float64"))
+
+
+def device_reason(spec: MethodSpec) -> str | None:
+    """Why an installed method cannot run on this machine's devices, or None."""
+    import torch
+
+    here = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if any(d in here for d in spec.devices):
+        return None
+    return (f"unsupported here: runs on {'/'.join(spec.devices)} only (this machine has "
+            f"{'/'.join(here)})")
 
 
 def method_table(specs: list[MethodSpec], verbose: bool = False) -> Table:
@@ -61,7 +74,7 @@ def method_table(specs: list[MethodSpec], verbose: bool = False) -> Table:
         lines.append("\n" + params_text(s), style="dim")
         if verbose:
             lines.append("\n" + capabilities_text(s), style="dim")
-        why = s.unavailable_reason()
+        why = s.unavailable_reason() or device_reason(s)
         if why is not None:
             lines.append("\n" + why, style="yellow")
         table.add_row(Text(s.name), Text(s.family), lines)
