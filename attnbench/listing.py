@@ -45,7 +45,8 @@ def params_text(spec: MethodSpec) -> str:
 def capabilities_text(spec: MethodSpec) -> str:
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
     return (f"exact {yes(spec.exact)} · causal {yes(spec.causal)} · backward {yes(spec.backward)} · "
-            f"decode {yes(spec.decode)} · varlen {yes(spec.varlen)} · devices {','.join(spec.devices)} · dtypes {','.join(spec.dtypes)} · "
+            f"decode {yes(spec.decode)} · varlen {yes(spec.varlen)} · "
+            f"devices {','.join(spec.devices)} · dtypes {','.join(spec.dtypes)} · "
             f"levels {','.join(spec.levels)}")
 
 
