@@ -38,7 +38,7 @@ def family_columns(df: pd.DataFrame) -> list[str]:
     """Cell keys but n (and seed): what a line along n shares. In a constant-token sweep (every row
     has ``total_tokens``) the batch follows n, so it is left out."""
     keys = [c for c in cell_key_columns(df) if c not in ("n", "seed")]
-    if "total_tokens" in df and len(df) and df["total_tokens"].notna().all():
+    if "total_tokens" in df and len(df) and df["total_tokens"].notna().all() and "batch" in keys:
         keys.remove("batch")
     return keys
 

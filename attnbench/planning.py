@@ -15,10 +15,10 @@ from typing import Any, Iterable
 
 import torch
 
+from attnbench.decode import plan_reason
 from attnbench.dtypes import to_torch
 from attnbench.errors import BadInput
 from attnbench.registry import REGISTRY, BuildContext, MethodSpec, unknown_name_message
-from attnbench.decode import plan_reason
 from attnbench.suite import PLUGIN_HINT, Case, Suite, expand
 
 

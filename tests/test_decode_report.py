@@ -116,3 +116,21 @@ def test_reports_carry_the_decode_sections(tmp_path, capsys):
     assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "Decode crossover against sdpa" in out
+
+
+def test_a_constant_token_sweep_is_one_line_along_n(tmp_path):
+    """total_tokens: the batch follows n, so crossovers and plots group by total_tokens instead."""
+    from attnbench.crossover import crossover_table
+    from attnbench.plots import plot_scaling
+
+    rows = []
+    for n in (1024, 4096, 16384):
+        b = 65536 // n
+        rows.append(row("sdpa", n, time_ms=1e-4 * n, batch=b, total_tokens=65536))
+        rows.append(row("linear", n, time_ms=0.8, batch=b, total_tokens=65536))
+    run = make_run(tmp_path / "tt", rows)
+    df = load_results(run)
+    ct = crossover_table(df, "sdpa")
+    assert list(ct["method"]) == ["linear"] and ct.at[0, "time_crossover"] == "7.8k"
+    figs = plot_scaling(df, read_meta(run))
+    assert list(figs) == ["scaling"]  # one figure, not one per batch
