@@ -9,6 +9,7 @@ import contextlib
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -48,6 +49,9 @@ class CellContext:
     accuracy_stats: StatsCache = field(default_factory=StatsCache)
     _refs: dict = field(default_factory=dict)
     cache_bytes: int = 1 << 30  # references kept for reuse across methods, at most this many bytes
+    run_dir: Path | None = None  # where train cells append their learning curves (curves.jsonl)
+    # values a cell leaves for later cells of the run (train: exact attention's metric per setting)
+    notes: dict = field(default_factory=dict)
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         """A value computed once per key (float64 references, device rates); tensors are evicted
@@ -421,6 +425,10 @@ def allocated_bytes(device: torch.device) -> int | None:
 
 def run_cell(ctx: CellContext, case: Case) -> dict:
     """Run one cell start to end: its eager samples, then (graph mode) capture and replays."""
+    if case.level == "train":  # a model trained on a task (attnbench.train), not a timed call
+        from attnbench.train.cell import run_train_cell
+
+        return run_train_cell(ctx, case)
     baseline = allocated_bytes(ctx.device)
     cell = CellRun(ctx, case)
     t = ctx.suite.timing

@@ -298,7 +298,8 @@ def serve(reply_fd: int, parent_pid: int) -> int:
         suite = load_suite(str(init["suite"]))
         device = parse_device(str(init["device"]))
         ctx = CellContext(suite=suite, device=device, cuda_graphs=bool(init.get("cuda_graphs")),
-                          capacity_limit_mib=float(init.get("capacity_limit_mib") or 0.0))
+                          capacity_limit_mib=float(init.get("capacity_limit_mib") or 0.0),
+                          run_dir=Path(init["suite"]).parent)  # suite.toml lives in the run dir
         _warm_up(device)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which records crashed rows
         send({"op": "fatal", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})

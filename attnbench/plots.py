@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench.plot_error import plot_entropy, plot_error
+from attnbench.plot_train import plot_curves, plot_quality
 from attnbench.plotstyle import (FAILED, FORMATS, KINDS, MODE_NAMES, Look, NothingToPlot, _figure,
                                  _label, _legend, _log_y, _n_axis, _split, _stem, constants, finish,
                                  mark_failed, method_palette, never_ran, select_methods, style_map,
@@ -194,7 +195,8 @@ def plot_grid(df: pd.DataFrame, meta: dict, baseline: str | None = None, rows: s
 
 
 PLOTTERS = {"scaling": plot_scaling, "memory": plot_memory, "error": plot_error,
-            "pareto": plot_pareto, "grid": plot_grid, "entropy": plot_entropy}
+            "pareto": plot_pareto, "grid": plot_grid, "entropy": plot_entropy,
+            "curves": plot_curves, "quality": plot_quality}  # the last two: train rows (plot_train)
 
 
 def make_figures(df: pd.DataFrame, meta: dict, kinds=KINDS, *, baseline: str | None = None,
@@ -291,6 +293,7 @@ def cmd_plot(args, console) -> int:
         raise BadInput(f"plot --format {','.join(bad)!r}: choose from {', '.join(FORMATS)} "
                        "(comma-separated for several)")
     meta, df = read_meta(args.run_dir), load_results(args.run_dir)
+    meta["run_dir"] = str(args.run_dir)  # learning curves are read from the run's curves.jsonl
     usable, dropped = usable_rows(df)
     if usable.empty:
         raise BadInput(f"{args.run_dir}: no result rows to plot" + (f" ({dropped})" if dropped else ""))

@@ -14,7 +14,7 @@ import pandas as pd
 
 from attnbench.report import baseline_mask, fmt_n
 
-KINDS = ("scaling", "memory", "error", "pareto", "grid", "entropy")
+KINDS = ("scaling", "memory", "error", "pareto", "grid", "entropy", "curves", "quality")
 FORMATS = ("png", "svg", "pdf")
 SPLIT = ["level", "dtype", "batch", "heads", "head_dim", "causal", "batching", "layers", "ffn_dim"]
 CONSTANTS = ("dtype", "mode", "level", "batch", "heads", "head_dim", "causal", "batching")

@@ -34,7 +34,7 @@ FAILED_RUN = ("error", "crashed", "timeout")  # a time such a row carries is not
 
 def cell_key_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in CELL_KEYS if c in df.columns] + sorted(
-        c for c in df.columns if c.startswith("input."))
+        c for c in df.columns if c.startswith(("input.", "train.")))
 
 
 def row_keys(df: pd.DataFrame, cols: list[str]) -> pd.Series:
@@ -302,8 +302,13 @@ def render_terminal(run_dir: str | Path, console=None, baseline: str | None = No
         from attnbench.cli import BadInput
 
         raise BadInput("--columns picks the full table's columns: use it with --table full")
+    from attnbench.train_report import render_quality
+
+    console = console or Console()
     df, meta = summary(run_dir, baseline)
-    render(console or Console(), df, meta, table, columns)
+    render(console, df, meta, table, columns)
+    if table != "none":
+        render_quality(console, df, meta["report_baseline"])
 
 
 def escape_md(text) -> str:
@@ -323,8 +328,11 @@ def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 def to_markdown(run_dir: str | Path, baseline: str | None = None) -> str:
     df, meta = summary(run_dir, baseline)
+    from attnbench.train_report import quality_markdown
+
     lines = [f"# {escape_md(meta.get('suite', ''))}", "", escape_md(constants_line(df, meta)), "",
-             *md_table(*table_rows(df)), "", escape_md(NOISE_NOTE)]
+             *md_table(*table_rows(df)), "", escape_md(NOISE_NOTE),
+             *quality_markdown(df, meta["report_baseline"])]
     heads, rows = crossover_rows(df, meta["report_baseline"])
     if rows:
         lines += ["", f"## Crossover against {escape_md(meta['report_baseline'])}", "",
@@ -441,6 +449,10 @@ def cmd_report(args, console) -> int:
         raise BadInput("--table and --columns shape the terminal table; report.md, .csv and .html "
                        "keep every row and column")
     table = args.table or ("full" if args.columns else "summary")
+    if args.grid in ("accuracy", "perplexity", "quality_vs_exact"):  # train rows: train_report
+        from attnbench.train_report import cmd_quality_grid
+
+        return cmd_quality_grid(args, console)
     if args.grid:
         from attnbench.grid import cmd_grid
 
@@ -497,7 +509,10 @@ def add_cli(sub) -> None:
     p.add_argument("--baseline", help="exact method (name or label) to compare against "
                    "(default: the suite's baseline)")
     p.add_argument("--all", metavar="DIR", help="regenerate the reports of every run under DIR")
-    p.add_argument("--grid", choices=("speedup", "memory"), help="paper-style grid (with a heatmap)")
+    p.add_argument("--grid", choices=("speedup", "memory", "accuracy", "perplexity",
+                                      "quality_vs_exact"),
+                   help="paper-style grid: speedup or memory (with a heatmap); for train rows the "
+                        "held-out accuracy, perplexity or quality_vs_exact, mean ± std over seeds")
     p.add_argument("--rows", default="n", help="grid rows: a column or param (default n)")
     p.add_argument("--cols", default=None, help="grid columns: a param (default: each method's "
                    "budget knob, e.g. k)")

@@ -174,7 +174,7 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
     meta.update(isolate=isolate, timeout_s=timeout_s, plugins=plugin_files, rounds=rounds,
                 retry_noisy=retry_noisy)
     ctx = CellContext(suite=suite, device=device, cuda_graphs=cuda_graphs,
-                      capacity_limit_mib=capacity_limit_mib)
+                      capacity_limit_mib=capacity_limit_mib, run_dir=run_dir)
     init = {"op": "init", "suite": str((run_dir / "suite.toml").resolve()), "plugins": plugin_files,
             "device": str(device), "cuda_graphs": cuda_graphs,
             "capacity_limit_mib": capacity_limit_mib,
