@@ -16,12 +16,18 @@ from attnbench.plotstyle import (Look, NothingToPlot, _figure, _label, _legend, 
                                  style_map, title_text)
 from attnbench.report import fmt_n
 from attnbench.train.curves import read_curves
-from attnbench.train_report import add_quality, train_rows
+from attnbench.train_report import _setting_columns, add_quality, train_rows
 
 
 def _groups(df: pd.DataFrame):
+    """(task, n, {setting: value}, rows): one figure per task, length and setting that varies in the
+    run (causal, lr, ...), so that seeds of one setting make a band and settings never mix."""
     task = df.get("task", df.get("train.task"))
-    return df.assign(_task=task).groupby(["_task", "n"], sort=True)
+    settings = _setting_columns(df)
+    for key, part in df.assign(_task=task).groupby(["_task", "n", *settings], sort=True,
+                                                    dropna=False):
+        fixed = {c.removeprefix("train."): v for c, v in zip(settings, key[2:])}
+        yield key[0], key[1], fixed, part
 
 
 def plot_curves(df: pd.DataFrame, meta: dict, baseline: str | None = None, *,
@@ -39,7 +45,7 @@ def plot_curves(df: pd.DataFrame, meta: dict, baseline: str | None = None, *,
     styles = style_map(look.palette_source(df), baseline or meta.get("baseline"))
     labels = dict(zip(rows["cell_id"], _label(rows)))
     out = {}
-    for (task, n), part in _groups(rows):
+    for task, n, fixed, part in _groups(rows):
         pts = points[points["cell_id"].isin(part["cell_id"])]
         metric = str(part["metric"].dropna().iloc[0]) if part["metric"].notna().any() else None
         if pts.empty or metric is None or metric not in pts:
@@ -64,11 +70,11 @@ def plot_curves(df: pd.DataFrame, meta: dict, baseline: str | None = None, *,
         if chance == chance:
             axes[0].axhline(chance, color="0.5", linestyle=":", linewidth=1, label="chance")
         seeds = part["seed"].nunique() if "seed" in part else 1
-        finish(fig, title_text(f"learning curves · {task} · n={fmt_n(n)}", meta),
+        finish(fig, title_text(f"learning curves · {task} · n={fmt_n(n)}", meta, fixed),
                [f"line: mean over {seeds} seed(s); band: lowest to highest seed · dotted: chance "
-                "(what a model without content-based attention reaches)"], look)
+                "(what a model without content-based attention reaches)"], look, fixed)
         _legend(fig, axes, order=styles)
-        out[_stem(f"curves-{task}-n{n}", {})] = fig
+        out[_stem(f"curves-{task}-n{n}", fixed)] = fig
     if not out:
         raise NothingToPlot("no learning-curve points match this run's train rows")
     return out
@@ -91,7 +97,7 @@ def plot_quality(df: pd.DataFrame, meta: dict, baseline: str | None = None, *,
                        peak_mem_mib=pd.to_numeric(rows.get("peak_mem_mib"), errors="coerce"))
     styles = style_map(look.palette_source(df), baseline)
     out = {}
-    for (task, n), part in _groups(rows):
+    for task, n, fixed, part in _groups(rows):
         metric = str(part["metric"].dropna().iloc[0])
         higher = metric == "accuracy"
         fig, axes = _figure(2)
@@ -122,10 +128,10 @@ def plot_quality(df: pd.DataFrame, meta: dict, baseline: str | None = None, *,
             if chance == chance:
                 ax.axhline(chance, color="0.5", linestyle=":", linewidth=1)
         seeds = part["seed"].nunique() if "seed" in part else 1
-        finish(fig, title_text(f"quality vs cost · {task} · n={fmt_n(n)}", meta),
+        finish(fig, title_text(f"quality vs cost · {task} · n={fmt_n(n)}", meta, fixed),
                [f"marker: mean over {seeds} seed(s), bar: lowest to highest · hollow = dominated "
-                "(another is cheaper and better) · grey: frontier · dotted: chance"], look)
+                "(another is cheaper and better) · grey: frontier · dotted: chance"], look, fixed)
         _legend(fig, axes, order=styles)
-        out[_stem(f"quality-{task}-n{n}", {})] = fig
+        out[_stem(f"quality-{task}-n{n}", fixed)] = fig
     return out
 

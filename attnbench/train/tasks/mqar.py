@@ -52,7 +52,7 @@ class MQAR(Task):
             raise Unsupported(f"mqar: vocab={p.vocab} is too small for {d} distinct keys and values "
                               f"(needs vocab >= {2 * d + 2})")
         super().__init__(n=n, batch=batch, seed=seed, eval_batches=eval_batches, vocab=p.vocab,
-                         outputs=p.vocab, info={"task_chance": 1.0 / d})
+                         outputs=p.vocab)
         self.p = p
         self._train = generator(seed, "mqar-train")
 
