@@ -8,13 +8,13 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from attnbench.accuracy import StatsCache, budget_rank, input_columns
+from attnbench.accuracy import budget_rank, input_columns
 from attnbench.capacity import CapacityProbe, max_batch
+from attnbench.context import CellContext, allocated_bytes, one_line
 from attnbench.contract import ContractViolation, changed_inputs, check_output, fingerprint
 from attnbench.dtypes import to_torch
 from attnbench.errors import Interrupted
@@ -28,45 +28,10 @@ from attnbench.reference import error_metrics
 from attnbench.registry import REGISTRY, MethodSpec, Unsupported
 from attnbench.roofline import copy_bandwidth_gbs, matmul_tflops, roofline_columns
 from attnbench.schema import STATS
-from attnbench.suite import Case, Suite
+from attnbench.suite import Case
 from attnbench.varlen import Packed, documents_for, pack_level
 
 NOISY_IQR = 0.10  # a cell whose IQR exceeds 10% of its median is flagged noisy
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return first[:limit]
-
-
-@dataclass
-class CellContext:
-    """State shared by the cells of one run: the suite, device and small caches of references."""
-
-    suite: Suite
-    device: torch.device
-    cuda_graphs: bool = False
-    capacity_limit_mib: float = 0.0  # overrides the suite's [capacity] limit_mib when set
-    accuracy_stats: StatsCache = field(default_factory=StatsCache)
-    _refs: dict = field(default_factory=dict)
-    cache_bytes: int = 1 << 30  # references kept for reuse across methods, at most this many bytes
-
-    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
-        """A value computed once per key (float64 references, device rates); tensors are evicted
-        oldest first once they exceed ``cache_bytes``. Cells run method by method, so a reference
-        is reused by every method on the same inputs only if the cache holds a whole sweep's."""
-        if key not in self._refs:
-            value = make()
-            self._refs[key] = value
-            while len(self._refs) > 1 and sum(_nbytes(v) for v in self._refs.values()) > \
-                    self.cache_bytes:
-                self._refs.pop(next(iter(self._refs)))
-        return self._refs[key]
-
-
-def _nbytes(value: Any) -> int:
-    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
 
 
 def make_inputs(case: Case, batch: int, dtype: torch.dtype, device: torch.device):
@@ -438,18 +403,9 @@ class CellRun:
         free_memory(self.ctx.device, collect=self.failed, baseline=baseline)
 
 
-def allocated_bytes(device: torch.device) -> int | None:
-    """Bytes the CUDA allocator holds for tensors now (None off CUDA)."""
-    return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-
-
-def run_cell(ctx: CellContext, case: Case) -> dict:
-    """Run one cell start to end: its eager samples, then (graph mode) capture and replays.
-    Prefill and decode cells go to :mod:`attnbench.decode`."""
-    if case.mode in ("prefill", "decode"):
-        from attnbench.decode import run_causal_cell
-
-        return run_causal_cell(ctx, case)
+def run_timed_cell(ctx: CellContext, case: Case) -> dict:
+    """Run one timed cell (mode fwd, fwd_bwd, capacity) start to end: its eager samples, then (graph
+    mode) capture and replays."""
     baseline = allocated_bytes(ctx.device)
     cell = CellRun(ctx, case)
     t = ctx.suite.timing

@@ -285,7 +285,7 @@ class _WorkerState:
     def __init__(self, init: dict):
         import tomllib
 
-        from attnbench.cell import CellContext
+        from attnbench.context import CellContext
         from attnbench.env import parse_device
         from attnbench.registry import load_plugin_file
         from attnbench.suite import parse_suite
@@ -366,7 +366,7 @@ def worker_info(device) -> dict:
 def run_unit(init: dict, identities: list[dict], cell_ids: list[str], rounds: int,
              check_retry: bool) -> list[dict]:
     """A Dask task: run one unit (a cell, or an interleaved group) and return its rows' fields."""
-    from attnbench.cell import run_cell
+    from attnbench.dispatch import run_cell
     from attnbench.interleave import run_interleaved
     from attnbench.suite import Case
 

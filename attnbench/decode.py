@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from attnbench.cell import CellContext, allocated_bytes, one_line
+from attnbench.cell import run_timed_cell
+from attnbench.context import CellContext, allocated_bytes, one_line
 from attnbench.contract import check_output
 from attnbench.decode_state import tensor_bytes
 from attnbench.dtypes import to_torch
@@ -65,9 +66,7 @@ def plan_reason(case: Case) -> str | None:
 def run_causal_cell(ctx: CellContext, case: Case) -> dict:
     """The row of a ``prefill`` or ``decode`` cell."""
     if case.mode == "prefill":
-        from attnbench.cell import run_cell
-
-        return run_cell(ctx, dataclasses.replace(case, mode="fwd", causal=True))
+        return run_timed_cell(ctx, dataclasses.replace(case, mode="fwd", causal=True))
     return DecodeCell(ctx, case).run()
 
 

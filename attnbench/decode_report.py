@@ -19,8 +19,8 @@ import pandas as pd
 
 from attnbench.crossover import crossing
 from attnbench.frame import baseline_mask, family_columns, fmt_n, fmt_value, varying
-from attnbench.plotstyle import (FAILED, Look, NothingToPlot, _figure, _label, _legend, _log_y,
-                                 _n_axis, _split, _stem, constants, finish, mark_failed, never_ran,
+from attnbench.plotstyle import (FAILED, Look, NothingToPlot, new_figure, method_label, figure_legend, log_axis,
+                                 n_axis, facets, file_stem, constants, finish, mark_failed, never_ran,
                                  style_map, title_text)
 
 MIB = 2**20
@@ -211,17 +211,17 @@ def _plot(df: pd.DataFrame, meta: dict, baseline: str | None, what: str, look: L
     baseline = baseline or meta.get("baseline")
     styles = style_map(look.palette_source(df), baseline)
     out = {}
-    for fixed, part in _split(rows):
+    for fixed, part in facets(rows):
         part, gone = never_ran(part)
         if part.empty:
             continue
-        fig, (ax,) = _figure(1)
+        fig, (ax,) = new_figure(1)
         ok = part[(part["status"] == "ok") & part["_y"].notna()]
-        for lab, g in ok.groupby(_label(ok), sort=True):
+        for lab, g in ok.groupby(method_label(ok), sort=True):
             med = g.groupby("n")["_y"].median()
             ax.plot(med.index, med.values, label=lab, **styles[lab])
-        _log_y(ax)
-        _n_axis(ax, part["n"])
+        log_axis(ax)
+        n_axis(ax, part["n"])
         ax.set_xlabel("context n (tokens already processed)")
         ax.set_ylabel("time per token (ms, median step)" if what == "decode"
                       else "state per sequence (MiB)")
@@ -229,7 +229,7 @@ def _plot(df: pd.DataFrame, meta: dict, baseline: str | None, what: str, look: L
         markers: set[str] = set()
         bad = part[part["status"].isin(FAILED)]
         if not bad.empty:
-            markers = mark_failed(ax, bad, styles, set(_label(ok)))
+            markers = mark_failed(ax, bad, styles, set(method_label(ok)))
         note = "a step advances every sequence of the batch by one token" if what == "decode" else \
             "bytes kept between steps (KV cache at its allocated size, ring, or recurrent state)"
         mem = _num(ok, "device_mem_mib").dropna()
@@ -246,11 +246,11 @@ def _plot(df: pd.DataFrame, meta: dict, baseline: str | None, what: str, look: L
                                else "decode: state per sequence", meta, fixed),
                [" · ".join(constants(part, skip=fixed)), f"black: exact baseline {baseline} · {note}",
                 gone], look, fixed)
-        _legend(fig, [ax], markers, order=styles)
+        figure_legend(fig, [ax], markers, order=styles)
         if fig._suptitle is not None:  # one panel: a centred title would run into the legend
             fig._suptitle.set_horizontalalignment("left")
             fig._suptitle.set_x(0.02)
-        out[_stem(what, fixed)] = fig
+        out[file_stem(what, fixed)] = fig
     if not out:
         raise NothingToPlot("no decode row ran in this run")
     return out

@@ -6,7 +6,7 @@ its choosing. Right before a case would run it asks ``gate(case)``: fields to re
 running (an ``unsupported`` or ``oom-pruned`` row), or None. ``on_start(case)`` reports that a case
 starts. ``close()`` stops whatever the executor started (worker processes).
 
-- :class:`InProcess`: one cell after another in this process (:func:`attnbench.cell.run_cell`).
+- :class:`InProcess`: one cell after another in this process (:func:`attnbench.dispatch.run_cell`).
 - :class:`Isolated`: each cell in a worker process (:mod:`attnbench.isolate`): a crash or hang costs
   one ``crashed`` or ``timeout`` row.
 - :class:`Interleaved`: the cells of each comparison group timed together in alternating rounds
@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Protocol, Sequence
 
-from attnbench.cell import CellContext, run_cell
+from attnbench.context import CellContext
+from attnbench.dispatch import run_cell
 from attnbench.interleave import group_key, run_interleaved
 from attnbench.suite import Case
 
@@ -84,6 +85,12 @@ class Interleaved:
     def run(self, cases, gate, on_start):
         groups: dict[tuple, list[Case]] = {}
         for case in cases:
+            if case.level == "train":  # trained, not timed call by call: nothing to interleave
+                if (fields := gate(case)) is None:
+                    on_start(case)
+                    fields = run_cell(self.ctx, case)
+                yield case, fields
+                continue
             groups.setdefault(group_key(case), []).append(case)
         for group in groups.values():
             runnable = []

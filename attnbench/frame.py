@@ -31,7 +31,7 @@ FAILED_RUN = ("error", "crashed", "timeout")  # a time such a row carries is not
 
 def cell_key_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in CELL_KEYS if c in df.columns] + sorted(
-        c for c in df.columns if c.startswith("input."))
+        c for c in df.columns if c.startswith(("input.", "train.")))
 
 
 def family_columns(df: pd.DataFrame) -> list[str]:

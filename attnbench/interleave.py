@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 
-from attnbench.cell import CellContext, CellRun, allocated_bytes
+from attnbench.cell import CellRun
+from attnbench.context import CellContext, allocated_bytes
 from attnbench.measure import free_memory
 from attnbench.suite import Case
 

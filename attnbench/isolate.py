@@ -288,7 +288,8 @@ def serve(reply_fd: int, parent_pid: int) -> int:
         log = open(init["fault_log"], "a", encoding="utf-8")
         faulthandler.enable(file=log, all_threads=False)
 
-        from attnbench.cell import CellContext, run_cell
+        from attnbench.context import CellContext
+        from attnbench.dispatch import run_cell
         from attnbench.env import parse_device
         from attnbench.registry import load_plugin_file
         from attnbench.suite import Case, load_suite
@@ -298,7 +299,8 @@ def serve(reply_fd: int, parent_pid: int) -> int:
         suite = load_suite(str(init["suite"]))
         device = parse_device(str(init["device"]))
         ctx = CellContext(suite=suite, device=device, cuda_graphs=bool(init.get("cuda_graphs")),
-                          capacity_limit_mib=float(init.get("capacity_limit_mib") or 0.0))
+                          capacity_limit_mib=float(init.get("capacity_limit_mib") or 0.0),
+                          run_dir=Path(init["suite"]).parent)  # suite.toml lives in the run dir
         _warm_up(device)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which records crashed rows
         send({"op": "fatal", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})

@@ -127,8 +127,10 @@ def plan(suite: Suite, device: torch.device, only=None, skip=None) -> list[Plann
         params = None
         try:
             params = spec.params(**case.params_dict)
+            # a train cell's model is the model level's encoder, trained (attnbench.train)
             why = spec.unsupported_reason(params, ctx, backward=case.mode == "fwd_bwd",
-                                          dtype_name=case.dtype, level=case.level,
+                                          dtype_name=case.dtype,
+                                          level="model" if case.level == "train" else case.level,
                                           decode=case.mode == "decode",
                                           packed="lengths" in case.input_dict) or plan_reason(case)
         except Exception as exc:  # noqa: BLE001 - a constraint that crashes is reported, not fatal

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from attnbench.plotstyle import (Look, NothingToPlot, _figure, _label, _legend, _log_y, _shade, _split,
-                                 _stem, constants, finish, method_palette, panel_legend, style_map,
+from attnbench.plotstyle import (Look, NothingToPlot, new_figure, method_label, figure_legend, log_axis, shade, facets,
+                                 file_stem, constants, finish, method_palette, panel_legend, style_map,
                                  title_text, value_axis)
 from attnbench.frame import fmt_n
 
@@ -43,7 +43,7 @@ def _error_panel(ax, rows: pd.DataFrame, rgb, marker: str, seeds: int) -> None:
             g = srows[srows["n"] == n].groupby("_b")["rel_err"].agg(["mean", "min", "max"])
             if g.empty:
                 continue
-            col = _shade(rgb, ni, len(ns), 0.65)
+            col = shade(rgb, ni, len(ns), 0.65)
             ax.plot(g.index, g["mean"], color=col, marker=marker, linestyle=DASHES[si % 4],
                     markersize=5, label=f"n={fmt_n(n)}" + (f" {tag}" if tag else ""))
             if seeds > 1:
@@ -57,12 +57,12 @@ def _error_panel(ax, rows: pd.DataFrame, rgb, marker: str, seeds: int) -> None:
             g = rows[rows["n"] == n].groupby("_b")["svd_rel_err"].mean().dropna()
             if g.empty:
                 continue
-            ax.plot(g.index, g.values, color=_shade((0.2, 0.2, 0.2), ni, len(ns), 0.6),
+            ax.plot(g.index, g.values, color=shade((0.2, 0.2, 0.2), ni, len(ns), 0.6),
                     linestyle="--", lw=1, marker="_", markersize=10, mew=1.5,
                     label=None if labelled else "best rank-k (SVD)")
             labelled = True
     value_axis(ax, rows["_b"], f"{knob} (budget knob)")
-    _log_y(ax)
+    log_axis(ax)
     ax.set_ylabel("relative error vs float64 exact")
     ax.grid(True, which="major", alpha=0.3)
     panel_legend(ax)
@@ -81,9 +81,9 @@ def plot_error(df: pd.DataFrame, meta: dict, baseline: str | None = None, *,
     palette = method_palette(look.palette_source(df), baseline or meta.get("baseline"))
     seeds = ok["seed"].nunique() if "seed" in ok else 1
     out = {}
-    for fixed, part in _split(ok):
+    for fixed, part in facets(ok):
         methods = sorted(part["method"].unique())
-        fig, axes = _figure(len(methods), width=5.6, height=3.6, legend_width=0.0)
+        fig, axes = new_figure(len(methods), width=5.6, height=3.6, legend_width=0.0)
         for ax, m in zip(axes, methods):
             rgb, marker = palette.get(m, ((0.0, 0.0, 0.0), "o"))
             _error_panel(ax, part[part["method"] == m], rgb, marker, seeds)
@@ -91,7 +91,7 @@ def plot_error(df: pd.DataFrame, meta: dict, baseline: str | None = None, *,
         finish(fig, title_text("approximation error vs budget", meta, fixed),
                [" · ".join(constants(part, skip=fixed)), f"mean over {seeds} seeds, band min–max"
                 if seeds > 1 else "one seed (no band)"], look, fixed)
-        out[_stem("error", fixed)] = fig
+        out[file_stem("error", fixed)] = fig
     return out
 
 
@@ -100,7 +100,7 @@ def _uniform_curves(ax, rows: pd.DataFrame, key: list[str]) -> None:
     reference: a method measured against its own exact attention (LSH's shared-QK attention) has its
     own entropy and uniform answer on the same inputs, so it gets its own curve."""
     curves = []
-    for _, g in rows[rows["uniform_rel_err"].notna()].groupby(_label(rows), sort=True):
+    for _, g in rows[rows["uniform_rel_err"].notna()].groupby(method_label(rows), sort=True):
         u = g.groupby(key, dropna=False)[["entropy", "uniform_rel_err"]].mean().sort_values("entropy")
         pts = list(zip(u["entropy"].round(9), u["uniform_rel_err"].round(9)))
         if pts not in curves:
@@ -123,25 +123,25 @@ def plot_entropy(df: pd.DataFrame, meta: dict, baseline: str | None = None, *,
     styles = style_map(look.palette_source(df), baseline or meta.get("baseline"))
     inputs = sorted(c for c in ok if c.startswith("input."))
     out = {}
-    for fixed, part in _split(ok.drop(columns=inputs)):
+    for fixed, part in facets(ok.drop(columns=inputs)):
         part = ok.loc[part.index]
         ns = sorted(part["n"].unique())
-        fig, axes = _figure(len(ns), width=4.8)
+        fig, axes = new_figure(len(ns), width=4.8)
         for ax, n in zip(axes, ns):
             rows = part[part["n"] == n]
             key = inputs or ["entropy"]
-            for lab, g in rows.groupby(_label(rows), sort=True):
+            for lab, g in rows.groupby(method_label(rows), sort=True):
                 g = g.groupby(key, dropna=False)[["entropy", "rel_err"]].mean().sort_values("entropy")
                 ax.plot(g["entropy"], g["rel_err"], label=lab, **styles[lab])
             if "uniform_rel_err" in rows:
                 _uniform_curves(ax, rows, key)
-            _log_y(ax)
+            log_axis(ax)
             ax.set_xlabel("normalised attention entropy (1 = uniform, 0 = one key)")
             ax.set_ylabel("relative error vs float64 exact")
             ax.set_title(f"n={fmt_n(n)}", fontsize=10)
             ax.grid(True, which="major", alpha=0.3)
         finish(fig, title_text("approximation error vs attention entropy", meta, fixed),
                [" · ".join(constants(part.drop(columns=inputs), skip=fixed))], look, fixed)
-        _legend(fig, axes, order=styles)
-        out[_stem("entropy", fixed)] = fig
+        figure_legend(fig, axes, order=styles)
+        out[file_stem("entropy", fixed)] = fig
     return out

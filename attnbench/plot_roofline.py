@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from attnbench.plotstyle import (MODE_NAMES, Look, NothingToPlot, _figure, _label, _legend, _log_y,
-                                 _split, _stem, constants, finish, style_map, title_text)
+from attnbench.plotstyle import (MODE_NAMES, Look, NothingToPlot, new_figure, method_label, figure_legend, log_axis,
+                                 facets, file_stem, constants, finish, style_map, title_text)
 
 NEEDED = ("flops", "min_bytes", "tflops_per_s", "copy_gbs", "matmul_tflops")
 
@@ -40,9 +40,9 @@ def plot_roofline(df: pd.DataFrame, meta: dict, baseline: str | None = None, *,
     ok = roofline_rows(df)
     styles = style_map(look.palette_source(df), baseline or meta.get("baseline"))
     out = {}
-    for fixed, part in _split(ok):
+    for fixed, part in facets(ok):
         modes = sorted(part["mode"].unique(), key=lambda m: (m != "fwd", m))
-        fig, axes = _figure(len(modes))
+        fig, axes = new_figure(len(modes))
         for ax, mode in zip(axes, modes):
             rows = part[part["mode"] == mode]
             bw, peak = float(rows["_bw"].median()), float(rows["_peak"].median())
@@ -54,12 +54,12 @@ def plot_roofline(df: pd.DataFrame, meta: dict, baseline: str | None = None, *,
                         fontsize=7, color="0.35")
             ax.annotate(f"copy {bw:.2f} TB/s", (lo, lo * bw), ha="left", va="bottom", fontsize=7,
                         color="0.35", rotation=25)
-            for lab, g in rows.groupby(_label(rows), sort=True):
+            for lab, g in rows.groupby(method_label(rows), sort=True):
                 st = styles[lab]
                 ax.plot(g["_x"], g["_y"], linestyle="none", marker=st["marker"], markersize=7,
                         color=st["color"], label=lab, zorder=st["zorder"])
-            _log_y(ax, "x")
-            _log_y(ax)
+            log_axis(ax, "x")
+            log_axis(ax)
             ax.set_xlabel("arithmetic intensity (FLOP per byte moved, at least)")
             ax.set_ylabel("achieved TFLOP/s (useful FLOPs)")
             ax.set_title(f"mode: {MODE_NAMES.get(mode, mode)}", fontsize=10)
@@ -68,6 +68,6 @@ def plot_roofline(df: pd.DataFrame, meta: dict, baseline: str | None = None, *,
                [" · ".join(constants(part, skip=fixed)),
                 "roofs measured in the run: device copy bandwidth and dense matmul rate; one marker "
                 "per cell (n grows with intensity for quadratic methods)"], look, fixed)
-        _legend(fig, axes, order=styles)
-        out[_stem("roofline", fixed)] = fig
+        figure_legend(fig, axes, order=styles)
+        out[file_stem("roofline", fixed)] = fig
     return out

@@ -15,8 +15,9 @@ import pandas as pd
 from attnbench.decode_report import DECODE_KINDS, has_decode, plot_decode, plot_state
 from attnbench.plot_error import plot_entropy, plot_error
 from attnbench.plot_roofline import plot_roofline
-from attnbench.plotstyle import (FAILED, save_figure, FORMATS, KINDS, MODE_NAMES, Look, NothingToPlot, _figure,
-                                 _label, _legend, _log_y, _n_axis, _split, _stem, constants, finish,
+from attnbench.plot_train import plot_curves, plot_quality
+from attnbench.plotstyle import (FAILED, save_figure, FORMATS, KINDS, MODE_NAMES, Look, NothingToPlot, new_figure,
+                                 method_label, figure_legend, log_axis, n_axis, facets, file_stem, constants, finish,
                                  mark_failed, method_palette, never_ran, select_methods, style_map,
                                  title_text, usable_rows)
 from attnbench.frame import fmt_n, time_cost
@@ -48,7 +49,7 @@ def _draw_times(ax, ok: pd.DataFrame, styles: dict, bars: bool) -> int:
     """A line per label (median over rows at each n) and, with ``bars``, a vertical bar from the first
     to the third quartile of the timing samples. Returns how many bars were drawn."""
     drawn = 0
-    for lab, g in ok.groupby(_label(ok), sort=True):
+    for lab, g in ok.groupby(method_label(ok), sort=True):
         med = g.groupby("n")["_y"].median()
         ax.plot(med.index, med.values, label=lab, **styles[lab])
         if not bars:
@@ -80,12 +81,12 @@ def plot_scaling(df: pd.DataFrame, meta: dict, baseline: str | None = None,
         if metric == "time" else "peak memory (MiB)"
     what = "time vs n" if metric == "time" else "peak memory vs n"
     out = {}
-    for fixed, part in _split(df):
+    for fixed, part in facets(df):
         part, gone = never_ran(part)
         if part.empty:
             continue
         modes = sorted(part["mode"].unique(), key=lambda m: (m != "fwd", m))
-        fig, axes = _figure(len(modes))
+        fig, axes = new_figure(len(modes))
         markers: set[str] = set()
         bars = 0
         for ax, mode in zip(axes, modes):
@@ -93,22 +94,22 @@ def plot_scaling(df: pd.DataFrame, meta: dict, baseline: str | None = None,
             ok = rows[(rows["status"] == "ok") & rows["_y"].notna()]
             bad = rows[rows["status"].isin(FAILED)]
             bars += _draw_times(ax, ok, styles, metric == "time")
-            _log_y(ax)
-            _n_axis(ax, rows["n"])
+            log_axis(ax)
+            n_axis(ax, rows["n"])
             ax.set_ylabel(ylabel)
             ax.set_title(f"mode: {MODE_NAMES.get(mode, mode)}", fontsize=10)
             ax.grid(True, which="major", alpha=0.3)
             if not bad.empty:
                 if ok.empty:
                     ax.set_ylim(1, 10)
-                markers |= mark_failed(ax, bad, styles, set(_label(ok)))
+                markers |= mark_failed(ax, bad, styles, set(method_label(ok)))
         spread = ("bars: IQR of the timing samples" if bars else "no timing spread recorded") \
             if metric == "time" else "one memory measurement per cell (no spread bars)"
         finish(fig, title_text(what, meta, fixed),
                [" · ".join(constants(part, skip=fixed)),
                 f"black: exact baseline {baseline} · {spread}", gone], look, fixed)
-        _legend(fig, axes, markers, order=styles)
-        out[_stem("scaling" if metric == "time" else "memory", fixed)] = fig
+        figure_legend(fig, axes, markers, order=styles)
+        out[file_stem("scaling" if metric == "time" else "memory", fixed)] = fig
     if not out:
         raise NothingToPlot("no method ran in this run")
     return out
@@ -140,11 +141,11 @@ def plot_pareto(df: pd.DataFrame, meta: dict, baseline: str | None = None, n: in
                             f"{', '.join(str(int(x)) for x in avail)}")
     styles = style_map(look.palette_source(df), baseline or meta.get("baseline"))
     out = {}
-    for fixed, part in _split(ok[ok["n"] == n]):
+    for fixed, part in facets(ok[ok["n"] == n]):
         modes = sorted(part["mode"].unique(), key=lambda m: (m != "fwd", m))
-        fig, axes = _figure(len(modes))
+        fig, axes = new_figure(len(modes))
         for ax, mode in zip(axes, modes):
-            pts = part[part["mode"] == mode].groupby(_label(part[part["mode"] == mode])) \
+            pts = part[part["mode"] == mode].groupby(method_label(part[part["mode"] == mode])) \
                 .agg(t=("_t", "median"), e=("rel_err", "mean"))
             dom = _dominated(list(zip(pts["t"], pts["e"])))
             for (lab, r), d in zip(pts.iterrows(), dom):
@@ -155,8 +156,8 @@ def plot_pareto(df: pd.DataFrame, meta: dict, baseline: str | None = None, n: in
             front = pts[[not d for d in dom]].sort_values("t")
             if len(front) > 1:
                 ax.step(front["t"], front["e"], where="post", color="0.5", lw=1, zorder=1)
-            _log_y(ax, "x")
-            _log_y(ax)
+            log_axis(ax, "x")
+            log_axis(ax)
             ax.set_xlabel("time per call (ms, median)" if "batching" not in part or
                           (part["batching"] != "capacity").all() else "time per sequence (ms)")
             ax.set_ylabel("relative error vs float64 exact")
@@ -166,8 +167,8 @@ def plot_pareto(df: pd.DataFrame, meta: dict, baseline: str | None = None, n: in
                [" · ".join(constants(part, skip=fixed)),
                 "hollow = dominated (another is faster and more accurate) · grey: frontier"],
                look, fixed)
-        _legend(fig, axes, order=styles)
-        out[_stem(f"pareto-n{n}", fixed)] = fig
+        figure_legend(fig, axes, order=styles)
+        out[file_stem(f"pareto-n{n}", fixed)] = fig
     return out
 
 
@@ -194,7 +195,8 @@ def plot_grid(df: pd.DataFrame, meta: dict, baseline: str | None = None, rows: s
 
 PLOTTERS = {"scaling": plot_scaling, "memory": plot_memory, "error": plot_error,
             "pareto": plot_pareto, "grid": plot_grid, "entropy": plot_entropy,
-            "decode": plot_decode, "state": plot_state, "roofline": plot_roofline}
+            "decode": plot_decode, "state": plot_state, "roofline": plot_roofline,
+            "curves": plot_curves, "quality": plot_quality}
 
 
 def make_figures(df: pd.DataFrame, meta: dict, kinds=KINDS, *, baseline: str | None = None,

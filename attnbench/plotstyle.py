@@ -16,7 +16,7 @@ import pandas as pd
 from attnbench.frame import baseline_mask, fmt_n
 
 KINDS = ("scaling", "memory", "error", "pareto", "grid", "entropy", "decode", "state",
-         "roofline")
+         "roofline", "curves", "quality")
 FORMATS = ("png", "svg", "pdf")
 SPLIT = ["level", "dtype", "batch", "heads", "head_dim", "causal", "batching", "layers", "ffn_dim"]
 CONSTANTS = ("dtype", "mode", "level", "batch", "heads", "head_dim", "causal", "batching")
@@ -73,7 +73,7 @@ def select_methods(df: pd.DataFrame, patterns: list[str], baseline: str | None
     """Rows whose method name or label matches one of the shell-style ``patterns`` (case-insensitive),
     plus the baseline's rows; and the patterns that matched nothing."""
     names = df["method"].astype(str).str.lower()
-    labels = _label(df).astype(str).str.lower()
+    labels = method_label(df).astype(str).str.lower()
     keep = baseline_mask(df, baseline) if baseline else pd.Series(False, index=df.index)
     unmatched = []
     for pat in patterns:
@@ -85,7 +85,7 @@ def select_methods(df: pd.DataFrame, patterns: list[str], baseline: str | None
     return df[keep], unmatched
 
 
-def _label(df: pd.DataFrame) -> pd.Series:
+def method_label(df: pd.DataFrame) -> pd.Series:
     return df["label"] if "label" in df else df["method"]
 
 
@@ -93,14 +93,14 @@ def method_palette(df: pd.DataFrame, baseline: str | None) -> dict[str, tuple]:
     """method name -> (rgb, marker), in name order, leaving out the baseline's method."""
     base = set(df.loc[baseline_mask(df, baseline), "method"]) if baseline else set()
     methods = sorted(set(df["method"].astype(str)) - base)
-    return {m: (_hex(PALETTE[i % len(PALETTE)]), MARKERS[i % len(MARKERS)])
+    return {m: (hex_rgb(PALETTE[i % len(PALETTE)]), MARKERS[i % len(MARKERS)])
             for i, m in enumerate(methods)}
 
 
 def style_map(df: pd.DataFrame, baseline: str | None) -> dict[str, dict]:
     """label -> matplotlib style, fixed for the whole run so every plot agrees: a colour and marker
     per method, lighter for a smaller budget; the baseline in thick black."""
-    labels = _label(df).astype(str)
+    labels = method_label(df).astype(str)
     base = sorted(set(labels[baseline_mask(df, baseline)])) if baseline else []
     budget = pd.to_numeric(df.get("budget_value", pd.Series(math.nan, index=df.index)),
                            errors="coerce")
@@ -111,22 +111,22 @@ def style_map(df: pd.DataFrame, baseline: str | None) -> dict[str, dict]:
         variants = order[order["m"] == m].groupby("l")["b"].max().reset_index() \
             .sort_values(["b", "l"], na_position="first")["l"].tolist()
         for j, lab in enumerate(v for v in variants if v not in styles):
-            styles[lab] = dict(color=_shade(rgb, j, len(variants), 0.55), marker=marker,
+            styles[lab] = dict(color=shade(rgb, j, len(variants), 0.55), marker=marker,
                                linestyle="-", linewidth=1.5, markersize=5, zorder=3)
     return styles
 
 
-def _shade(rgb, j: int, count: int, most: float) -> tuple:
+def shade(rgb, j: int, count: int, most: float) -> tuple:
     """The j-th of ``count`` shades of ``rgb``: the first lightest, the last the colour itself."""
     light = most * (1 - j / (count - 1)) if count > 1 else 0.0
     return tuple(c + (1 - c) * light for c in rgb)
 
 
-def _hex(h: str) -> tuple[float, float, float]:
+def hex_rgb(h: str) -> tuple[float, float, float]:
     return tuple(int(h[i:i + 2], 16) / 255 for i in (1, 3, 5))
 
 
-def _split(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
+def facets(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     split = SPLIT
     if "total_tokens" in df and len(df) and df["total_tokens"].notna().all():
         split = [c if c != "batch" else "total_tokens" for c in SPLIT]  # batch follows n there
@@ -138,12 +138,12 @@ def _split(df: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
             for k, g in df.groupby(cols, dropna=False, sort=True)]
 
 
-def _present(v) -> bool:
+def is_present(v) -> bool:
     return not (v is None or (isinstance(v, float) and math.isnan(v)))
 
 
-def _stem(kind: str, fixed: dict) -> str:
-    parts = [kind, *(f"{k.removeprefix('input.')}={v}" for k, v in fixed.items() if _present(v))]
+def file_stem(kind: str, fixed: dict) -> str:
+    parts = [kind, *(f"{k.removeprefix('input.')}={v}" for k, v in fixed.items() if is_present(v))]
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(parts))
 
 
@@ -153,12 +153,12 @@ def never_ran(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     nothing to draw. Returns the other rows and a caption note naming the ones left out."""
     reasons = df.get("reason", pd.Series("", index=df.index)).fillna("").astype(str)
     missing = df["status"].eq("unsupported") & reasons.str.startswith("unavailable")
-    gone = sorted(lab for lab, m in missing.groupby(_label(df)).all().items() if m)
+    gone = sorted(lab for lab, m in missing.groupby(method_label(df)).all().items() if m)
     if not gone:
         return df, ""
-    why = [f"{lab} ({reasons[_label(df) == lab].iloc[0].removeprefix('unavailable: ').split(' (')[0]})"
+    why = [f"{lab} ({reasons[method_label(df) == lab].iloc[0].removeprefix('unavailable: ').split(' (')[0]})"
            for lab in gone]
-    return df[~_label(df).isin(gone)], "not drawn, unavailable: " + "; ".join(why)
+    return df[~method_label(df).isin(gone)], "not drawn, unavailable: " + "; ".join(why)
 
 
 def constants(df: pd.DataFrame, skip=()) -> list[str]:
@@ -172,8 +172,8 @@ def constants(df: pd.DataFrame, skip=()) -> list[str]:
     return out
 
 
-def _facet_text(facet: dict | None) -> list[str]:
-    return [f"{k.removeprefix('input.')}={v}" for k, v in (facet or {}).items() if _present(v)]
+def facet_text(facet: dict | None) -> list[str]:
+    return [f"{k.removeprefix('input.')}={v}" for k, v in (facet or {}).items() if is_present(v)]
 
 
 def title_text(what: str, meta: dict, facet: dict | None = None) -> str:
@@ -182,7 +182,7 @@ def title_text(what: str, meta: dict, facet: dict | None = None) -> str:
     dev_type = meta.get("device_type") or ""
     device = prov.get("device_name") or dev_type or "?"
     where = device + (f" ({dev_type})" if dev_type and dev_type != device else "")
-    return " · ".join([what, *_facet_text(facet), f"{meta.get('suite') or 'run'} on {where}"])
+    return " · ".join([what, *facet_text(facet), f"{meta.get('suite') or 'run'} on {where}"])
 
 
 def finish(fig, title: str, caption: list[str], look: Look, facet: dict | None = None) -> None:
@@ -194,7 +194,7 @@ def finish(fig, title: str, caption: list[str], look: Look, facet: dict | None =
         chars = max(30, int(width * 72 / (TITLE_PT * 0.56)))
         fig.suptitle("\n".join(textwrap.wrap(title, chars)), fontsize=TITLE_PT)
     elif facet:
-        caption = [" · ".join(_facet_text(facet) + [p for p in caption[:1] if p]), *caption[1:]]
+        caption = [" · ".join(facet_text(facet) + [p for p in caption[:1] if p]), *caption[1:]]
     lines = [ln for part in caption if part for ln in textwrap.wrap(
         part, max(40, int(width * 72 / (CAPTION_PT * 0.55))))]
     if look.caption and lines:
@@ -210,7 +210,7 @@ def caption_of(fig) -> str:
     return next((t.get_text() for t in fig.texts if t.get_gid() == "caption"), "")
 
 
-def _figure(npanels: int, width: float = 5.2, height: float = 4.2, max_cols: int = 3,
+def new_figure(npanels: int, width: float = 5.2, height: float = 4.2, max_cols: int = 3,
             legend_width: float = 2.6):
     from matplotlib.figure import Figure
 
@@ -223,7 +223,7 @@ def _figure(npanels: int, width: float = 5.2, height: float = 4.2, max_cols: int
     return fig, axes[:npanels]
 
 
-def _n_axis(ax, ns) -> None:
+def n_axis(ax, ns) -> None:
     ax.set_xscale("log", base=2)
     ns = sorted(set(int(n) for n in ns))
     ax.set_xticks(ns, [fmt_n(n) for n in ns])
@@ -244,7 +244,7 @@ def value_axis(ax, values, label: str) -> None:
     ax.set_xlabel(label)
 
 
-def _log_y(ax, which: str = "y") -> None:
+def log_axis(ax, which: str = "y") -> None:
     """Log axis labelled with plain numbers, at 1-2-5 steps when it spans under three decades."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -261,12 +261,12 @@ def mark_failed(ax, bad: pd.DataFrame, styles: dict, lined: set) -> set[str]:
     """Failed cells as markers in a band above the data, one row of markers per label; a label with
     no line in this panel names its markers in the legend. Returns the markers drawn."""
     lo, hi = ax.get_ylim()
-    order = sorted(set(_label(bad)))
+    order = sorted(set(method_label(bad)))
     span = 0.06 * len(order) + 0.04
     ax.set_ylim(lo, hi * (hi / lo) ** (span / (1 - span)))
     trans, drawn = ax.get_xaxis_transform(), set()
     for i, lab in enumerate(order):
-        g = bad[_label(bad) == lab]
+        g = bad[method_label(bad) == lab]
         for status, gg in g.groupby("status"):
             marker = FAILED[status]
             ax.scatter(gg["n"], [0.97 - 0.06 * i] * len(gg), transform=trans, marker=marker, s=70,
@@ -276,7 +276,7 @@ def mark_failed(ax, bad: pd.DataFrame, styles: dict, lined: set) -> set[str]:
     return drawn
 
 
-def _legend(fig, axes, markers=(), order=()) -> None:
+def figure_legend(fig, axes, markers=(), order=()) -> None:
     """One legend for the figure, outside the panels on the right. A label drawn as a line in one panel
     and only as failed-cell markers in another shows its line; ``markers`` (those of failed cells that
     were drawn) each get an entry saying what they mean."""

@@ -20,6 +20,7 @@ from attnbench.store import META, RunDirError, check_out_dir
 from attnbench.tables import (NOISE_NOTE, TABLES, constants_line, crossover_rows, parse_columns,
                               summary, table_rows)
 from attnbench.terminal import Fitted, display_label, render
+from attnbench.train_report import quality_markdown, render_quality
 
 FORMATS = ("table", "md", "csv", "latex", "html")
 
@@ -53,8 +54,11 @@ def render_terminal(run_dir: str | Path, console=None, baseline: str | None = No
     columns = parse_columns(columns)
     if columns and table != "full":
         raise BadInput("--columns picks the full table's columns: use it with --table full")
+    console = console or Console()
     df, meta = summary(run_dir, baseline)
-    render(console or Console(), df, meta, table, columns)
+    render(console, df, meta, table, columns)
+    if table != "none":
+        render_quality(console, df, meta["report_baseline"])
 
 
 def to_markdown(run_dir: str | Path, baseline: str | None = None) -> str:
@@ -62,7 +66,8 @@ def to_markdown(run_dir: str | Path, baseline: str | None = None) -> str:
     lines = [f"# {escape_md(meta.get('suite', ''))}", "", escape_md(constants_line(df, meta)), ""]
     if (mixed := mixed_devices_note(meta)) is not None:  # scale-out: rows from several GPU models
         lines += [f"**{escape_md(mixed)}**", ""]
-    lines += [*md_table(*table_rows(df)), "", escape_md(NOISE_NOTE)]
+    lines += [*md_table(*table_rows(df)), "", escape_md(NOISE_NOTE),
+              *quality_markdown(df, meta["report_baseline"])]
     heads, rows = crossover_rows(df, meta["report_baseline"])
     if rows:
         lines += ["", f"## Crossover against {escape_md(meta['report_baseline'])}", "",

@@ -28,7 +28,7 @@ import torch
 
 from attnbench import scaleout
 from attnbench.accounting import Accounting, Tally
-from attnbench.cell import CellContext
+from attnbench.context import CellContext
 from attnbench.checks import is_number, is_rounds, is_whole
 from attnbench.env import device_tag, host_load, parse_device, provenance
 from attnbench.errors import BadInput, Interrupted, SuiteError, WriteFailed
@@ -199,7 +199,7 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
     meta.update(isolate=isolate, timeout_s=timeout_s, plugins=plugin_files, rounds=rounds,
                 retry_noisy=retry_noisy, executor=executor, workers=workers, scheduler=scheduler)
     ctx = CellContext(suite=suite, device=device, cuda_graphs=cuda_graphs,
-                      capacity_limit_mib=capacity_limit_mib)
+                      capacity_limit_mib=capacity_limit_mib, run_dir=run_dir)
     init = {"op": "init", "suite": str((run_dir / "suite.toml").resolve()), "plugins": plugin_files,
             "device": str(device), "cuda_graphs": cuda_graphs,
             "capacity_limit_mib": capacity_limit_mib,

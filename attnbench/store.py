@@ -254,7 +254,7 @@ def load_results(run_dir) -> "pandas.DataFrame":  # noqa: F821
         raise RunDirError(f"{run_dir}: not a run directory (no {RESULTS} or {META})")
     rows = []
     for r in iter_rows(run_dir):
-        flat = {k: v for k, v in r.items() if k not in ("params", "input", STATS)}
+        flat = {k: v for k, v in r.items() if k not in ("params", "input", "train", STATS)}
         for k, v in (r.get("params") or {}).items():
             flat[f"param.{k}"] = tuple(v) if isinstance(v, list) else v
         for k, v in (r.get("input") or {}).items():
@@ -262,6 +262,8 @@ def load_results(run_dir) -> "pandas.DataFrame":  # noqa: F821
         stats = r.get(STATS)
         for k, v in (stats if isinstance(stats, dict) else {}).items():
             flat[f"{STAT_PREFIX}{k}"] = v
+        for k, v in (r.get("train") or {}).items() if isinstance(r.get("train"), dict) else ():
+            flat[f"train.{k}"] = tuple(v) if isinstance(v, list) else v
         rows.append(flat)
     df = pd.DataFrame(rows)
     for col in df.columns:

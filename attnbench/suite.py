@@ -28,13 +28,13 @@ from attnbench.registry import REGISTRY, RegistryError, unknown_name_message
 AXIS_MAX = 2**31 - 1  # n, batch, heads, head_dim: beyond this no tensor dimension is indexable
 SEED_MAX = 2**62  # seeds are mixed into 63-bit generator seeds with small offsets
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-LEVELS = ("core", "layer", "model")
+LEVELS = ("core", "layer", "model", "train")  # train: attnbench.train (a model trained on a task)
 MODES = ("fwd", "fwd_bwd", "prefill", "decode")
 CAUSAL_MODES = ("prefill", "decode")  # causal by definition: their cells have causal = true
 BATCHING = ("fixed", "capacity")
 DEVICE_TYPES = ("cpu", "cuda")
 TOP_KEYS = {"name", "version", "description", "baseline", "seed", "sweep", "methods", "inputs",
-            "timing", "error", "model", "capacity", "decode"}
+            "timing", "error", "model", "capacity", "decode", "train"}
 
 
 PLUGIN_HINT = (". A method defined in your own file needs --plugin FILE (attnbench run SUITE "
@@ -64,10 +64,17 @@ class Case:
     layers: int = 1
     ffn_dim: int = 0
     total_tokens: int = 0  # a constant-token sweep: batch = total_tokens / n (0: batch as given)
+    # level "train" only: the resolved [train] configuration (task, steps, lr, task knobs, ...); left
+    # out of identity() when empty, so the cells of other levels keep their ids
+    train: tuple[tuple[str, Any], ...] = ()
 
     @property
     def params_dict(self) -> dict[str, Any]:
         return dict(self.params)
+
+    @property
+    def train_dict(self) -> dict[str, Any]:
+        return dict(self.train)
 
     @property
     def input_dict(self) -> dict[str, Any]:
@@ -79,6 +86,10 @@ class Case:
         d["input"] = self.input_dict
         if not self.total_tokens:  # fields added later stay out at their defaults: old ids hold
             d.pop("total_tokens")
+        if self.train:
+            d["train"] = self.train_dict
+        else:
+            del d["train"]
         return d
 
     @classmethod
@@ -88,6 +99,8 @@ class Case:
         fields["params"] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                                         for k, v in (d.get("params") or {}).items()))
         fields["input"] = tuple(sorted((d.get("input") or {}).items()))
+        fields["train"] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                       for k, v in (d.get("train") or {}).items()))
         return cls(**fields)
 
     @property
@@ -142,6 +155,8 @@ class Suite:
     # one dict per entry of ``methods``: sweep axes that entry overrides (its table's ``sweep = {...}``)
     method_sweeps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     decode: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DECODE_DEFAULTS))
+    # the resolved [train] configurations (attnbench.train.config), for level "train"
+    train: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def text_hash(self) -> str:
@@ -229,7 +244,7 @@ SWEEP_AXES: dict[str, tuple] = {
     "n": ("int", 1), "batch": ("int", 1), "heads": ("int", 1), "head_dim": ("int", 1),
     "dtype": ("choice", tuple(d for d in DTYPES if d != "fp64")), "mode": ("choice", MODES),
     "causal": ("choice", (False, True)), "level": ("choice", LEVELS),
-    "batching": ("choice", BATCHING), "total_tokens": ("int", 1),
+    "batching": ("choice", BATCHING), "total_tokens": ("int", 1), "seed": ("seed", 0),
 }
 OPTIONAL_AXES = ("total_tokens",)  # no default: left out, the axis does not apply
 SWEEP_DEFAULTS = {"batch": [1], "heads": [8], "head_dim": [64], "dtype": ["fp32"], "mode": ["fwd"],
@@ -249,6 +264,8 @@ def _check_axis(c: _Checker, key: str, value: Any, device: str | None = None,
         c.unknown_keys(f"{where}.{key}.", value, DEVICE_TYPES)
         return {dev: _check_axis(c, key, v, dev, where) for dev, v in value.items()}
     name = f"{where}.{key}" + (f".{device}" if device else "")
+    if kind == "seed":
+        return c.int_list(name, value, minimum=0, maximum=SEED_MAX)
     return c.int_list(name, value, minimum=arg) if kind == "int" else c.choice_list(name, value, arg)
 
 
@@ -306,7 +323,10 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
     c.unknown_keys("sweep.", sweep_t, SWEEP_AXES)
     if "n" not in sweep_t:
         c.fail("sweep.n", None, "required: a list of sequence lengths")
-    sweep = {k: _check_axis(c, k, sweep_t.get(k, SWEEP_DEFAULTS.get(k))) for k in SWEEP_AXES
+    if "seed" in sweep_t and "seed" in data:
+        c.fail("sweep.seed", sweep_t["seed"], "the top-level seed is given too; give seeds in one place "
+                                              "(sweep.seed = [...] for several)")
+    sweep = {k: _check_axis(c, k, sweep_t.get(k, SWEEP_DEFAULTS.get(k, [seed]))) for k in SWEEP_AXES
              if k in sweep_t or k not in OPTIONAL_AXES}
 
     methods_t = data.get("methods")
@@ -394,10 +414,37 @@ def parse_suite(data: dict, file: str, text: str = "") -> Suite:
         "warmup": lambda v: is_whole(v) and 0 <= v <= 100_000,
         "cuda_graphs": lambda v: isinstance(v, bool)})
     check_total_tokens(c, sweep_t, sweep, method_sweeps)
+    train = _check_train(c, data, sweep, method_sweeps, timing)
     return Suite(name=name, version=version, description=description, baseline=baseline, path=file,
                  text=text, sweep=sweep, methods=methods, inputs=inputs, timing=timing, error=error,
                  model=model, seed=seed, capacity=capacity, method_sweeps=method_sweeps,
-                 decode=decode)
+                 decode=decode, train=train)
+
+
+def _all_values(axis: Any) -> list:
+    """Every value an axis takes, on any device."""
+    return [v for vs in axis.values() for v in vs] if isinstance(axis, dict) else list(axis)
+
+
+def _check_train(c: _Checker, data: dict, sweep: dict, method_sweeps: list[dict],
+                 timing: dict) -> list[dict]:
+    """The [train] table's configurations, for suites whose level axis has "train"."""
+    from attnbench.train.config import check_train
+
+    levels = _all_values(sweep["level"]) + [v for o in method_sweeps
+                                            for v in _all_values(o.get("level", []))]
+    if "train" not in levels:
+        if "train" in data:
+            c.fail("train", data["train"], "applies to level \"train\" only; add \"train\" to "
+                                           "sweep.level")
+        return []
+    if "capacity" in _all_values(sweep["batching"]):
+        c.fail("sweep.batching", sweep["batching"], "capacity mode does not apply to train cells "
+                                                    "(they train at [train] batch)")
+    if timing.get("cuda_graphs"):
+        c.fail("timing.cuda_graphs", True, "CUDA graphs do not apply to train cells (each step "
+                                           "runs eagerly)")
+    return check_train(c, data.get("train"))
 
 
 _RULES = {"warmup": "an integer >= 0", "warmup_s": "a number >= 0", "repeats": "an integer >= 1",
@@ -429,7 +476,7 @@ def _grid(table: dict[str, list[Any]]) -> list[dict[str, Any]]:
 def _axis(suite: Suite, key: str, device_type: str, override: dict | None = None) -> list[Any]:
     v = (override or {}).get(key, suite.sweep.get(key, []))
     if isinstance(v, dict):
-        return v.get(device_type, SWEEP_DEFAULTS.get(key, []))
+        return v.get(device_type, SWEEP_DEFAULTS.get(key, [suite.seed] if key == "seed" else []))
     return v
 
 
@@ -438,7 +485,9 @@ def expand(suite: Suite, device_type: str = "cpu") -> list[Case]:
     at some n can prune the larger n of the same family)."""
     inputs = [tuple(sorted({**dataclasses.asdict(REGIMES[d["regime"]].params()), **d}.items()))
               for t in suite.inputs for d in _grid(t)]
-    cases = []
+    from attnbench.train.config import case_fields
+
+    cases, seen = [], set()
     overrides = suite.method_sweeps or [{}] * len(suite.methods)
     for (mname, grid), override in zip(suite.methods, overrides):
         axes = {k: _axis(suite, k, device_type, override) for k in SWEEP_AXES}
@@ -450,6 +499,18 @@ def expand(suite: Suite, device_type: str = "cpu") -> list[Case]:
         for given in _grid(grid):
             params = {**defaults, **given}  # rows carry every param, defaults included
             for combo in _grid({**axes, "input": inputs, "total_tokens": totals or [0]}):
+                if combo["level"] == "train":
+                    # the sweep's batch, heads, head_dim, mode, batching, inputs do not apply
+                    for config in suite.train:
+                        for n in ns:
+                            fixed = dict(combo, mode="fwd_bwd", batching="fixed", total_tokens=0,
+                                         input=(), **case_fields(config, n))
+                            case = Case(method=mname, params=tuple(sorted(params.items())), n=n,
+                                        **fixed)
+                            if case.cell_id not in seen:
+                                seen.add(case.cell_id)
+                                cases.append(case)
+                    continue
                 if combo["mode"] in CAUSAL_MODES:  # causal by definition: listed once, as causal
                     if not combo["causal"] and True in axes["causal"]:
                         continue
@@ -460,7 +521,7 @@ def expand(suite: Suite, device_type: str = "cpu") -> list[Case]:
                     if combo["total_tokens"]:
                         combo["batch"] = combo["total_tokens"] // n
                     cases.append(Case(method=mname, params=tuple(sorted(params.items())), n=n,
-                                      seed=suite.seed, layers=layers, ffn_dim=ffn, **combo))
+                                      layers=layers, ffn_dim=ffn, **combo))
     return cases
 
 

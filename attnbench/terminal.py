@@ -25,7 +25,7 @@ from attnbench.tables import (KEY_HEADERS, NOISE_NOTE, constants_line, crossover
 
 # columns that hold words rather than numbers: left-aligned; of these, WRAP may take several lines
 TEXT = {"method", "status", "reason", "dtype", "mode", "note", "ours", "peer", "verdict", "memory",
-        "level", "input", "key", "value", "causal", "batching"}
+        "level", "input", "key", "value", "causal", "batching", "task", "metric"}
 WRAP = {"method", "reason", "note", "ours", "peer"}
 SHORT = {"ok": "ok", "unsupported": "—", "oom": "oom", "oom-pruned": "oom", "error": "error",
          "crashed": "crashed", "timeout": "timeout", "nan": "nan"}

@@ -14,6 +14,9 @@ from conftest import REPO
 @pytest.mark.parametrize("extra,methods", [
     ("", "[methods.sdpa]\n[methods.linformer]\nk = [16]\n[methods.lsh]\nbucket_size = [16]\n"),
     ('mode = ["fwd_bwd"]\nlevel = ["layer", "model"]\n', "[methods.sdpa]\n[methods.performer]\n"),
+    ('level = ["train"]\n[train]\ntask = "mqar"\nlayers = 1\nd_model = 32\nheads = 2\n'
+     'ffn_dim = 32\nsteps = 4\nbatch = 4\nlr = 1e-3\neval_every = 2\neval_batches = 1\n'
+     '[train.mqar]\nnum_kv_pairs = 2\nvocab = 16\n', "[methods.sdpa]\n[methods.linformer]\nk = [8]\n"),
 ])
 def test_every_column_a_run_writes_is_declared(write_suite, tmp_path, extra, methods):
     text = ('name = "s"\n[sweep]\nn = [64]\nheads = [2]\nhead_dim = [16]\n' + extra +

@@ -54,6 +54,7 @@ def cmd_plot(args, console) -> int:
         raise BadInput(f"plot --format {','.join(bad)!r}: choose from {', '.join(FORMATS)} "
                        "(comma-separated for several)")
     meta, df = read_meta(args.run_dir), load_results(args.run_dir)
+    meta["run_dir"] = str(args.run_dir)  # learning curves are read from the run's curves.jsonl
     usable, dropped = usable_rows(df)
     if usable.empty:
         raise BadInput(f"{args.run_dir}: no result rows to plot" + (f" ({dropped})" if dropped else ""))

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import re
 from pathlib import Path
 
 from attnbench.errors import BadInput
-from attnbench.frame import check_baseline
+from attnbench.frame import check_baseline, escape_md, md_table
 from attnbench.grid import drawable, grid_figure, grids, to_csv, to_markdown, to_rows
 from attnbench.plotstyle import save_figure
 from attnbench.report import (check_out_dir, find_runs, fitted_table, render_terminal,
                               write_reports)
+from attnbench.store import load_results, read_meta
 from attnbench.tables import COLUMNS, TABLES
+from attnbench.train_report import QUALITY_GRIDS, _order, grid_table, quality_grids
 
 FORMATS = ("table", "md", "csv", "latex", "html")
 
@@ -35,6 +39,8 @@ def cmd_report(args, console) -> int:
         raise BadInput("--table and --columns shape the terminal table; report.md, .csv and .html "
                        "keep every row and column")
     table = args.table or ("full" if args.columns else "summary")
+    if args.grid in QUALITY_GRIDS:  # train rows: mean ± std over seeds (attnbench.train_report)
+        return cmd_quality_grid(args, console)
     if args.grid:
         return cmd_grid(args, console)
     if args.pairs:
@@ -87,7 +93,9 @@ def add_cli(sub) -> None:
     p.add_argument("--baseline", help="exact method (name or label) to compare against "
                    "(default: the suite's baseline)")
     p.add_argument("--all", metavar="DIR", help="regenerate the reports of every run under DIR")
-    p.add_argument("--grid", choices=("speedup", "memory"), help="paper-style grid (with a heatmap)")
+    p.add_argument("--grid", choices=("speedup", "memory", *QUALITY_GRIDS),
+                   help="paper-style grid: speedup or memory (with a heatmap); for train rows the "
+                        "held-out accuracy, perplexity or quality_vs_exact, mean ± std over seeds")
     p.add_argument("--rows", default="n", help="grid rows: a column or param (default n)")
     p.add_argument("--cols", default=None, help="grid columns: a param (default: each method's "
                    "budget knob, e.g. k)")
@@ -98,8 +106,6 @@ def add_cli(sub) -> None:
 
 
 def cmd_grid(args, console) -> int:
-    from attnbench.store import load_results, read_meta
-
     meta, df = read_meta(args.run_dir), load_results(args.run_dir)
     if args.baseline:
         check_baseline(df, args.baseline)
@@ -120,5 +126,36 @@ def cmd_grid(args, console) -> int:
         else:
             console.out(to_markdown(g) if args.format == "md" else to_csv(g), highlight=False)
         for p in [stem.with_suffix(".md"), stem.with_suffix(".csv"), *written]:
+            console.print(f"wrote {p}", highlight=False, style="dim", soft_wrap=True)
+    return 0
+
+
+def cmd_quality_grid(args, console) -> int:
+    """``report RUN --grid accuracy|perplexity|quality_vs_exact``: tables (terminal, .md, .csv)."""
+    meta, df = read_meta(args.run_dir), load_results(args.run_dir)
+    if args.baseline:
+        check_baseline(df, args.baseline)
+    baseline = args.baseline or meta.get("baseline", "sdpa")
+    found = quality_grids(df, args.grid, baseline, args.rows, args.cols, args.method)
+    if not found:
+        raise BadInput(f"report --grid {args.grid}: no ok train rows with that metric and a param "
+                       f"{args.cols or '(budget)'} with rows {args.rows!r} in this run")
+    out = Path(args.out or args.run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for g in found:
+        title, heads, rows = grid_table(g)
+        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(
+            ["grid", g["kind"], g["method"], *(f"{k}{v}" for k, v in g["facet"].items())]))[:120]
+        md = "\n".join([f"### {escape_md(title)}", "", *md_table(heads, rows)]) + "\n"
+        (out / f"{slug}.md").write_text(md, encoding="utf-8")
+        with open(out / f"{slug}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["kind", "method", *g["facet"], g["rows"], g["cols"], "mean", "std", "seeds"])
+            for (r, c), (mean, std, k) in sorted(g["values"].items(), key=lambda kv: (
+                    _order(kv[0][0]), _order(kv[0][1]))):
+                w.writerow([g["kind"], g["method"], *g["facet"].values(), r, c, f"{mean:.6g}",
+                            "" if std != std else f"{std:.6g}", k])
+        console.print(fitted_table(title, heads, rows))
+        for p in (out / f"{slug}.md", out / f"{slug}.csv"):
             console.print(f"wrote {p}", highlight=False, style="dim", soft_wrap=True)
     return 0

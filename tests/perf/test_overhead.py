@@ -7,7 +7,8 @@ bookkeeping, the CPU memory profile and the error reference.
 import pytest
 import torch
 
-from attnbench.cell import CellContext, run_cell
+from attnbench.context import CellContext
+from attnbench.dispatch import run_cell
 from attnbench.measure import time_call
 from attnbench.suite import expand, parse_suite
 

@@ -1,0 +1,103 @@
+"""The model a ``train`` cell trains: a small pre-LN Transformer encoder whose every layer's attention
+is the cell's method.
+
+Token and learned position embeddings, L layers of ``x + attn(LN(x))`` then ``x + FFN(LN(x))`` (GELU),
+a final LayerNorm and a task head: per position (token tasks) or on the mean over the non-padding
+positions (pooled tasks). Each layer builds its attention through the method's factory with its layer
+index and one :class:`~attnbench.registry.SharedScope` for the whole model, so Linformer's
+``sharing = "layerwise"`` is one E for every layer (registered on each as the same Parameter). A
+method registered without a core level (a whole self-attention layer, e.g. a community module) is
+the layer's attention as it is; any other gets :class:`attnbench.levels.SelfAttention`'s q, k, v and
+output projections around it.
+
+Attention is bidirectional unless ``causal`` (each position then sees itself and earlier ones: the
+method is built causal). Parameters are kept in fp32 (bf16 runs under autocast); the method's own
+parameters are built in fp32 too, from the cell's seed, as at the ``model`` level.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnbench.levels import SelfAttention
+from attnbench.registry import BuildContext, MethodSpec, SharedScope
+
+
+class PreLNLayer(nn.Module):
+    def __init__(self, d_model: int, ffn_dim: int, attn: nn.Module):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = attn  # forward(x): (B, N, d_model) -> (B, N, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff1 = nn.Linear(d_model, ffn_dim)
+        self.ff2 = nn.Linear(ffn_dim, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ff2(F.gelu(self.ff1(self.norm2(x))))
+
+
+class TrainModel(nn.Module):
+    """forward(ids): (B, N) token ids -> logits (B, N, outputs), or (B, outputs) when ``pooled``."""
+
+    def __init__(self, *, vocab: int, outputs: int, n: int, d_model: int, ffn_dim: int,
+                 attns: list[nn.Module], pooled: bool, pad: int | None):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d_model)
+        self.pos = nn.Embedding(n, d_model)
+        self.layers = nn.ModuleList(PreLNLayer(d_model, ffn_dim, a) for a in attns)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, outputs)
+        self.pooled, self.pad = pooled, pad
+        for emb in (self.tok, self.pos):
+            nn.init.normal_(emb.weight, std=0.02)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        n = ids.shape[1]
+        x = self.tok(ids) + self.pos.weight[:n]  # (B, N, d_model)
+        for layer in self.layers:
+            x = layer(x)
+        x = self.norm(x)
+        if not self.pooled:
+            return self.head(x)  # (B, N, outputs)
+        keep = (ids != self.pad).unsqueeze(-1) if self.pad is not None else torch.ones_like(x[..., :1])
+        keep = keep.to(x.dtype)
+        pooled = (x * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # (B, d_model)
+        return self.head(pooled)  # (B, outputs)
+
+
+def build_model(spec: MethodSpec, params: Any, *, vocab: int, outputs: int, n: int, d_model: int,
+                heads: int, layers: int, ffn_dim: int, pooled: bool, pad: int | None,
+                device: torch.device, seed: int, batch: int, causal: bool = False) -> TrainModel:
+    """The model for one cell, in fp32 on ``device``; the same seed builds the same weights."""
+    scope = SharedScope()
+    head_dim = d_model // heads
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        attns = []
+        for i in range(layers):
+            ctx = BuildContext(n=n, heads=heads, head_dim=head_dim, dtype=torch.float32,
+                               device=device, batch=batch, causal=causal, seed=seed, layer=i,
+                               num_layers=layers, scope=scope)
+            method = spec.build(params, ctx)
+            attns.append(method if spec.takes_hidden else
+                         SelfAttention(d_model, heads, method))
+        model = TrainModel(vocab=vocab, outputs=outputs, n=n, d_model=d_model, ffn_dim=ffn_dim,
+                           attns=attns, pooled=pooled, pad=pad)
+    return model.to(device)
+
+
+def method_modules(model: TrainModel) -> list[nn.Module]:
+    """The method's own modules, one per layer (inside the q, k, v projections where there are)."""
+    return [layer.attn.attn if isinstance(layer.attn, SelfAttention) else layer.attn
+            for layer in model.layers]
+
+
+def parameter_counts(model: TrainModel) -> dict[str, int]:
+    """Distinct parameters (a shared one counted once): the whole model, and the method's own."""
+    own = {id(p): p.numel() for m in method_modules(model) for p in m.parameters()}
+    return {"n_params": sum(p.numel() for p in model.parameters()),
+            "n_attn_params": sum(own.values())}
