@@ -71,9 +71,14 @@ def count_timing(timing: dict) -> dict:
     return {**timing, "warmup_s": 0.0, "max_time_s": math.inf, "rounds": 1}
 
 
+def _finite(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _rank_record(row: dict, rank: int) -> dict:
+    """What ranks.jsonl keeps of one rank's row (JSON without NaN: a missing value is null)."""
     return {"cell_id": row.get("cell_id"), "rank": rank, "label": row.get("label"),
-            "n": row.get("n"), **{k: row.get(k) for k in RANK_COLUMNS}}
+            "n": row.get("n"), **{k: _finite(row.get(k)) for k in RANK_COLUMNS}}
 
 
 def run(args, *, rank: int, world: int, backend: str, device) -> int:
@@ -112,8 +117,7 @@ def run(args, *, rank: int, world: int, backend: str, device) -> int:
         meta["context_parallel"] = {
             "world_size": world, "backend": backend, "ranks_file": RANKS_FILE,
             "timing": "by count on every rank: warmup calls, then repeats timed calls (the suite's "
-                      "warmup_s and max_time_s set aside); rows carry rank 0's measurements",
-            "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                      "warmup_s and max_time_s set aside); rows carry rank 0's measurements"}
         write_json_atomic(run_dir / META, meta)
         _print_results(run_dir, outcome, args.table)
     dist.barrier()
