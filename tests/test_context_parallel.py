@@ -1,7 +1,8 @@
 """sdpa_cp: the head-tail layout (round trip, torch's order, equal causal work), per-rank compute and
-assembly on one process, and the real thing with gloo over 2 and 3 spawned processes: outputs and
-gradients against float64 exact attention, communication bytes against the analytic counts, torch's
-context_parallel sharding against ours, and cp_run writing rows from rank 0 only."""
+assembly on one process, and the real thing with gloo over 2 and 3 processes (torch.multiprocessing,
+forked): outputs and gradients against float64 exact attention, communication bytes against the
+analytic counts, torch's context_parallel sharding against ours, and cp_run writing rows from rank 0
+only."""
 import json
 import math
 import os
@@ -139,7 +140,7 @@ def test_cp_run_outside_torchrun_is_bad_input(monkeypatch, tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-# gloo over spawned processes
+# gloo over forked processes
 
 SUITE = """name = "cp_tiny"
 version = 1
