@@ -5,7 +5,7 @@ Layout (the head-tail load balancing ring attention uses for causal masks, the o
 ``_HeadTailLoadBalancer``): the sequence of n positions is cut into 2G chunks of c = n / 2G; rank r
 holds chunks r and 2G-1-r, one from the head and one from the tail, concatenated. Under a causal mask
 a query at position p scores p + 1 keys, so chunk j costs c·(j·c) + c(c+1)/2 pairs and every rank's
-two chunks cost the same, c²(2G-1) + c(c+1), where a contiguous split leaves the last rank
+two chunks cost the same, c²(2G-1) + c(c+1), where a contiguous split leaves the last rank about
 2G-1 times the first one's work (:func:`causal_pairs`).
 
 Two ways to compute it, both exact and both returning the full (B, H, N, D) output on every rank:
