@@ -206,6 +206,7 @@ class MethodSpec:
     # what the method approximates: "softmax" attention (its rel_err is against it), or None for an
     # operator in its own right (rows carry ref_rel_err against its float64 self instead)
     approximates: str | None = "softmax"
+    available: Callable[[], "str | None"] | None = None  # () -> why not in this process (no group)
 
     def limit_case(self) -> Limit | None:
         """The declared limiting case; an exact method's limit is itself (its default params)."""
@@ -225,7 +226,7 @@ class MethodSpec:
         if missing:
             hint = f" ({self.install_hint})" if self.install_hint else ""
             return f"unavailable: {', '.join(missing)} not installed{hint}"
-        return None
+        return self.available() if self.available is not None else None
 
     def unsupported_reason(self, params: Any, ctx: BuildContext, *, backward: bool = False,
                            dtype_name: str | None = None, level: str | None = None,
@@ -348,7 +349,8 @@ def register_method(name: str, *, family: str, exact: bool, params: type = NoPar
                     limit: Limit | dict | Callable[[BuildContext], dict] | None = None,
                     rank: Callable[[Any, dict, int], "int | None"] | None = None,
                     decode: bool = False, varlen: bool = False, decode_note: str = "",
-                    approximates: str | None = "softmax", registry: Registry | None = None):
+                    approximates: str | None = "softmax", registry: Registry | None = None,
+                    available: Callable[[], "str | None"] | None = None):
     """Decorator registering ``factory(params, ctx) -> nn.Module`` under ``name``.
 
     ``limit`` declares the limiting case that ``attnbench check`` compares with exact attention: a dict
@@ -358,6 +360,8 @@ def register_method(name: str, *, family: str, exact: bool, params: type = NoPar
     why a causal method has none; ``varlen``: it has a pack(docs) hook.
     ``approximates=None`` declares an operator that is no approximation of softmax attention (its
     error is measured against its own ``exact_reference`` hook and named ``ref_rel_err``).
+    ``available``: ``() -> reason | None``, why the method cannot run in this process at all (e.g. it
+    needs a process group); its cells are then ``unsupported`` with that reason.
     """
     if not dataclasses.is_dataclass(params):
         raise RegistryError(f"method {name!r}: params must be a dataclass, got {params!r}")
@@ -381,7 +385,7 @@ def register_method(name: str, *, family: str, exact: bool, params: type = NoPar
                           constraints=tuple(constraints), budget=budget, description=doc,
                           origin=origin, levels=tuple(levels), limit=limit, rank=rank,
                           decode=bool(decode), varlen=bool(varlen), decode_note=decode_note,
-                          approximates=approximates)
+                          approximates=approximates, available=available)
         (registry or REGISTRY).add(spec)
         factory.spec = spec
         return factory
