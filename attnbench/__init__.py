@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # imported lazily: `import attnbench` stays light
     import torch
 
     from attnbench.runner import RunOutcome
-    from attnbench.suite import Suite
+    from attnbench.suite_parse import Suite
 
 
 def run_suite(suite: "Suite | dict | str | Path", device: "str | torch.device" = "cpu", *,
@@ -84,7 +84,7 @@ def load_results(run_dir: str | Path, baseline: str | None = None) -> "pandas.Da
 
 def __getattr__(name: str):
     if name == "Suite":  # attnbench.Suite.from_dict(...) without importing the suite module eagerly
-        from attnbench.suite import Suite
+        from attnbench.suite_parse import Suite
 
         return Suite
     raise AttributeError(f"module 'attnbench' has no attribute {name!r}")

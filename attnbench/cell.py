@@ -14,10 +14,11 @@ import torch
 
 from attnbench.accuracy import budget_rank, input_columns
 from attnbench.capacity import CapacityProbe, max_batch
-from attnbench.context import CellContext, allocated_bytes, one_line
+from attnbench.case import Case
+from attnbench.context import CellContext, allocated_bytes
 from attnbench.contract import ContractViolation, changed_inputs, check_output, fingerprint
 from attnbench.dtypes import to_torch
-from attnbench.errors import Interrupted
+from attnbench.errors import Interrupted, one_line
 from attnbench.gradient import gradient_columns
 from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import (NoExactCounterpart, attention_modules, build_level, count_parameters,
@@ -28,7 +29,6 @@ from attnbench.reference import error_metrics
 from attnbench.registry import REGISTRY, MethodSpec, Unsupported
 from attnbench.roofline import copy_bandwidth_gbs, matmul_tflops, roofline_columns
 from attnbench.schema import STATS
-from attnbench.suite import Case
 from attnbench.varlen import Packed, documents_for, pack_level
 
 NOISY_IQR = 0.10  # a cell whose IQR exceeds 10% of its median is flagged noisy

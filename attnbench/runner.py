@@ -28,8 +28,9 @@ import torch
 
 from attnbench import scaleout
 from attnbench.accounting import Accounting, Tally
+from attnbench.case import Case
+from attnbench.checks import ROUNDS_MAX, is_number, is_rounds, is_whole
 from attnbench.context import CellContext
-from attnbench.checks import is_number, is_rounds, is_whole
 from attnbench.env import device_tag, host_load, parse_device, provenance
 from attnbench.errors import BadInput, Interrupted, SuiteError, WriteFailed
 from attnbench.executors import make_executor
@@ -39,7 +40,8 @@ from attnbench.registry import REGISTRY, load_plugin_file
 from attnbench.schema import SCHEMA_VERSION
 from attnbench.store import (META, ResultWriter, RunDirError, RunLock, iter_rows, new_run_dir,
                              read_meta, write_json_atomic)
-from attnbench.suite import Case, Suite, load_suite, parse_suite
+from attnbench.suite import load_suite
+from attnbench.suite_parse import Suite, parse_suite
 
 FAILED = ("error", "crashed", "timeout")  # statuses that make the run exit 1
 ISOLATE_MODES = ("method", "cell")
@@ -96,7 +98,7 @@ def _check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_no
     if isolate is not None and isolate not in ISOLATE_MODES:
         raise BadInput(f"--isolate {isolate!r}: allowed: {', '.join(ISOLATE_MODES)}")
     if rounds is not None and not is_rounds(rounds):
-        raise BadInput(f"--rounds {rounds!r}: expected a whole number from 1 to 1000")
+        raise BadInput(f"--rounds {rounds!r}: expected a whole number from 1 to {ROUNDS_MAX}")
     if not (is_whole(retry_noisy) and 0 <= retry_noisy <= 100):
         raise BadInput(f"--retry-noisy {retry_noisy!r}: expected a whole number from 0 to 100")
     if plugins is not None and (isinstance(plugins, (str, Path)) or
