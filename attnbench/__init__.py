@@ -11,14 +11,8 @@ __version__ = "0.2.0"
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from attnbench.registry import (  # noqa: E402
-    BuildContext,
-    SharedScope,
-    Unsupported,
-    get_method,
-    list_methods,
-    register_method,
-)
+from attnbench.methodspec import BuildContext, SharedScope, Unsupported  # noqa: E402
+from attnbench.registry import get_method, list_methods, register_method  # noqa: E402
 
 if TYPE_CHECKING:  # imported lazily: `import attnbench` stays light
     import pandas

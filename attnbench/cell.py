@@ -25,8 +25,9 @@ from attnbench.levels import (NoExactCounterpart, attention_modules, build_level
                               reference_output)
 from attnbench.measure import (Step, Timing, capture_cuda_graph, free_memory, is_oom, live_bytes,
                                measure_memory, take_samples, warm_up)
+from attnbench.methodspec import MethodSpec, Unsupported
 from attnbench.reference import error_metrics
-from attnbench.registry import REGISTRY, MethodSpec, Unsupported
+from attnbench.registry import REGISTRY
 from attnbench.roofline import copy_bandwidth_gbs, matmul_tflops, roofline_columns
 from attnbench.schema import STATS
 from attnbench.varlen import Packed, documents_for, pack_level

@@ -4,7 +4,7 @@ an ``unsupported`` row with a one-line reason."""
 from __future__ import annotations
 
 from attnbench.errors import first_line
-from attnbench.registry import Unsupported
+from attnbench.methodspec import Unsupported
 
 
 def allow_recompiles(limit: int = 1024) -> None:

@@ -40,8 +40,8 @@ import torch
 
 from attnbench.contract import changed_inputs, fingerprint, output_violation
 from attnbench.dtypes import DTYPE_NAMES, DTYPES
+from attnbench.methodspec import BuildContext, Limit, MethodSpec, SharedScope, Unsupported
 from attnbench.reference import causality_violation, error_metrics, is_causal, reference_attention
-from attnbench.registry import BuildContext, Limit, MethodSpec, SharedScope, Unsupported
 
 B, H, D = 2, 2, 32
 SIZES = (128, 256, 512, 1024)

@@ -41,7 +41,8 @@ from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import SelfAttention, build_level, count_parameters
 from attnbench.measure import (MIB, Timing, capture_cuda_graph, free_memory, is_oom, live_bytes,
                                measure_memory, sync)
-from attnbench.registry import REGISTRY, Unsupported
+from attnbench.methodspec import Unsupported
+from attnbench.registry import REGISTRY
 
 NOISY_IQR = 0.10
 GRAPH_WARMUP = 3  # steps the capture runs on a side stream before it records one

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from attnbench.errors import first_line
-from attnbench.registry import BuildContext, Unsupported
+from attnbench.methodspec import BuildContext, Unsupported
 
 REQUIRES = ("fla", "einops", "triton")
 INSTALL_HINT = "pip install 'attnbench[fla]'"

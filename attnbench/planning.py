@@ -20,7 +20,8 @@ from attnbench.decode import plan_reason
 from attnbench.dtypes import to_torch
 from attnbench.errors import BadInput
 from attnbench.expand import expand
-from attnbench.registry import REGISTRY, BuildContext, MethodSpec, unknown_name_message
+from attnbench.methodspec import BuildContext, MethodSpec
+from attnbench.registry import REGISTRY, unknown_name_message
 from attnbench.suite_parse import PLUGIN_HINT, Suite
 
 

@@ -30,7 +30,8 @@ import torch
 
 from attnbench.errors import Interrupted, one_line
 from attnbench.measure import MIB, free_memory, is_oom, measure_memory
-from attnbench.registry import REGISTRY, Unsupported
+from attnbench.methodspec import Unsupported
+from attnbench.registry import REGISTRY
 from attnbench.schema import STATS
 from attnbench.train.curves import CurveWriter
 from attnbench.train.loop import EvalPoint, Schedule, autocast, train
