@@ -1,8 +1,8 @@
-"""Where methods come from besides the registry's own calls: the built-in ``methods/`` package, the
-``attnbench.methods`` entry-point group of installed packages, and ``--plugin FILE`` files (which a
-run's worker processes load again, so the run records them).
+"""Where registered methods come from: the built-in ``methods/`` package, the ``attnbench.methods``
+entry-point group of installed packages, and ``--plugin FILE`` files (which a run's worker processes
+load again, so the run records them).
 
-The registry (:mod:`attnbench.registry`) calls these with itself; they never import it.
+The registry (:mod:`attnbench.registry`) hands itself to these functions; they never import it.
 """
 from __future__ import annotations
 

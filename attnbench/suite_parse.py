@@ -188,7 +188,7 @@ def _check_train(c: SuiteChecker, data: dict, sweep: dict, method_sweeps: list[d
     from attnbench.train.config import check_train
 
     levels = all_axis_values(sweep["level"]) + [v for o in method_sweeps
-                                            for v in all_axis_values(o.get("level", []))]
+                                                for v in all_axis_values(o.get("level", []))]
     if "train" not in levels:
         if "train" in data:
             c.fail("train", data["train"], "applies to level \"train\" only; add \"train\" to "
