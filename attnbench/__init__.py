@@ -11,21 +11,15 @@ __version__ = "0.2.0"
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from attnbench.registry import (  # noqa: E402
-    BuildContext,
-    SharedScope,
-    Unsupported,
-    get_method,
-    list_methods,
-    register_method,
-)
+from attnbench.methodspec import BuildContext, SharedScope, Unsupported  # noqa: E402
+from attnbench.registry import get_method, list_methods, register_method  # noqa: E402
 
 if TYPE_CHECKING:  # imported lazily: `import attnbench` stays light
     import pandas
     import torch
 
     from attnbench.runner import RunOutcome
-    from attnbench.suite import Suite
+    from attnbench.suite_parse import Suite
 
 
 def run_suite(suite: "Suite | dict | str | Path", device: "str | torch.device" = "cpu", *,
@@ -84,7 +78,7 @@ def load_results(run_dir: str | Path, baseline: str | None = None) -> "pandas.Da
 
 def __getattr__(name: str):
     if name == "Suite":  # attnbench.Suite.from_dict(...) without importing the suite module eagerly
-        from attnbench.suite import Suite
+        from attnbench.suite_parse import Suite
 
         return Suite
     raise AttributeError(f"module 'attnbench' has no attribute {name!r}")

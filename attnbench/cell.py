@@ -1,7 +1,8 @@
 """Running one cell: build (untimed), measure time and memory, compute error. Returns a row dict.
 
 Failures never escape: an unsupported case, an out-of-memory, an exception or a non-finite output each
-becomes a row with a ``status`` and a one-line ``reason``.
+becomes a row with a ``status`` and a one-line ``reason``. What a cell is built from is in
+:mod:`attnbench.cell_build`, its error phase in :mod:`attnbench.cell_error`.
 """
 from __future__ import annotations
 
@@ -12,164 +13,26 @@ from typing import Any
 
 import torch
 
-from attnbench.accuracy import budget_rank, input_columns
 from attnbench.capacity import CapacityProbe, max_batch
-from attnbench.context import CellContext, allocated_bytes, one_line
+from attnbench.case import Case
+from attnbench.cell_build import (build_module, make_inputs, module_flops, module_stats, out_shape,
+                                  probe_inputs)
+from attnbench.cell_error import baseline_module, error_columns, error_skip_reason, own_reference
+from attnbench.context import CellContext, allocated_bytes
 from attnbench.contract import ContractViolation, changed_inputs, check_output, fingerprint
 from attnbench.dtypes import to_torch
-from attnbench.errors import Interrupted
+from attnbench.errors import Interrupted, one_line
 from attnbench.gradient import gradient_columns
-from attnbench.inputs import make_hidden, make_qkv
-from attnbench.levels import (NoExactCounterpart, attention_modules, build_level, count_parameters,
-                              reference_output)
+from attnbench.levels import attention_modules, count_parameters
 from attnbench.measure import (Step, Timing, capture_cuda_graph, free_memory, is_oom, live_bytes,
                                measure_memory, take_samples, warm_up)
-from attnbench.reference import error_metrics
-from attnbench.registry import REGISTRY, MethodSpec, Unsupported
+from attnbench.methodspec import Unsupported
+from attnbench.registry import REGISTRY
 from attnbench.roofline import copy_bandwidth_gbs, matmul_tflops, roofline_columns
 from attnbench.schema import STATS
-from attnbench.suite import Case
-from attnbench.varlen import Packed, documents_for, pack_level
+from attnbench.varlen import Packed
 
 NOISY_IQR = 0.10  # a cell whose IQR exceeds 10% of its median is flagged noisy
-
-
-def make_inputs(case: Case, batch: int, dtype: torch.dtype, device: torch.device):
-    if case.level == "core":
-        return make_qkv(case.input_dict, batch=batch, heads=case.heads, n=case.n,
-                        head_dim=case.head_dim, dtype=dtype, device=device, seed=case.seed)
-    return (make_hidden(batch=batch, n=case.n, d_model=case.heads * case.head_dim, dtype=dtype,
-                        device=device, seed=case.seed),)
-
-
-def probe_inputs(case: Case, batch: int, dtype: torch.dtype, device: torch.device):
-    """Inputs for capacity probes, drawn on the device: drawing hundreds of sequences on the host
-    for each probe would dominate the search. Only their memory matters; they are normal draws (never
-    zeros), and the timed step at the found batch uses the regular seeded inputs."""
-    g = torch.Generator(device=device).manual_seed(case.seed)
-    if case.level == "core":
-        shape = (batch, case.heads, case.n, case.head_dim)
-        return tuple(torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(3))
-    shape = (batch, case.n, case.heads * case.head_dim)
-    return (torch.randn(shape, generator=g, device=device, dtype=dtype),)
-
-
-def _build(spec: MethodSpec, params: Any, case: Case, dtype: torch.dtype, device: torch.device):
-    module = build_level(spec, params, case.level, n=case.n, heads=case.heads,
-                         head_dim=case.head_dim, layers=case.layers, ffn_dim=case.ffn_dim,
-                         dtype=dtype, device=device, causal=case.causal, seed=case.seed,
-                         batch=case.batch)
-    if (docs := documents_for(case)) is not None:  # packed documents (attnbench.varlen)
-        module = pack_level(module, docs)
-    return module
-
-
-def _flops(module: torch.nn.Module, inputs) -> float | None:
-    hook = getattr(module, "flops", None)
-    if hook is None or len(inputs) != 3:
-        return None
-    try:
-        return float(hook(*inputs))
-    except Exception:  # noqa: BLE001 - a FLOP count is optional
-        return None
-
-
-def _stats(module: torch.nn.Module) -> dict:
-    hook = getattr(module, "stats", None)
-    if hook is None:
-        mods = attention_modules(module)
-        hook = getattr(mods[0], "stats", None) if mods and mods[0] is not module else None
-    try:
-        return dict(hook()) if hook else {}
-    except Exception:  # noqa: BLE001
-        return {}
-
-
-def _error_skip_reason(ctx: CellContext, case: Case) -> str | None:
-    if not ctx.suite.error["enabled"]:
-        return "error.enabled is false"
-    if case.n > ctx.suite.error["max_n"]:
-        return f"n > error.max_n ({ctx.suite.error['max_n']})"
-    if case.batching == "capacity":
-        return "capacity mode: error is measured in the fixed-batch cells"
-    return None
-
-
-def _error(ctx: CellContext, case: Case, module, inputs, dtype, cell: "CellRun") -> dict:
-    """Error of this method's output against a float64 exact reference, and the baseline's own error
-    in the same dtype (so rounding is not mistaken for approximation). At core level also what the
-    error means on these inputs (:mod:`attnbench.accuracy`): attention entropy, uniform attention's
-    error and, for low-rank methods, the truncated-SVD error at the method's rank."""
-    out = Step(module, inputs, "fwd").forward_output()
-    cell.check_output(out)
-    cell.check_inputs("the call compared with the reference")  # before the shared reference is made
-    if not torch.isfinite(out).all():
-        return {"_nan": True}
-    # The reference is shared by every method on the same inputs, unless it depends on the method:
-    # its own exact_reference hook (e.g. shared-QK attention) or its own projections (hidden-state
-    # methods, whose exact counterpart keeps their weights). The dtype is part of the key because the
-    # inputs are rounded to it: one reference per dtype, whatever order the cells run in.
-    own = (REGISTRY.get(case.method).takes_hidden
-           or any(getattr(a, "exact_reference", None) is not None for a in attention_modules(module)))
-    ref_key = (case.level, case.n, case.batch, case.heads, case.head_dim, case.causal, case.input,
-               case.seed, case.layers, case.ffn_dim, case.dtype,
-               (case.method, case.params) if own else None)
-    inputs32 = tuple(t.float() for t in inputs)
-    try:
-        # kept on the host: a cached reference must not count against the next cell's GPU memory
-        ref = ctx.cached(("ref", ref_key),
-                         lambda: reference_output(module, inputs32, case.causal).cpu()
-                         ).to(out.device)
-    except NoExactCounterpart as exc:
-        return {"error_skipped": str(exc)}
-    row = error_metrics(out, ref)
-    if REGISTRY.get(case.method).approximates is None:  # an operator in its own right (issue 22)
-        return {**{f"ref_{key}": value for key, value in row.items()},
-                "error_vs": "its own float64 reference (not an approximation of softmax attention)"}
-    if not own:
-        row["baseline_rel_err"] = ctx.cached(("base", ref_key, case.dtype),
-                                             lambda: _baseline_error(ctx, case, inputs, dtype, ref))
-    if case.level == "core" and "lengths" not in case.input_dict:  # packed: per-document, not these
-        row.update(_accuracy_columns(ctx, case, module, inputs32, ref, row["rel_err"], ref_key, own))
-    return row
-
-
-def _accuracy_columns(ctx: CellContext, case: Case, module, inputs32, ref, rel_err: float,
-                      ref_key, own: bool) -> dict:
-    """entropy, uniform_rel_err, err_vs_uniform, svd_rel_err: per input set, in a cache of small
-    values that lives as long as the run's context (the reference cache keeps only a few entries)."""
-    cache = ctx.accuracy_stats
-    q, k, v = inputs32
-    own_probs = None
-    if own:
-        hook = module.exact_reference
-        own_probs = lambda pv: hook(q.double(), k.double(), pv).double()  # noqa: E731
-    spec = REGISTRY.get(case.method)
-    rank = None if spec.exact else budget_rank(case.method, spec.params(**case.params_dict),
-                                               _stats(module), case.head_dim)
-    return input_columns(cache, ref_key, q, k, v, ref, rel_err, causal=case.causal,
-                         own_probs=own_probs, rank=rank)
-
-
-def _baseline_module(ctx: CellContext, case: Case, dtype):
-    spec = REGISTRY.get(ctx.suite.baseline)
-    grids = [g for name, g in ctx.suite.methods if name == spec.name]
-    params = spec.params(**{k: v[0] for k, v in grids[0].items()}) if grids else spec.params()
-    return _build(spec, params, case, dtype, ctx.device)
-
-
-def _baseline_error(ctx: CellContext, case: Case, inputs, dtype, ref) -> float | None:
-    try:
-        out = Step(_baseline_module(ctx, case, dtype), inputs, "fwd").forward_output()
-        return error_metrics(out, ref)["rel_err"]
-    except Exception:  # noqa: BLE001 - the baseline may not support this case
-        return None
-
-
-def _out_shape(case: Case, batch: int) -> tuple[int, ...]:
-    if case.level == "core":
-        return (batch, case.heads, case.n, case.head_dim)
-    return (batch, case.n, case.heads * case.head_dim)
 
 
 class CellRun:
@@ -230,7 +93,7 @@ class CellRun:
             spec = REGISTRY.get(case.method)
             params = spec.params(**case.params_dict)
             t0 = time.perf_counter()
-            self.module = module = _build(spec, params, case, dtype, device)
+            self.module = module = build_module(spec, params, case, dtype, device)
             packed = [a for a in attention_modules(module) if isinstance(a, Packed)]
             if packed:  # packed documents: how many, how long, which kernel
                 row.update(packed[0].packing())
@@ -243,7 +106,7 @@ class CellRun:
                 cap = ctx.suite.capacity
                 limit = ctx.capacity_limit_mib or cap["limit_mib"]
                 probe = CapacityProbe(module, lambda b: probe_inputs(case, b, dtype, device),
-                                      lambda b: _out_shape(case, b), case.mode, device, limit)
+                                      lambda b: out_shape(case, b), case.mode, device, limit)
                 self.batch = max_batch(probe, device, limit, cap["max_batch"], cap["rel_tol"])
                 row.update(max_batch=self.batch, capacity_probes=probe.probes,
                            capacity_rel_tol=cap["rel_tol"], capacity_limit_mib=limit or None)
@@ -254,17 +117,17 @@ class CellRun:
             self.inputs = make_inputs(case, self.batch, dtype, device)
             self._prints = fingerprint(self.inputs)
             gen = torch.Generator().manual_seed(case.seed + 1)
-            self.step = Step.make(module, self.inputs, case.mode, _out_shape(case, self.batch), gen)
+            self.step = Step.make(module, self.inputs, case.mode, out_shape(case, self.batch), gen)
             first = self.step()  # first call: lazy setup and compilation happen here, untimed
             self.check_output(first if case.mode == "fwd" else self.step.forward_output())
             del first
             self.check_inputs("its first call")
-            row[STATS] = _stats(module)  # the method's own columns, apart from the harness's
+            row[STATS] = module_stats(module)  # the method's own columns, apart from the harness's
 
     def check_output(self, out) -> None:
         """The output contract: a tensor of the cell's output shape, dtype and device (a violation
         is an ``error`` row saying what was expected and what came back)."""
-        check_output(out, shape=_out_shape(self.case, self.batch), dtype=self.dtype,
+        check_output(out, shape=out_shape(self.case, self.batch), dtype=self.dtype,
                      device=self.ctx.device)
 
     def check_inputs(self, when: str) -> None:
@@ -298,7 +161,7 @@ class CellRun:
                 return
             # the captured call may have chosen otherwise than the eager one
             stats = self.row.setdefault(STATS, {})
-            stats.update({f"graph_{key}": value for key, value in _stats(self.module).items()
+            stats.update({f"graph_{key}": value for key, value in module_stats(self.module).items()
                           if stats.get(key) != value})
 
     def sample(self, kind: str, repeats: int, max_time_s: float) -> None:
@@ -340,7 +203,7 @@ class CellRun:
             if case.batching == "capacity":
                 row["time_per_seq_ms"] = timing.median / self.batch
             step, module = self.step, self.module
-            flops = _flops(module, step.inputs)
+            flops = module_flops(module, step.inputs)
             if flops:
                 row["flops"] = flops * (3 if case.mode == "fwd_bwd" else 1)
                 row["tflops_per_s"] = row["flops"] / (timing.median / 1e3) / 1e12
@@ -348,14 +211,14 @@ class CellRun:
                 rates = ctx.cached(("rates", case.dtype), lambda: {
                     "copy_gbs": copy_bandwidth_gbs(device),
                     "matmul_tflops": matmul_tflops(device, self.dtype)})
-                row.update(roofline_columns(rates, step, _out_shape(case, self.batch),
+                row.update(roofline_columns(rates, step, out_shape(case, self.batch),
                                             timing.median, row.get("flops")))
             row.update(measure_memory(step, device, live=self.held_bytes(),
                                       held_by_others=held_by_others))
-            skip = _error_skip_reason(ctx, case)
+            skip = error_skip_reason(ctx, case)
             if skip is None:
                 try:
-                    err = _error(ctx, case, module, self.inputs, self.dtype, self)
+                    err = error_columns(ctx, case, module, self.inputs, self.dtype, self)
                 except Exception as exc:  # noqa: BLE001 - the reference must not sink a measured cell
                     if not is_oom(exc):
                         raise
@@ -367,12 +230,10 @@ class CellRun:
                     return self.result
                 row.update(err)
                 if case.mode == "fwd_bwd":  # issue 22: gradient error beside the forward's
-                    shared = not (REGISTRY.get(case.method).takes_hidden or any(
-                        getattr(a, "exact_reference", None) is not None
-                        for a in attention_modules(module)))
+                    shared = not own_reference(case, module)
                     row.update(gradient_columns(
                         module, self.inputs, step.grad_out, case.causal, device,
-                        (lambda: _baseline_module(ctx, case, self.dtype)) if shared else None))
+                        (lambda: baseline_module(ctx, case, self.dtype)) if shared else None))
             else:
                 out = step.forward_output()
                 self.check_output(out)

@@ -6,6 +6,8 @@ import math
 from typing import Any
 
 ROUNDS_MAX = 1000  # rounds of interleaved timing
+TIMEOUT_MAX_S = 1e7  # a per-cell timeout: anything longer is a typo
+ISOLATE_MODES = ("method", "cell")  # --isolate: a worker process per method, or per cell
 
 
 def is_whole(v: Any) -> bool:
@@ -20,3 +22,8 @@ def is_number(v: Any) -> bool:
 
 def is_rounds(v: Any) -> bool:
     return is_whole(v) and 1 <= v <= ROUNDS_MAX
+
+
+def is_timeout(v: Any) -> bool:
+    """A per-cell timeout in seconds: a number > 0 (and below TIMEOUT_MAX_S)."""
+    return is_number(v) and 0 < v < TIMEOUT_MAX_S

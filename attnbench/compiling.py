@@ -3,7 +3,8 @@ with ``compile = true``) share: room for one compilation per cell, and a compile
 an ``unsupported`` row with a one-line reason."""
 from __future__ import annotations
 
-from attnbench.registry import Unsupported
+from attnbench.errors import first_line
+from attnbench.methodspec import Unsupported
 
 
 def allow_recompiles(limit: int = 1024) -> None:
@@ -19,5 +20,4 @@ def allow_recompiles(limit: int = 1024) -> None:
 def compile_failure(what: str, exc: BaseException) -> Unsupported:
     """``Unsupported("<what> failed: <type>: <first line>")``; inductor and Triton fail in many ways,
     and their messages run to pages."""
-    first = str(exc).splitlines()[0][:160] if str(exc) else ""
-    return Unsupported(f"{what} failed: {type(exc).__name__}: {first}")
+    return Unsupported(f"{what} failed: {type(exc).__name__}: {first_line(exc, 160)}")

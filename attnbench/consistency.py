@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from attnbench.registry import BuildContext, MethodSpec
+from attnbench.methodspec import BuildContext, MethodSpec
 
 DECODE_TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 

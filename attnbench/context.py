@@ -1,5 +1,5 @@
 """What the cells of one run share: the suite, the device and a cache of references, plus the small
-helpers every kind of cell uses (one-line failure reasons, the allocator's live bytes)."""
+helper every kind of cell uses (the allocator's live bytes)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,13 +9,8 @@ from typing import Any, Callable
 import torch
 
 from attnbench.accuracy import StatsCache
-from attnbench.suite import Suite
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return first[:limit]
+from attnbench.errors import one_line  # noqa: F401 (re-exported; its home is attnbench.errors)
+from attnbench.suite_parse import Suite
 
 
 @dataclass

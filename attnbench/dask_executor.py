@@ -43,9 +43,9 @@ from typing import Sequence
 import distributed
 from distributed import Client, KilledWorker
 
-from attnbench.errors import BadInput
+from attnbench.case import Case
+from attnbench.errors import BadInput, first_line, one_line
 from attnbench.shards import chains
-from attnbench.suite import Case
 
 POLL_S = 0.5  # how often the driver wakes while waiting (signals, joining workers)
 SLOTS_EVERY_S = 2.0  # how often the driver asks an external cluster how many workers it has
@@ -148,7 +148,7 @@ class DaskCells:
                 self.client = Client(scheduler, timeout=30, set_as_default=False)
             except (OSError, TimeoutError, ValueError) as exc:
                 raise BadInput(f"--scheduler {scheduler}: cannot reach a Dask scheduler there: "
-                               f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+                               f"{first_line(exc, 200) or type(exc).__name__}"
                                ) from None
             self.address = scheduler
             self.local = False
@@ -171,7 +171,7 @@ class DaskCells:
         try:
             self.client.gather(futures)
         except Exception as exc:  # noqa: BLE001 - e.g. a plugin file missing on a worker's host
-            text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            text = one_line(exc)
             raise BadInput(f"a Dask worker could not prepare the run: {text}") from None
 
     @property
@@ -258,7 +258,7 @@ class DaskCells:
                      "reason": f"the Dask worker running it ({name}) died; the cell is not timed "
                                "again"} for _ in unit]
         except Exception as exc:  # noqa: BLE001 - the task failed outside any cell: its cells' rows
-            text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            text = one_line(exc)
             return [{"status": "error", "reason": f"on the Dask worker: {text}", "cell_s": cell_s}
                     for _ in unit]
         if not isinstance(rows, list) or len(rows) != len(unit):
@@ -288,7 +288,7 @@ class _WorkerState:
         from attnbench.context import CellContext
         from attnbench.env import parse_device
         from attnbench.registry import load_plugin_file
-        from attnbench.suite import parse_suite
+        from attnbench.suite_parse import parse_suite
 
         for path in init.get("plugins") or ():
             load_plugin_file(path)
@@ -366,9 +366,9 @@ def worker_info(device) -> dict:
 def run_unit(init: dict, identities: list[dict], cell_ids: list[str], rounds: int,
              check_retry: bool) -> list[dict]:
     """A Dask task: run one unit (a cell, or an interleaved group) and return its rows' fields."""
+    from attnbench.case import Case
     from attnbench.dispatch import run_cell
     from attnbench.interleave import run_interleaved
-    from attnbench.suite import Case
 
     state = _state(init)
     cases = [Case.from_identity(d) for d in identities]

@@ -30,18 +30,19 @@ from typing import Any
 
 import torch
 
+from attnbench.case import Case
 from attnbench.cell import run_timed_cell
-from attnbench.context import CellContext, allocated_bytes, one_line
+from attnbench.context import CellContext, allocated_bytes
 from attnbench.contract import check_output
 from attnbench.decode_state import tensor_bytes
 from attnbench.dtypes import to_torch
-from attnbench.errors import Interrupted
+from attnbench.errors import Interrupted, one_line
 from attnbench.inputs import make_hidden, make_qkv
 from attnbench.levels import SelfAttention, build_level, count_parameters
 from attnbench.measure import (MIB, Timing, capture_cuda_graph, free_memory, is_oom, live_bytes,
                                measure_memory, sync)
-from attnbench.registry import REGISTRY, Unsupported
-from attnbench.suite import Case
+from attnbench.methodspec import Unsupported
+from attnbench.registry import REGISTRY
 
 NOISY_IQR = 0.10
 GRAPH_WARMUP = 3  # steps the capture runs on a side stream before it records one

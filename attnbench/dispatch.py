@@ -3,10 +3,10 @@ decode cells to :mod:`attnbench.decode`, timed cells (fwd, fwd_bwd, capacity) to
 Executors call :func:`run_cell` and never need to know which kind a cell is."""
 from __future__ import annotations
 
+from attnbench.case import Case
 from attnbench.cell import run_timed_cell
 from attnbench.context import CellContext
 from attnbench.decode import run_causal_cell
-from attnbench.suite import Case
 from attnbench.train.cell import run_train_cell
 
 

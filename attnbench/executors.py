@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Protocol, Sequence
 
+from attnbench.case import Case
 from attnbench.context import CellContext
 from attnbench.dispatch import run_cell
 from attnbench.interleave import group_key, run_interleaved
-from attnbench.suite import Case
 
 Gate = Callable[[Case], "dict | None"]
 OnStart = Callable[[Case], None]

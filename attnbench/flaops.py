@@ -20,7 +20,8 @@ from typing import Callable
 
 import torch
 
-from attnbench.registry import BuildContext, Unsupported
+from attnbench.errors import first_line
+from attnbench.methodspec import BuildContext, Unsupported
 
 REQUIRES = ("fla", "einops", "triton")
 INSTALL_HINT = "pip install 'attnbench[fla]'"
@@ -84,8 +85,8 @@ def backward_probe(call: Callable[[], torch.Tensor]) -> tuple[str, str | None]:
             return "refused", why
         if "out of memory" in str(exc).lower():
             raise
-        return "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}" \
-            if str(exc).strip() else type(exc).__name__
+        line = first_line(exc, 200)
+        return "failed", f"{type(exc).__name__}: {line}" if line else type(exc).__name__
     return "ok", None
 
 

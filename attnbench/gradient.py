@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from attnbench.errors import first_line
 from attnbench.levels import Encoder, NoExactCounterpart, SelfAttention, reference_model
 from attnbench.measure import free_memory, is_oom
 
@@ -106,7 +107,7 @@ def gradient_columns(module, inputs, grad_out, causal: bool, device: torch.devic
         if not is_oom(exc):
             raise
         free_memory(device, collect=True)
-        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        first = first_line(exc, 120) or type(exc).__name__
         return {"grad_err_skipped": f"out of memory computing float64 reference gradients: {first}"}
     if baseline is not None:
         try:

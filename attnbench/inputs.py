@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from attnbench.registry import Unsupported
+from attnbench.methodspec import Unsupported
 
 
 @dataclass(frozen=True)

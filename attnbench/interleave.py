@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 
+from attnbench.case import Case
 from attnbench.cell import CellRun
 from attnbench.context import CellContext, allocated_bytes
 from attnbench.measure import free_memory
-from attnbench.suite import Case
 
 
 def group_key(case: Case) -> tuple:

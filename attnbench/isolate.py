@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+from attnbench.errors import one_line
+
 STARTUP_TIMEOUT_S = 180.0  # importing torch on a loaded machine can take tens of seconds
 CUDA_POISON = ("illegal memory access", "device-side assert", "unspecified launch failure",
                "misaligned address", "illegal instruction", "cuda error")
@@ -256,7 +258,7 @@ def _cuda_broken(device) -> str | None:
         torch.cuda.synchronize(device)
         return None
     except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return one_line(exc, 200)
 
 
 def _warm_up(device) -> None:
@@ -288,11 +290,12 @@ def serve(reply_fd: int, parent_pid: int) -> int:
         log = open(init["fault_log"], "a", encoding="utf-8")
         faulthandler.enable(file=log, all_threads=False)
 
+        from attnbench.case import Case
         from attnbench.context import CellContext
         from attnbench.dispatch import run_cell
         from attnbench.env import parse_device
         from attnbench.registry import load_plugin_file
-        from attnbench.suite import Case, load_suite
+        from attnbench.suite import load_suite
 
         for path in init.get("plugins", []):
             load_plugin_file(path)
@@ -303,7 +306,7 @@ def serve(reply_fd: int, parent_pid: int) -> int:
                           run_dir=Path(init["suite"]).parent)  # suite.toml lives in the run dir
         _warm_up(device)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which records crashed rows
-        send({"op": "fatal", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})
+        send({"op": "fatal", "reason": one_line(exc)})
         return 2
     send({"op": "ready", "pid": os.getpid()})
     for line in sys.stdin:
@@ -319,7 +322,7 @@ def serve(reply_fd: int, parent_pid: int) -> int:
         try:
             row = run_cell(ctx, case)
         except Exception as exc:  # noqa: BLE001 - e.g. its cleanup synchronising a broken context
-            row = {"status": "error", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+            row = {"status": "error", "reason": one_line(exc)}
         why = None
         if device.type == "cuda" and (row.get("status") == "error" or any(
                 s in str(row.get("reason", "")).lower() for s in CUDA_POISON)):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.registry import BuildContext, MethodSpec, SharedScope
+from attnbench.methodspec import BuildContext, MethodSpec, SharedScope
 from attnbench.reference import reference_attention
 
 

@@ -107,7 +107,7 @@ def merge_runs(dirs: list[str], out: str | Path) -> dict:
     missing cells). Bad input raises before anything is written."""
     from attnbench.env import parse_device
     from attnbench.planning import plan
-    from attnbench.runner import _resumed
+    from attnbench.resume import resumed_run
 
     if not dirs:
         raise BadInput("merge: name the run directories to merge")
@@ -118,7 +118,7 @@ def merge_runs(dirs: list[str], out: str | Path) -> dict:
     device = parse_device(str(fmeta.get("device_type") or "cpu"), present=False)
     for path, _ in sources:  # a shard still running is not merged half-done
         _check_idle(path)
-    _, suite, _ = _resumed(first, device)
+    _, suite, _ = resumed_run(first, device)
     planned = [c.case for c in plan(suite, device, fmeta.get("only"), fmeta.get("skip"))]
     rows_by_id: dict[str, list[dict]] = {}
     per_source = []

@@ -10,6 +10,8 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args, get_origin
 
+from attnbench.checks import is_whole
+
 
 @dataclass(frozen=True)
 class Range:
@@ -63,10 +65,9 @@ def _type_ok(value: Any, tp: Any) -> str | None:
     if tp is bool:
         return None if isinstance(value, bool) else "expected true or false"
     if tp is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "expected an integer"
+        return None if is_whole(value) else "expected an integer"
     if tp is float:
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) \
-            else "expected a number"
+        return None if is_whole(value) or isinstance(value, float) else "expected a number"  # inf too
     if tp is str:
         return None if isinstance(value, str) else "expected a string"
     return None

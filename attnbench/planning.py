@@ -15,11 +15,14 @@ from typing import Any, Iterable
 
 import torch
 
+from attnbench.case import Case
 from attnbench.decode import plan_reason
 from attnbench.dtypes import to_torch
 from attnbench.errors import BadInput
-from attnbench.registry import REGISTRY, BuildContext, MethodSpec, unknown_name_message
-from attnbench.suite import PLUGIN_HINT, Case, Suite, expand
+from attnbench.expand import expand
+from attnbench.methodspec import BuildContext, MethodSpec
+from attnbench.registry import REGISTRY, unknown_name_message
+from attnbench.suite_parse import PLUGIN_HINT, Suite
 
 
 @dataclass

@@ -5,7 +5,7 @@
 - An out-of-memory at some n records ``oom``; larger n of the same method, params and other axes are
   recorded as ``oom-pruned`` without running.
 - ``--resume RUN_DIR`` runs exactly the cells that have no row yet, of the very suite that was saved
-  (its hash is checked against meta.json).
+  (its hash is checked against meta.json; :mod:`attnbench.resume`).
 - Ctrl-C or SIGTERM abandons the current cell, records the run as interrupted and returns 130; more
   signals during the clean-up change nothing. A failed write (disk full) stops the run the same way
   and returns 3; the rows before it are safe.
@@ -28,21 +28,24 @@ import torch
 
 from attnbench import scaleout
 from attnbench.accounting import Accounting, Tally
+from attnbench.case import Case
+from attnbench.checks import ISOLATE_MODES, ROUNDS_MAX, is_number, is_rounds, is_timeout, is_whole
 from attnbench.context import CellContext
-from attnbench.checks import is_number, is_rounds, is_whole
 from attnbench.env import device_tag, host_load, parse_device, provenance
-from attnbench.errors import BadInput, Interrupted, SuiteError, WriteFailed
+from attnbench.errors import BadInput, Interrupted, WriteFailed
 from attnbench.executors import make_executor
 from attnbench.planning import PlannedCell, plan
+from attnbench.plugins import loaded_plugins
 from attnbench.progress import Progress
 from attnbench.registry import REGISTRY, load_plugin_file
+from attnbench.resume import resumed_run
 from attnbench.schema import SCHEMA_VERSION
 from attnbench.store import (META, ResultWriter, RunDirError, RunLock, iter_rows, new_run_dir,
-                             read_meta, write_json_atomic)
-from attnbench.suite import Case, Suite, load_suite, parse_suite
+                             write_json_atomic)
+from attnbench.suite import load_suite
+from attnbench.suite_parse import Suite, parse_suite
 
 FAILED = ("error", "crashed", "timeout")  # statuses that make the run exit 1
-ISOLATE_MODES = ("method", "cell")
 EXIT_INTERRUPTED = 130
 EXIT_WRITE_FAILED = 3
 
@@ -88,7 +91,7 @@ def _check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_no
     somewhere inside the sweep."""
     if not isinstance(out, (str, Path)):
         raise BadInput(f"out={out!r}: expected a directory path (str or Path)")
-    if timeout_s is not None and not (is_number(timeout_s) and 0 < timeout_s < 1e7):
+    if timeout_s is not None and not is_timeout(timeout_s):
         raise BadInput(f"--timeout-s {timeout_s!r}: expected a number of seconds > 0")
     if not (is_number(capacity_limit_mib) and capacity_limit_mib >= 0):
         raise BadInput(f"--capacity-limit-mib {capacity_limit_mib!r}: expected a finite number of "
@@ -96,7 +99,7 @@ def _check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_no
     if isolate is not None and isolate not in ISOLATE_MODES:
         raise BadInput(f"--isolate {isolate!r}: allowed: {', '.join(ISOLATE_MODES)}")
     if rounds is not None and not is_rounds(rounds):
-        raise BadInput(f"--rounds {rounds!r}: expected a whole number from 1 to 1000")
+        raise BadInput(f"--rounds {rounds!r}: expected a whole number from 1 to {ROUNDS_MAX}")
     if not (is_whole(retry_noisy) and 0 <= retry_noisy <= 100):
         raise BadInput(f"--retry-noisy {retry_noisy!r}: expected a whole number from 0 to 100")
     if plugins is not None and (isinstance(plugins, (str, Path)) or
@@ -146,7 +149,7 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
     for path in plugins or ():
         load_plugin_file(path)  # up front: a missing or broken plugin is exit 2, not crashed rows
     if resume is not None:
-        run_dir, suite, meta = _resumed(Path(resume), device)
+        run_dir, suite, meta = resumed_run(Path(resume), device)
         only, skip = meta.get("only"), meta.get("skip")
         cuda_graphs = meta.get("cuda_graphs", cuda_graphs)
         isolate = isolate or meta.get("isolate")
@@ -218,32 +221,6 @@ def _listed(names) -> list[str]:
     return [s.strip() for s in names.split(",")] if isinstance(names, str) else list(names)
 
 
-def _resumed(run_dir: Path, device: torch.device) -> tuple[Path, Suite, dict]:
-    meta = read_meta(run_dir)
-    _check_meta(run_dir, meta)
-    suite_path = run_dir / "suite.toml"
-    if not suite_path.is_file():
-        raise RunDirError(f"{run_dir}: no suite.toml to resume from")
-    try:
-        suite = load_suite(str(suite_path))
-    except SuiteError as exc:
-        missing = [p for p in meta.get("plugins") or () if p not in loaded_plugins()]
-        if missing:
-            flags = " ".join(f"--plugin {shlex.quote(p)}" for p in missing)
-            raise SuiteError(f"{exc}. This run loaded plugin files; resume it with them: "
-                             f"attnbench run --resume {shlex.quote(str(run_dir))} {flags}") from None
-        raise
-    want = meta.get("suite_sha256")
-    if want and suite.text_hash != want:
-        raise RunDirError(f"{suite_path} is not the suite this run started with: its sha256 is "
-                          f"{suite.text_hash}, meta.json records {want}; resuming would mix two "
-                          "suites' rows in one run (start a new run for the changed suite)")
-    if meta.get("device_type") and meta["device_type"] != device.type:
-        raise RunDirError(f"{run_dir} was run on {meta['device_type']}; resume it with "
-                          f"--device {meta['device_type']}")
-    return run_dir, suite, meta
-
-
 def _start_run_dir(run_dir: Path, suite: Suite, meta: dict) -> None:
     """suite.toml and the first meta.json; if they cannot be written (disk full, read-only), the
     half-made directory goes again and nothing is left behind."""
@@ -254,41 +231,6 @@ def _start_run_dir(run_dir: Path, suite: Suite, meta: dict) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise RunDirError(f"cannot write the run directory {run_dir}: {exc.strerror or exc}; "
                           "nothing was run (free space or choose another --out)") from None
-
-
-def _check_meta(run_dir: Path, meta: dict) -> None:
-    """meta.json is data from disk: check the fields a resume acts on before using them."""
-    def bad(key):
-        raise RunDirError(f"{run_dir}/{META}: {key} = {meta.get(key)!r} is not valid; is this a run "
-                          "directory written by attnbench?")
-
-    for key in ("only", "skip", "plugins"):
-        v = meta.get(key)
-        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
-            bad(key)
-    if not isinstance(meta.get("device_type", "cpu"), str):
-        bad("device_type")
-    if not isinstance(meta.get("cuda_graphs", False), bool):
-        bad("cuda_graphs")
-    if meta.get("isolate") not in (None, *ISOLATE_MODES):
-        bad("isolate")
-    r = meta.get("rounds")
-    if r is not None and not is_rounds(r):
-        bad("rounds")
-    t = meta.get("timeout_s")
-    if t is not None and not (is_number(t) and 0 < t < 1e7):
-        bad("timeout_s")
-    for key in ("resumes", "retry_noisy"):
-        if not is_whole(meta.get(key) or 0):
-            bad(key)
-    if not isinstance(meta.get("suite_sha256", ""), str):
-        bad("suite_sha256")
-
-
-def loaded_plugins() -> list[str]:
-    """Files loaded with ``--plugin`` in this process (workers of an isolated run load them too)."""
-    return sorted({m.__file__ for name, m in list(sys.modules.items())
-                   if name.startswith("attnbench_plugin_") and getattr(m, "__file__", None)})
 
 
 INTERRUPTED_BY: str | None = None  # the signal that interrupted a sweep of this process, if any

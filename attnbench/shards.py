@@ -23,9 +23,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from attnbench.case import Case
 from attnbench.checks import is_whole
 from attnbench.errors import BadInput
-from attnbench.suite import Case
 
 SHARD_MAX = 100_000
 # nominal arithmetic rates (flop/s) of the plan's cost model: only ratios between cells matter

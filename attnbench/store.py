@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from attnbench.checks import is_whole
 from attnbench.errors import BadInput, RunDirError  # noqa: F401 (RunDirError re-exported)
 from attnbench.schema import LIST_COLUMNS, STAT_PREFIX, STATS
 
@@ -183,7 +184,7 @@ def row_problem(row: Any) -> str | None:
         if not isinstance(row.get(key), str) or not row[key]:
             return f"no {key}" if key not in row else f"{key} = {row[key]!r} is not a name"
     n = row.get("n")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_whole(n) or n < 1:
         return "no n" if "n" not in row else f"n = {n!r} is not a length"
     for key in ("params", "input"):
         if row.get(key) is not None and not isinstance(row[key], dict):

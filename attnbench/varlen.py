@@ -188,7 +188,7 @@ def pack_level(model: nn.Module, docs: Documents) -> nn.Module:
     def packed(module):
         hook = getattr(module, "pack", None)
         if hook is None:
-            from attnbench.registry import Unsupported
+            from attnbench.methodspec import Unsupported
 
             raise Unsupported(f"{type(module).__name__} has no pack(docs) hook")
         return hook(docs)

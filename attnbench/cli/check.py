@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from attnbench import conformance
-from attnbench.conformance import SIZES, report_table, summary_table
+from attnbench.conformance_result import SIZES
+from attnbench.conformance_tables import report_table, summary_table
 from attnbench.errors import BadInput
 
 def cmd_check(args, console) -> int:

@@ -9,7 +9,7 @@ import typing
 from rich.table import Table
 from rich.text import Text
 
-from attnbench.registry import MethodSpec
+from attnbench.methodspec import MethodSpec
 
 
 def _default(field: dataclasses.Field):

@@ -7,7 +7,7 @@ from attnbench.merge import SHOWN, merge_runs
 
 
 def _cell_text(row_or_case) -> str:
-    from attnbench.suite import Case
+    from attnbench.case import Case
 
     case = row_or_case if isinstance(row_or_case, Case) else Case.from_identity(row_or_case)
     return f"{case.label()} n={case.n} {case.mode} {case.dtype}"

@@ -201,11 +201,11 @@ def _dry_run(args, console, device) -> int:
 
     from attnbench.estimate import estimate
     from attnbench.planning import added_note, plan
-    from attnbench.runner import _resumed
+    from attnbench.resume import resumed_run
     from attnbench.suite import load_suite
 
     if args.resume:
-        _, suite, meta = _resumed(Path(args.resume), device)
+        _, suite, meta = resumed_run(Path(args.resume), device)
         only, skip = meta.get("only"), meta.get("skip")
     else:
         suite, only, skip = load_suite(args.suite), args.only, args.skip

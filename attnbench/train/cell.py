@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from attnbench.errors import Interrupted
+from attnbench.errors import Interrupted, one_line
 from attnbench.measure import MIB, free_memory, is_oom, measure_memory
-from attnbench.registry import REGISTRY, Unsupported
+from attnbench.methodspec import Unsupported
+from attnbench.registry import REGISTRY
 from attnbench.schema import STATS
 from attnbench.train.curves import CurveWriter
 from attnbench.train.loop import EvalPoint, Schedule, autocast, train
@@ -38,8 +39,8 @@ from attnbench.train.model import build_model, method_modules, parameter_counts
 from attnbench.train.tasks import Task, loss_fn, make_task
 
 if TYPE_CHECKING:
+    from attnbench.case import Case
     from attnbench.context import CellContext
-    from attnbench.suite import Case
 
 WARMUP_SHARE = 0.1  # the first tenth of the steps is left out of the step-time statistics
 
@@ -57,11 +58,6 @@ def quality_vs_exact(metric: str, value: float | None, exact: float | None) -> f
     if value is None or exact is None or not (value > 0 and exact > 0):
         return None
     return value / exact if metric == "accuracy" else exact / value
-
-
-def _one_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def _amp(dtype: str) -> torch.dtype | None:
@@ -142,10 +138,10 @@ def run_train_cell(ctx: "CellContext", case: "Case") -> dict[str, Any]:
     except BaseException as exc:  # noqa: BLE001 - any failure of a method becomes a row
         failed = True
         if is_oom(exc):
-            return {**row, "status": "oom", "reason": _one_line(exc)[:200]}
+            return {**row, "status": "oom", "reason": one_line(exc, 200)}
         tb = traceback.extract_tb(exc.__traceback__)[-3:]
         where = "; ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in tb)
-        return {**row, "status": "error", "reason": _one_line(exc), "where": where}
+        return {**row, "status": "error", "reason": one_line(exc), "where": where}
     finally:
         if writer is not None:
             writer.close()

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.levels import SelfAttention
-from attnbench.registry import BuildContext, MethodSpec, SharedScope
+from attnbench.methodspec import BuildContext, MethodSpec, SharedScope
 
 
 class PreLNLayer(nn.Module):

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from attnbench.methodspec import Unsupported
 from attnbench.params import NonNegative, Positive
-from attnbench.registry import Unsupported
 from attnbench.train.tasks.base import Batch, Task, generator
 
 OPS = ("[MAX", "[MIN", "[MED", "[SM")

@@ -22,8 +22,8 @@ from typing import Annotated, Literal
 
 import torch
 
+from attnbench.methodspec import Unsupported
 from attnbench.params import Range
-from attnbench.registry import Unsupported
 from attnbench.train.tasks.base import IGNORE, Batch, Task, generator
 
 Tokenizer = Literal["byte", "wordpiece"]

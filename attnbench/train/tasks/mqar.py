@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from attnbench.methodspec import Unsupported
 from attnbench.params import Positive
-from attnbench.registry import Unsupported
 from attnbench.train.tasks.base import IGNORE, Batch, Task, generator
 
 
