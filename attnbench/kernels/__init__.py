@@ -1,7 +1,8 @@
-"""Kernels the methods in ``methods/`` call: hand-written Triton kernels for methods whose plain-torch
-form leaves the GPU idle (``linformer_triton``, ``lsh_triton``, ``nystrom_triton``), the chunked torch
-form of causal linear attention (``causal_linear``) and few-query
-attention over key ranges merged by log-sum-exp (``split_keys``, Nyströmformer's landmark queries).
+"""What the methods' kernels share. The kernels live with their families: ``linformer_triton``,
+``lsh_triton``, ``nystrom_triton`` (hand-written Triton kernels for methods whose plain-torch form
+leaves the GPU idle), ``performer.causal_linear`` (the chunked torch form of causal linear attention)
+and ``nystrom.split_keys`` (few-query attention over key ranges merged by log-sum-exp), all under
+``attnbench.methods``.
 
 Modules that use Triton import it lazily and guarded, so ``import attnbench`` and ``attnbench list``
 never need it; :func:`triton_available` answers without importing Triton, and the kernels' input checks

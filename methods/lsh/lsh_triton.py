@@ -272,7 +272,7 @@ if triton is not None:
 
 def _check(q, v, bucket_size):
     if triton is None:
-        raise RuntimeError("attnbench.kernels.lsh_triton needs triton (pip install triton)")
+        raise RuntimeError("attnbench.methods.lsh.lsh_triton needs triton (pip install triton)")
     if (why := unsupported_reason(q, v, bucket_size)) is not None:
         raise ValueError(f"LSH Triton kernels cannot run this: {why}")
 

@@ -27,7 +27,7 @@ Definitions used here (i = query position, j = key position, scores q_i·k_j/√
 Three kernels compute the same thing (``kernel``; ``auto`` = ``triton`` on CUDA where Triton is
 installed and takes the shape, else ``sdpa`` on CUDA, ``torch`` elsewhere):
 
-- ``triton`` (``auto`` on CUDA): :mod:`attnbench.kernels.lsh_triton`, three launches and an argsort:
+- ``triton`` (``auto`` on CUDA): :mod:`attnbench.methods.lsh.lsh_triton`, three launches and an argsort:
   the hash with its argmax fused into the rotation product, the attention of every sorted chunk read
   straight from q and v through the sorted order (self rule, causal test and -log N_ij computed in
   the kernel from per-token tables, nothing score-sized or sorted stored), and the merge of the
@@ -214,7 +214,7 @@ class LSHAttention(nn.Module):
         grad = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
         kernel = self.kernel
         if kernel == "triton":
-            from attnbench.kernels import lsh_triton
+            from attnbench.methods.lsh import lsh_triton
 
             why = "gradients needed: the Triton kernels are forward-only" if grad else \
                 lsh_triton.unsupported_reason(q, v, self.bucket_size)
@@ -440,7 +440,8 @@ def _lsh_constraint(p: LSHParams, ctx: BuildContext) -> str | None:
 
 def _triton_reason(p: LSHParams, ctx: BuildContext) -> str | None:
     """Why the Triton kernels cannot serve this cell (None: they can)."""
-    from attnbench.kernels import lsh_triton, triton_available, triton_interpreting
+    from attnbench.kernels import triton_available, triton_interpreting
+    from attnbench.methods.lsh import lsh_triton
 
     if not triton_available():
         return "unavailable: kernel='triton' needs triton (pip install triton)"

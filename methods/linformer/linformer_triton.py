@@ -88,7 +88,7 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, E: tor
 
 def _check(q, k, v, E, F):
     if triton is None:
-        raise RuntimeError("attnbench.kernels.linformer_triton needs triton (pip install triton)")
+        raise RuntimeError("attnbench.methods.linformer.linformer_triton needs triton (pip install triton)")
     if (why := unsupported_reason(q, k, v, E, F)) is not None:
         raise ValueError(f"Linformer Triton kernels cannot run this: {why}")
 

@@ -35,7 +35,7 @@ the masked-after-projection variant only so tests can show that it leaks.
 Kernels (``kernel``): ``torch`` is the reference path above (strided matmuls for the projections, then
 SDPA over the k rows; where q, k, v are stored (B, N, H, D), as a layer's projection leaves them, a
 shared E or F projects all heads in one (k, n) @ (n, H·D) product). ``triton`` runs
-:mod:`attnbench.kernels.linformer_triton`: the projections (that same wide cuBLAS product where it
+:mod:`attnbench.methods.linformer.linformer_triton`: the projections (that same wide cuBLAS product where it
 applies, else one split-K launch projecting K and V together), then attention over the k rows (up to
 256 rows: one tile held by each program, no online rescaling). It covers the matrix projections
 (``linear``, ``random``) in every sharing mode, and is forward-only: a call that needs gradients
@@ -271,7 +271,7 @@ class LinformerAttention(nn.Module):
             why = self._triton_fallback(q, k, v, E, F_)
             self._ran = ("torch", why) if why else ("triton", None)
             if why is None:
-                from attnbench.kernels.linformer_triton import linformer_forward
+                from attnbench.methods.linformer.linformer_triton import linformer_forward
 
                 return linformer_forward(q, k, v, E, F_)  # (B, H, N, D)
         else:
@@ -286,7 +286,7 @@ class LinformerAttention(nn.Module):
             return "causal=True (masked after the projection) exists only on the torch path"
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, E, F_)):
             return "gradients needed: the Triton kernels are forward-only"
-        from attnbench.kernels.linformer_triton import unsupported_reason
+        from attnbench.methods.linformer.linformer_triton import unsupported_reason
 
         return unsupported_reason(q, k, v, E, F_)
 

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.compiling import allow_recompiles, compile_failure
-from attnbench.kernels.causal_linear import causal_chunked, lse, positive_causal
+from attnbench.methods.performer.causal_linear import causal_chunked, lse, positive_causal
 from attnbench.params import NonNegative, Positive
 from attnbench.registry import BuildContext, Limit, Unsupported, register_method
 

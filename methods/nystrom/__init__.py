@@ -23,11 +23,11 @@ Choices and omissions, all deliberate:
   fused call was as fast or faster everywhere (0.15 vs 1.67 ms at n = 16384, batch 8).
   Where one call leaves the GPU idle (few batch·heads) and no gradient is needed, CUDA runs it
   instead over key ranges folded into the batch, merged by their log-sum-exps
-  (:mod:`attnbench.kernels.split_keys`, whose rule picks the number of ranges): at batch 1, fp32,
+  (:mod:`attnbench.methods.nystrom.split_keys`, whose rule picks the number of ranges): at batch 1, fp32,
   0.097 vs 0.238 ms (explicit) at n = 4096 and 0.31 vs 0.88 ms at 16384; fp16, 0.058 vs 0.143 ms
   (one call) at 16384. ``stats()["right"]`` says which of ``split``, ``sdpa``, ``explicit`` ran.
 - Kernels (``kernel``) for the pseudo-inverse: ``torch`` (batched products, "cI − XY" as fused
-  ``baddbmm``) and ``triton`` (:mod:`attnbench.kernels.nystrom_triton`: one launch per product with
+  ``baddbmm``) and ``triton`` (:mod:`attnbench.methods.nystrom.nystrom_triton`: one launch per product with
   the cI in its epilogue, and the three products known to be symmetric computing half their tiles).
   ``auto`` runs ``triton`` on CUDA (where Triton is installed) from :data:`FUSED_MIN_MATRICES`
   matrices on, and torch below: at batch·heads 64 the Triton iteration took 1.19 ms against 1.66,
@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.kernels import triton_available, triton_interpreting
-from attnbench.kernels.split_keys import choose_splits, split_key_attention
+from attnbench.methods.nystrom.split_keys import choose_splits, split_key_attention
 from attnbench.measure import capture_cuda_graph
 from attnbench.params import NonNegative, Positive
 from attnbench.registry import BuildContext, Limit, Unsupported, register_method
@@ -147,7 +147,7 @@ class NystromAttention(nn.Module):
         """Compile the Triton pseudo-inverse that a CUDA-graph capture of this module will run (with
         few matrices eager calls run torch, so no eager call would have compiled it): one step on
         the identity, setup only."""
-        from attnbench.kernels import nystrom_triton
+        from attnbench.methods.nystrom import nystrom_triton
 
         m = self.p.num_landmarks
         eye = torch.eye(m, device=ctx.device).expand(ctx.batch * ctx.heads, m, m)
@@ -199,7 +199,7 @@ class NystromAttention(nn.Module):
             return torch.linalg.pinv(kernel)
         why = None
         if self.kernel == "triton":
-            from attnbench.kernels import nystrom_triton
+            from attnbench.methods.nystrom import nystrom_triton
 
             grad = torch.is_grad_enabled() and kernel.requires_grad
             matrices = kernel.numel() // kernel.shape[-1] ** 2

@@ -409,3 +409,6 @@ def build_fla_linear(p: NoParams, ctx: BuildContext) -> nn.Module:
 def build_nsa(p: NsaParams, ctx: BuildContext) -> nn.Module:
     """Native Sparse Attention (fla parallel_nsa): compressed + top-k selected blocks, GQA."""
     return build_core(NsaOp(p.group, p.block_size, p.block_counts), ctx)
+
+
+from attnbench.methods.recurrent import layers  # noqa: E402,F401 - registers the *_layer methods

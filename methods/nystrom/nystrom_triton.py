@@ -190,7 +190,7 @@ def iterative_pinv(a: torch.Tensor, iters: int, config: dict | None = None) -> t
     reference). ``config``: BLOCK, BLOCK_K and optionally num_warps, num_stages (default
     :data:`CUDA_CONFIG`, :data:`INTERPRET_CONFIG` in the interpreter)."""
     if triton is None:
-        raise RuntimeError("attnbench.kernels.nystrom_triton needs triton (pip install triton)")
+        raise RuntimeError("attnbench.methods.nystrom.nystrom_triton needs triton (pip install triton)")
     if (why := unsupported_reason(a)) is not None:
         raise ValueError(f"Nyström Triton kernels cannot run this: {why}")
     lead, m = a.shape[:-2], a.shape[-1]
