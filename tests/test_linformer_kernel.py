@@ -85,7 +85,7 @@ ONLINE = dict(BLOCK_M=32, BLOCK_KV=32)
                                         (64, 300, 16)])
 @pytest.mark.parametrize("config", [None, ONE_TILE, ONLINE], ids=["default", "one_tile", "online"])
 def test_attention_matches_sdpa(dev, dtype, n_q, rows, d, config):
-    from attnbench.methods.linformer.linformer_triton import FEW_KEYS_MAX, attention
+    from attnbench.methods.linformer.attention_triton import FEW_KEYS_MAX, attention
 
     if config is ONE_TILE and rows > FEW_KEYS_MAX:
         pytest.skip("more rows than the one-tile kernel takes")
@@ -99,7 +99,7 @@ def test_attention_matches_sdpa(dev, dtype, n_q, rows, d, config):
 
 def test_attention_writes_in_the_layout_of_q(dev):
     """q stored (B, N, H, D), as a layer leaves it: the output has the same strides (no copy after)."""
-    from attnbench.methods.linformer.linformer_triton import attention
+    from attnbench.methods.linformer.attention_triton import attention
 
     q = randn(2, 100, 3, 32, seed=11).to(dev).transpose(1, 2)  # (B, H, N, D) view
     kp, vp = randn(2, 3, 48, 32, seed=12).to(dev), randn(2, 3, 48, 32, seed=13).to(dev)
@@ -110,7 +110,7 @@ def test_attention_writes_in_the_layout_of_q(dev):
 
 
 def test_attention_takes_fp32_projections_and_a_scale(dev):
-    from attnbench.methods.linformer.linformer_triton import attention
+    from attnbench.methods.linformer.attention_triton import attention
 
     q = randn(1, 2, 64, 32, seed=8).to(torch.float16)
     kp, vp = randn(1, 2, 32, 32, seed=9).float(), randn(1, 2, 32, 32, seed=10).float()

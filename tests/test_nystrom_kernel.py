@@ -19,7 +19,7 @@ if not torch.cuda.is_available() and "attnbench.methods.nystrom.nystrom_triton" 
 from conftest import triton_device  # noqa: E402
 
 from attnbench.kernels import triton_available, triton_interpreting  # noqa: E402
-from attnbench.methods import nystrom as nystrom_module  # noqa: E402
+from attnbench.methods.nystrom import attention as nystrom_module  # noqa: E402
 from attnbench.methods.nystrom import NystromParams, iterative_pinv  # noqa: E402
 from attnbench.reference import error_metrics  # noqa: E402
 from attnbench.registry import BuildContext, get_method  # noqa: E402
