@@ -25,7 +25,8 @@ Layout is ours, (B, H, N, D); per-position gates are (B, H, N) (scalar per head)
 
 Within a chunk of c positions the decays enter as exp(G_i − G_j) with G the cumulative log-decay, so
 no factor exceeds 1 except exp(−G_j) in :func:`gated_linear`, at most exp(Σ|g|) over one chunk: far
-inside float64's range for the gate laws the harness draws (documented in ``methods/recurrent.py``).
+inside float64's range for the gate laws the harness draws (results/README.md, "Notes from the method
+modules").
 """
 from __future__ import annotations
 

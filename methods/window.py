@@ -2,18 +2,15 @@
 
 Beltagy et al. (Longformer, 2020, https://arxiv.org/abs/2004.05150) popularised the window; each
 query i attends to the keys with |i − j| < window (causal: 0 <= i − j < window), exactly the
-pattern of ``local`` (:mod:`attnbench.methods.sparse`).
+pattern of ``local`` (:mod:`attnbench.methods.sparse`). q, k, v (B, H, N, D) -> (B, H, N, D).
 
-- ``flex_window``: FlexAttention (https://pytorch.org/blog/flexattention/) with the sliding-window
-  ``mask_mod`` as attention-gym writes it, its block mask built once in the factory and
-  ``flex_attention`` compiled; registered for CUDA (FlexAttention has no backward on the CPU; the
-  class runs eagerly there, forward only, which is how the tests compare it with ``local``).
-- ``sdpa_window``: ``scaled_dot_product_attention`` with a boolean (n, n) band mask. SDPA has no
-  window argument in torch 2.x, so this is the path a user has: a materialised mask (n² bytes,
-  built once, kept as a buffer) that rules out the FlashAttention backend; PyTorch picks the
-  memory-efficient kernel (or the math one) and reads the whole mask.
+- ``flex_window``: FlexAttention (https://pytorch.org/blog/flexattention/) with attention-gym's
+  sliding-window ``mask_mod``, its block mask built once in the factory; registered for CUDA.
+- ``sdpa_window``: ``scaled_dot_product_attention`` with a boolean (n, n) band mask built once (SDPA
+  has no window argument), which rules out the FlashAttention backend.
 
-``report --pairs local=flex_window,local=sdpa_window`` puts our time over theirs, cell by cell.
+``report --pairs local=flex_window,local=sdpa_window`` puts our time over theirs, cell by cell; more
+in results/README.md, "Notes from the method modules".
 """
 from __future__ import annotations
 

@@ -24,8 +24,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def triton_device(module: str, kernel: str) -> torch.device:
-    """Where a Triton kernel module's tests run: CUDA, or the CPU when ``attnbench.kernels.<module>``
-    was imported under TRITON_INTERPRET=1 (its ``kernel`` is then interpreted); skips otherwise."""
+    """Where a Triton kernel module's tests run: CUDA, or the CPU when ``attnbench.methods.<module>``
+    (e.g. ``lsh.lsh_triton``) was imported under TRITON_INTERPRET=1 (its ``kernel`` is then
+    interpreted); skips otherwise."""
     import importlib
 
     from attnbench.kernels import triton_available, triton_interpreting
@@ -34,7 +35,7 @@ def triton_device(module: str, kernel: str) -> torch.device:
         pytest.skip("triton not installed (pip install triton)")
     if torch.cuda.is_available():
         return torch.device("cuda")
-    mod = importlib.import_module(f"attnbench.kernels.{module}")
+    mod = importlib.import_module(f"attnbench.methods.{module}")
     if not (triton_interpreting() and type(getattr(mod, kernel)).__name__ == "InterpretedFunction"):
         pytest.skip("no CUDA, and the kernels were imported before TRITON_INTERPRET=1 could be set")
     return torch.device("cpu")

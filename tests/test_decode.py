@@ -60,7 +60,7 @@ def test_stepping_variants(name, params, dtype):
 
 def test_a_long_prefix_is_folded_in_chunks(monkeypatch):
     """The recurrent states fold a long prefix a chunk at a time; chunk edges must not show."""
-    import attnbench.methods.performer as perf
+    import attnbench.methods.performer.state as perf
 
     monkeypatch.setattr(perf, "PREFIX_CHUNK", 5)
     for name in ("linear", "performer"):

@@ -424,7 +424,7 @@ def test_trainable_projection_copies_nothing(layout, batch):
 def test_heads_stored_side_by_side_project_in_one_product_with_the_same_result(sharing, m):
     """q, k, v as (B, N, H, D) memory (a layer's projection): a shared E multiplies all heads at once
     through a (B, m, H·D) view; values and gradients equal the per-head product's."""
-    from attnbench.kernels import merged_heads
+    from attnbench.methods.linformer.layout import merged_heads
 
     ctx = BuildContext(n=128, heads=4, head_dim=16, seed=0, dtype=torch.float64)
     mod = get_method("linformer").build(LinformerParams(k=32, sharing=sharing), ctx)

@@ -1,7 +1,7 @@
 """Linformer's Triton kernels against the torch path: projection, attention, the module's kernel choice.
 
 Without CUDA the kernels run in Triton's CPU interpreter: TRITON_INTERPRET=1 has to be in the
-environment when ``attnbench.kernels.linformer_triton`` is first imported (Triton reads it when a
+environment when ``attnbench.methods.linformer.linformer_triton`` is first imported (Triton reads it when a
 kernel is decorated), so it is set below, before anything imports that module. With CUDA the same
 tests run the compiled kernels. Without Triton they skip.
 """
@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-if not torch.cuda.is_available() and "attnbench.kernels.linformer_triton" not in sys.modules:
+if not torch.cuda.is_available() and "attnbench.methods.linformer.linformer_triton" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"
 
 from conftest import cli_env, triton_device  # noqa: E402
@@ -33,7 +33,7 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 @pytest.fixture(scope="module")
 def dev() -> torch.device:
     """The device the kernels run on here: CUDA, or the CPU under Triton's interpreter."""
-    return triton_device("linformer_triton", "_project_kernel")
+    return triton_device("linformer.linformer_triton", "_project_kernel")
 
 
 def randn(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
@@ -54,7 +54,7 @@ SHAPES = [(1, 2, 512, 64, 64), (2, 3, 500, 40, 32), (1, 2, 256, 64, 16)]
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("proj", ["shared", "same", "per_head"])
 def test_project_kv_matches_matmul(dev, dtype, shape, proj):
-    from attnbench.kernels.linformer_triton import project_kv
+    from attnbench.methods.linformer.linformer_triton import project_kv
 
     b, h, n, k_, d = shape
     x1, x2 = randn(b, h, n, d, seed=1), randn(b, h, n, d, seed=2)
@@ -85,7 +85,7 @@ ONLINE = dict(BLOCK_M=32, BLOCK_KV=32)
                                         (64, 300, 16)])
 @pytest.mark.parametrize("config", [None, ONE_TILE, ONLINE], ids=["default", "one_tile", "online"])
 def test_attention_matches_sdpa(dev, dtype, n_q, rows, d, config):
-    from attnbench.kernels.linformer_triton import FEW_KEYS_MAX, attention
+    from attnbench.methods.linformer.attention_triton import FEW_KEYS_MAX, attention
 
     if config is ONE_TILE and rows > FEW_KEYS_MAX:
         pytest.skip("more rows than the one-tile kernel takes")
@@ -99,7 +99,7 @@ def test_attention_matches_sdpa(dev, dtype, n_q, rows, d, config):
 
 def test_attention_writes_in_the_layout_of_q(dev):
     """q stored (B, N, H, D), as a layer leaves it: the output has the same strides (no copy after)."""
-    from attnbench.kernels.linformer_triton import attention
+    from attnbench.methods.linformer.attention_triton import attention
 
     q = randn(2, 100, 3, 32, seed=11).to(dev).transpose(1, 2)  # (B, H, N, D) view
     kp, vp = randn(2, 3, 48, 32, seed=12).to(dev), randn(2, 3, 48, 32, seed=13).to(dev)
@@ -110,7 +110,7 @@ def test_attention_writes_in_the_layout_of_q(dev):
 
 
 def test_attention_takes_fp32_projections_and_a_scale(dev):
-    from attnbench.kernels.linformer_triton import attention
+    from attnbench.methods.linformer.attention_triton import attention
 
     q = randn(1, 2, 64, 32, seed=8).to(torch.float16)
     kp, vp = randn(1, 2, 32, 32, seed=9).float(), randn(1, 2, 32, 32, seed=10).float()
@@ -240,7 +240,7 @@ import sys
 sys.modules["triton"] = None  # from here on, import triton raises ImportError
 import torch
 from attnbench.kernels import triton_available
-import attnbench.kernels.linformer_triton as lt
+import attnbench.methods.linformer.linformer_triton as lt
 from attnbench.methods.linformer import LinformerParams
 from attnbench.registry import BuildContext, Unsupported, get_method
 assert not triton_available() and lt.triton is None
@@ -305,7 +305,7 @@ def test_per_head_projection_after_a_shared_one_of_the_same_shape(dev):
     """The autotuner caches a config per shape; one tuned for a shared E (heads side by side) must not
     serve per-head E of the same shape (found on an H100: rel_err 0.99 before the head strides were
     part of the key)."""
-    from attnbench.kernels.linformer_triton import project_kv
+    from attnbench.methods.linformer.linformer_triton import project_kv
 
     b, h, n, k_, d = 1, 2, 256, 64, 16
     x1, x2 = (randn(b, h, n, d, seed=s).to(dev, torch.float16) for s in (20, 21))

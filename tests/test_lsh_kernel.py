@@ -1,4 +1,4 @@
-"""LSH attention's Triton kernels (attnbench.kernels.lsh_triton) against the torch kernel and a brute force.
+"""LSH attention's Triton kernels (attnbench.methods.lsh.lsh_triton) against the torch kernel and a brute force.
 
 Without CUDA the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 is set below, before
 anything imports the kernel module); with CUDA the same tests run the compiled kernels. The Triton
@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-if not torch.cuda.is_available() and "attnbench.kernels.lsh_triton" not in sys.modules:
+if not torch.cuda.is_available() and "attnbench.methods.lsh.lsh_triton" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"
 
 from conftest import triton_device  # noqa: E402
@@ -31,7 +31,7 @@ TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 @pytest.fixture(scope="module")
 def dev() -> torch.device:
     """CUDA, or the CPU under Triton's interpreter."""
-    return triton_device("lsh_triton", "_chunk_kernel")
+    return triton_device("lsh.lsh_triton", "_chunk_kernel")
 
 
 def dtypes(dev: torch.device):
@@ -59,7 +59,7 @@ def rel(out, ref) -> float:
 
 def same_buckets(fast: LSHAttention, slow: LSHAttention, q: torch.Tensor) -> torch.Tensor:
     """The Triton hash's sort keys; ``slow`` (torch kernel) is made to use the same buckets."""
-    from attnbench.kernels.lsh_triton import hash_keys
+    from attnbench.methods.lsh.lsh_triton import hash_keys
 
     b, h, n, _ = q.shape
     if fast.n_buckets == 1:
@@ -71,7 +71,7 @@ def same_buckets(fast: LSHAttention, slow: LSHAttention, q: torch.Tensor) -> tor
 
 
 def test_hash_keys_are_the_torch_hash_as_sort_keys(dev):
-    from attnbench.kernels.lsh_triton import hash_keys
+    from attnbench.methods.lsh.lsh_triton import hash_keys
 
     n = 256
     m = build(n, dev, bucket_size=16, n_hashes=3)  # 16 buckets: 8 rotations a round, one tile
@@ -92,7 +92,7 @@ def test_hash_keys_are_the_torch_hash_as_sort_keys(dev):
 def test_hash_keys_cover_many_bucket_tiles(dev):
     """n_buckets/2 = 160: two tiles of 128 rotations and a masked tail; the running argmax across
     tiles must give the same bucket as one argmax over the whole row."""
-    from attnbench.kernels.lsh_triton import hash_keys
+    from attnbench.methods.lsh.lsh_triton import hash_keys
 
     n, c = 1280, 4
     m = build(n, dev, bucket_size=c, n_hashes=2, heads=1)

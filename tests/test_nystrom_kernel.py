@@ -1,4 +1,4 @@
-"""Nyströmformer's Triton pseudo-inverse (attnbench.kernels.nystrom_triton) against the torch iteration,
+"""Nyströmformer's Triton pseudo-inverse (attnbench.methods.nystrom.nystrom_triton) against the torch iteration,
 and the method's kernel choice and fused landmark-query attention.
 
 Without CUDA the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 is set below, before
@@ -13,13 +13,13 @@ import sys
 import pytest
 import torch
 
-if not torch.cuda.is_available() and "attnbench.kernels.nystrom_triton" not in sys.modules:
+if not torch.cuda.is_available() and "attnbench.methods.nystrom.nystrom_triton" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"
 
 from conftest import triton_device  # noqa: E402
 
 from attnbench.kernels import triton_available, triton_interpreting  # noqa: E402
-from attnbench.methods import nystrom as nystrom_module  # noqa: E402
+from attnbench.methods.nystrom import attention as nystrom_module  # noqa: E402
 from attnbench.methods.nystrom import NystromParams, iterative_pinv  # noqa: E402
 from attnbench.reference import error_metrics  # noqa: E402
 from attnbench.registry import BuildContext, get_method  # noqa: E402
@@ -28,7 +28,7 @@ from attnbench.registry import BuildContext, get_method  # noqa: E402
 @pytest.fixture(scope="module")
 def dev() -> torch.device:
     """CUDA, or the CPU under Triton's interpreter."""
-    return triton_device("nystrom_triton", "_product_kernel")
+    return triton_device("nystrom.nystrom_triton", "_product_kernel")
 
 
 def landmark_kernel(m, dev, batch=2, heads=3, d=16, seed=0):
@@ -47,7 +47,7 @@ def rel(a, b) -> float:
 def test_triton_pinv_matches_the_torch_iteration(dev, m, config):
     """Same iteration, fp32 products: equal to the float64 torch iteration to fp32 rounding, also
     where m is not a multiple of the tile (48 with 32-tiles: masked tails, and the mirrored tiles)."""
-    from attnbench.kernels.nystrom_triton import iterative_pinv as triton_pinv
+    from attnbench.methods.nystrom.nystrom_triton import iterative_pinv as triton_pinv
 
     a = landmark_kernel(m, dev)
     want = iterative_pinv(a.double().cpu(), 6)
@@ -67,7 +67,7 @@ def test_triton_start_reduces_norms_over_row_blocks(dev, m, elements, monkeypatc
     """Z₀ = Aᵀ/(‖A‖₁‖A‖∞) when the norms come from several row blocks' parts: 3 blocks of 16 rows
     (padded to 4, one empty), 8 of 8, and one block. Rows of very different sums, so a block that
     dropped out or a max taken over the wrong axis changes the answer."""
-    from attnbench.kernels import nystrom_triton
+    from attnbench.methods.nystrom import nystrom_triton
 
     monkeypatch.setattr(nystrom_triton, "START_ELEMENTS", elements)
     g = torch.Generator().manual_seed(m)
@@ -233,7 +233,7 @@ def test_triton_kernel_knob_is_checked_before_building():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_triton_pinv_replays_in_a_cuda_graph():
-    from attnbench.kernels.nystrom_triton import iterative_pinv as triton_pinv
+    from attnbench.methods.nystrom.nystrom_triton import iterative_pinv as triton_pinv
     from attnbench.measure import time_cuda_graph
 
     a = landmark_kernel(256, torch.device("cuda"), batch=4, heads=8)

@@ -1,4 +1,4 @@
-"""Community adapters (methods/peers.py): each builds reproducibly, runs forward and backward, meets its
+"""Community adapters (methods/peers/): each builds reproducibly, runs forward and backward, meets its
 exact limit against our float64 reference, and its failures become result rows."""
 import dataclasses
 import importlib.util

@@ -9,9 +9,10 @@ import torch
 
 from attnbench.methods.full import NaiveAttention
 from attnbench.methods.performer import (LinearAttention, LinearParams, PerformerAttention,
-                                         PerformerParams, draw_omega, favor_bidirectional,
-                                         favor_constants, favor_features, favor_positive_attention,
-                                         resolve_nb_features)
+                                         PerformerParams)
+from attnbench.methods.performer.favor import favor_bidirectional, favor_constants
+from attnbench.methods.performer.features import (draw_omega, favor_features, favor_positive_attention,
+                                                  resolve_nb_features)
 from attnbench.reference import error_metrics, is_causal, reference_attention
 from attnbench.registry import BuildContext, get_method
 
@@ -168,7 +169,7 @@ def test_calls_without_autograd_match_the_concatenating_path_and_keep_no_state(d
     (two concatenations fewer); they must give what the concatenating path (taken when gradients are
     needed) gives, for shapes that alternate, and a call on non-finite inputs must not leak into the
     next call through the kept matrix."""
-    from attnbench.methods.performer import _work
+    from attnbench.methods.performer.favor import _work
 
     n = 96
     m = performer(n, d=d, heads=3, nb_features=40)

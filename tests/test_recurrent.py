@@ -362,7 +362,7 @@ def test_factory_records_fla_refusing_the_backward(monkeypatch):
 
 @pytest.mark.parametrize("op", [GlaOp(), DeltaOp(), GatedDeltaOp()], ids=lambda o: o.name)
 def test_layer_projections_and_gates_match_the_layer_reference(monkeypatch, op):
-    from attnbench.methods import recurrent_layers
+    from attnbench.methods.recurrent import layers as recurrent_layers
 
     kernels = {GlaOp.kernel_path: stand_in("gla"), DeltaOp.kernel_path: stand_in("delta"),
                GatedDeltaOp.kernel_path: stand_in("delta")}

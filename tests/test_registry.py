@@ -32,7 +32,7 @@ def test_duplicate_name_names_both_definitions():
 
 
 def test_duplicate_of_builtin_is_refused():
-    with pytest.raises(RegistryError, match="duplicate method name 'sdpa'.*full.py"):
+    with pytest.raises(RegistryError, match="duplicate method name 'sdpa'.*full/__init__.py"):
         @register_method("sdpa", family="exact", exact=True)
         def again(p, ctx):
             return nn.Identity()

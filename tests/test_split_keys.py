@@ -1,4 +1,4 @@
-"""Few-query attention over key ranges merged by their log-sum-exps (attnbench.kernels.split_keys), and
+"""Few-query attention over key ranges merged by their log-sum-exps (attnbench.methods.nystrom.split_keys), and
 Nyströmformer's choice of it for softmax(Q̃Kᵀ)V.
 
 On the CPU the merging runs with an explicit float64 ``attend``; the fused kernels that return the
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from attnbench.kernels.split_keys import SPLIT_RULES, choose_splits, split_key_attention
+from attnbench.methods.nystrom.split_keys import SPLIT_RULES, choose_splits, split_key_attention
 from attnbench.methods.nystrom import NystromParams
 from attnbench.reference import error_metrics
 from attnbench.registry import BuildContext, get_method
@@ -106,7 +106,7 @@ def test_nystrom_splits_only_without_gradients_on_cuda():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_fused_kernels_lse_and_split_match_sdpa(dtype):
-    from attnbench.kernels.split_keys import attend_with_lse
+    from attnbench.methods.nystrom.split_keys import attend_with_lse
 
     q, k, v = layer_qkv(1, 8, 4096, 64, 256, dtype=dtype, device="cuda")
     scale = 1 / 8

@@ -1,28 +1,14 @@
-"""Triton kernels for Nyströmformer's iterative pseudo-inverse (:mod:`attnbench.methods.nystrom`,
-``kernel="triton"``).
+"""Triton kernels for Nyströmformer's iterative pseudo-inverse (https://arxiv.org/abs/2102.03902;
+:mod:`attnbench.methods.nystrom`, ``kernel="triton"``).
 
-Why: the iteration Z ← ¼Z(13I − AZ(15I − AZ(7I − AZ))) is four (m, m) products a step per (batch,
-head), six steps by default; at m = 256 and batch·heads = 64 it is most of the method's time for
-short inputs (1.6 ms of 2.5 at n = 1024, batch 8, fp32, on an H100). Two facts make it cheaper here:
-
-- Every "cI − XY" is one launch: the product's epilogue adds cI and scales, where torch needs a
-  product and one or two elementwise passes (the first step also writes 7I − AZ beside AZ).
-- Three of the four products are symmetric. With Z₀ = Aᵀ/c every iterate is Z = Aᵀ·p(AAᵀ) for a
-  polynomial p, so AZ = AAᵀ·p(AAᵀ) is symmetric, and so are 7I − AZ, 15I − AZ(7I − AZ) and
-  13I − AZ(…) and the products of these commuting matrices. Those launches compute the tiles on and
-  above the diagonal and write each off-diagonal tile to both places (10 of 16 tiles at m = 256 with
-  64-tiles); the tiles below return at once. Only ¼Z·T, which is not symmetric, computes every tile.
-  In exact arithmetic this is the same iteration; in floating point the lower half mirrors the upper
-  instead of carrying its own rounding.
-- The start Z₀ = Aᵀ/(‖A‖₁‖A‖∞) is two launches (the norms' parts over row blocks, then the scaled
-  transpose by tiles) where torch takes seven: 0.027 against 0.031 ms at 8 matrices, 0.039 against
-  0.105 at 64 (m = 256, H100).
-
-Products are fp32 fused multiply-adds (``input_precision="ieee"``, no TF32), as torch's fp32
-default is: the iteration runs in fp32 for every input dtype (see the method). Forward only (the
-method takes its torch path when a gradient is needed). In Triton's CPU interpreter
-(``TRITON_INTERPRET=1`` set before this module is first imported) the kernels run for the tests.
-Importing this module without Triton works; calling a kernel then raises ``RuntimeError``.
+Z ← ¼Z(13I − AZ(15I − AZ(7I − AZ))) on a batch of (m, m) fp32 matrices, (B·H, m, m): every
+"cI − XY" is one launch with cI in the product's epilogue; the three products of a step that are
+symmetric in exact arithmetic compute only the tiles on and above the diagonal and mirror them; the
+start Z₀ = Aᵀ/(‖A‖₁‖A‖∞) is two launches. Products are fp32 fused multiply-adds
+(``input_precision="ieee"``, no TF32). Forward only (the method takes its torch path when a gradient
+is needed). Under ``TRITON_INTERPRET=1`` (set before this module is first imported) the kernels run
+on the CPU for the tests; without Triton the module imports and a call raises ``RuntimeError``. Why
+these kernels, and what we measured: results/README.md, "Notes from the method modules".
 """
 from __future__ import annotations
 
@@ -190,7 +176,7 @@ def iterative_pinv(a: torch.Tensor, iters: int, config: dict | None = None) -> t
     reference). ``config``: BLOCK, BLOCK_K and optionally num_warps, num_stages (default
     :data:`CUDA_CONFIG`, :data:`INTERPRET_CONFIG` in the interpreter)."""
     if triton is None:
-        raise RuntimeError("attnbench.kernels.nystrom_triton needs triton (pip install triton)")
+        raise RuntimeError("attnbench.methods.nystrom.nystrom_triton needs triton (pip install triton)")
     if (why := unsupported_reason(a)) is not None:
         raise ValueError(f"Nyström Triton kernels cannot run this: {why}")
     lead, m = a.shape[:-2], a.shape[-1]

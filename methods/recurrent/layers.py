@@ -1,24 +1,14 @@
-"""Whole layers of the recurrent family on fla-core's kernels (layer and model level): the operators of
-:mod:`attnbench.methods.recurrent` with the projections their models give them, so gates and betas
-come from the hidden states as in training instead of being drawn.
+"""Whole layers of the recurrent family on fla-core's kernels (layer and model level): ``gla_layer``
+(GLA, https://arxiv.org/abs/2312.06635), ``deltanet_layer`` (DeltaNet,
+https://arxiv.org/abs/2406.06484), ``gated_deltanet_layer`` (Gated DeltaNet,
+https://arxiv.org/abs/2412.06464) and ``nsa_layer`` (NSA, https://arxiv.org/abs/2502.11089).
 
-- ``gla_layer`` (GLA, https://arxiv.org/abs/2312.06635): q, k, v; gk = logsigmoid(W₂W₁x)/16 through a
-  rank-16 bottleneck; output RMSNorm(o) ⊙ swish(W_g x); output projection.
-- ``deltanet_layer`` (DeltaNet, https://arxiv.org/abs/2406.06484): q, k through SiLU and L2-normalised
-  in the kernel, β = sigmoid(W_β x); output RMSNorm(o).
-- ``gated_deltanet_layer`` (Gated DeltaNet, https://arxiv.org/abs/2412.06464): as DeltaNet plus the
-  decay g = −exp(A_log)·softplus(W_a x + dt_bias) (A ~ U[1, 16], dt ~ logU[1e-3, 1e-1] at init) and
-  the output gate RMSNorm(o) ⊙ swish(W_g x).
-- ``nsa_layer`` (NSA, https://arxiv.org/abs/2502.11089): q for every head, k, v for one head per
-  group, the branch gates sigmoid(W_g x).
-
-fla's layers also put a short causal convolution (width 4) after the q, k, v projections of DeltaNet
-and Gated DeltaNet, and rotary embeddings before NSA; those are left out here: what is measured is the
-attention layer's own arithmetic. RetNet, Based and fla_linear take no gates, so their layer level is
-the harness's generic one (q, k, v and output projections around the core op).
-
+The operators of :mod:`attnbench.methods.recurrent.ops` with the projections their models give them,
+so that gates and betas come from the hidden states as in training instead of being drawn: x
+(B, N, d_model) -> (B, N, d_model), q, k, v and gates in fla's (B, N, H, ...) layout.
 ``exact_reference(x)`` runs the same layer with the same weights in float64 with the operator's
-reference form (:mod:`attnbench.recurrences`): the rows' ``ref_rel_err`` and ``grad_rel_err`` (dx).
+reference form (:mod:`attnbench.recurrences`). Each layer's projections and gates, and what fla's
+layers add that is left out: results/README.md, "Notes from the method modules".
 """
 from __future__ import annotations
 
@@ -29,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.flaops import prepare
-from attnbench.methods.recurrent import (COMMON, DeltaOp, GatedDeltaOp, GlaOp, NsaOp, NsaParams, Op,
-                                         RecurrentCore, _nsa_shape, causal_only, heads_first)
+from attnbench.methods.recurrent.core import COMMON, NsaParams, RecurrentCore, _nsa_shape, causal_only
+from attnbench.methods.recurrent.ops import DeltaOp, GatedDeltaOp, GlaOp, NsaOp, Op, heads_first
 from attnbench.registry import BuildContext, NoParams, Unsupported, register_method
 
 GLA_GATE_RANK = 16

@@ -1,33 +1,15 @@
-"""Triton kernels for Reformer LSH attention's forward (:mod:`attnbench.methods.lsh`, ``kernel="triton"``).
+"""Triton kernels for Reformer LSH attention's forward (https://arxiv.org/abs/2001.04451;
+:mod:`attnbench.methods.lsh`, ``kernel="triton"``): three launches and an argsort.
 
-Why: the plain-torch forms spend most of their time outside attention. On an H100 (fp16, n = 16384,
-batch 8, 8 heads, 4 rounds) the hash alone wrote and re-read a (B, H, R, N, n_buckets/2) fp32 tensor
-of 2 GB, the sorted copies of q, keys and values and the windows of the previous chunk were gathers
-of R·(B, H, N, D) each, and the unsort and merge of the rounds a few more passes. Three launches
-replace them here (plus one ``argsort`` between the first two):
-
-- :func:`hash_keys`: one program takes BLOCK_N tokens of one (batch, head), multiplies them with each
-  round's rotation on tensor cores (fp32 accumulation) and keeps the running argmax of [xR, -xR] over
-  tiles of the buckets, so the rotated values never reach memory. It writes ``bucket·n + position``
-  (int32), the key that sorts each round by (bucket, position). The hash runs on the queries
-  themselves: the keys are the queries scaled to unit length, and argmax is blind to a positive scale.
-- :func:`chunk_attention`: one program per (sorted chunk, round, batch·head) loads its c queries and
-  the c tokens of the chunk before (cyclically) straight from q and v through the sorted order, makes
-  the keys (queries over their length) in registers, and runs both score tiles through one softmax:
-  the self rule, the causal test (same bucket, 0..c slots back) and the duplicate count -log N_ij are
-  computed from small per-token tables inside the kernel, so nothing score-sized or sorted is stored.
-  It writes each round's output and log-sum-exp at the tokens' own positions.
-- :func:`merge_rounds`: the rounds weighted by their log-sum-exp (a softmax over rounds), into
-  (B, H, N, D).
-
-The scores, the softmax and the merge are fp32 for every input dtype; the products take the input
-dtype on tensor cores, and fp32 inputs full fp32 products (no TF32), as torch's defaults do. The
-hash rounds like the products: in fp16/bf16 a key within rounding of the boundary between two
-buckets may land in the other one than the torch kernel's fp32 hash puts it in; both are the same
-random hash, and the tests compare the attention at equal buckets. Forward only: the method runs its
-torch kernel when a gradient is needed. In Triton's CPU interpreter (``TRITON_INTERPRET=1`` set before
-this module is first imported) the kernels run for the tests. Importing this module without Triton
-works; calling a kernel then raises ``RuntimeError``.
+:func:`hash_keys` fuses the hash's argmax into the rotation product and writes each token's sort key
+bucket·n + position, (B·H, R, n) int32; :func:`chunk_attention` attends every sorted chunk of c
+queries to its 2c candidates read straight from q and v through the sorted order (the self rule, the
+causal test and -log N_ij computed in the kernel), writing each round's output (B·H, R, n, D) and
+log-sum-exp (B·H, R, n) at the tokens' own positions; :func:`merge_rounds` merges the rounds into
+(B, H, n, D). Scores, softmax and merge are fp32; the products take the input dtype (fp32: no TF32).
+Forward only. Under ``TRITON_INTERPRET=1`` (set before this module is first imported) the kernels run
+on the CPU for the tests; without Triton the module imports and a call raises ``RuntimeError``. Why
+these kernels, and what we measured: results/README.md, "Notes from the method modules".
 """
 from __future__ import annotations
 
@@ -272,7 +254,7 @@ if triton is not None:
 
 def _check(q, v, bucket_size):
     if triton is None:
-        raise RuntimeError("attnbench.kernels.lsh_triton needs triton (pip install triton)")
+        raise RuntimeError("attnbench.methods.lsh.lsh_triton needs triton (pip install triton)")
     if (why := unsupported_reason(q, v, bucket_size)) is not None:
         raise ValueError(f"LSH Triton kernels cannot run this: {why}")
 

@@ -1,10 +1,10 @@
-"""Causal linear attention by chunks, for :mod:`attnbench.methods.performer` (``performer`` and
-``linear`` with ``causal=True``).
+"""Causal linear attention by chunks (Katharopoulos et al., 2020, https://arxiv.org/abs/2006.16236),
+for ``performer`` and ``linear`` with ``causal=True``.
 
 Σ_{j≤i} φ(q_i)ᵀφ(k_j)[v_j, 1] is taken chunk by chunk: a masked c×c product inside each chunk plus a
 prefix state of the earlier chunks' sums, so only (n/chunk, m, d) chunk sums exist, never an
-(n, m, d) tensor. The frames that keep fp16/bf16 in range are described under "Numerics" in the
-performer module's docstring.
+(n, m, d) tensor; features (B, H, N, F), values with their ones column (B, H, N, D+1). The frames
+that keep fp16/bf16 in range: results/README.md, "Notes from the method modules" (Performer).
 """
 from __future__ import annotations
 

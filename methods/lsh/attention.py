@@ -1,67 +1,11 @@
-"""Reformer's LSH attention (Kitaev, Kaiser & Levskaya, 2020, https://arxiv.org/abs/2001.04451).
+"""Reformer's LSH attention (Kitaev, Kaiser & Levskaya, 2020, https://arxiv.org/abs/2001.04451): the
+module, its params and its torch and fused (sdpa) kernels; the Triton kernels are in
+:mod:`attnbench.methods.lsh.lsh_triton`.
 
-Queries double as keys (shared-QK: key j is query j scaled to unit length); random rotations hash the
-keys into buckets, tokens are sorted by (bucket, position) and each fixed-size chunk of the sorted order
-attends within itself and the chunk before, so similar tokens meet without an n × n score matrix.
-
-Definitions used here (i = query position, j = key position, scores q_i·k_j/√d with k_j = q_j/|q_j|):
-
-- Buckets: ``n_buckets = n / bucket_size``, rounded up to even as Reformer's hash needs (one bucket,
-  with no hashing, when ``bucket_size == n``). Round r draws a (d, n_buckets/2) Gaussian rotation R_r
-  in the factory from ``ctx.generator()`` and sends x to ``argmax([xR_r, -xR_r])``. Rotations are drawn
-  round by round from one stream, so the first r rounds are the same for every ``n_hashes >= r``.
-- Candidates in round r: the sorted order is cut into chunks of ``bucket_size`` slots. Non-causal
-  (Reformer's rule): the query's chunk and the one before it, cyclically. Causal: keys of the same
-  bucket at most ``bucket_size`` slots back in the sorted order. Within a bucket the order is by
-  position, so this set depends only on tokens at positions <= i: a future token can shift slots and
-  chunk boundaries but never which same-bucket past keys lie within reach. (A position mask alone would
-  not do: a shifted chunk boundary changes which past keys a past query sees.)
-- Self: a query never attends to itself unless it has no other candidate (its score is replaced by
-  -1e5, as Reformer does, which makes its weight exactly zero in float32 otherwise).
-- Rounds: with ``dedup`` each pair is scored with ``-log N_ij`` added, N_ij being the number of rounds
-  in which j is a candidate of i, and rounds are merged with their log-sum-exp weights. The result is
-  exactly softmax attention over the union of the rounds' candidates (the paper's duplicate
-  correction), so more rounds can only widen the set each query sees. Without ``dedup`` the rounds are
-  merged the same way but nothing is subtracted (a pair found in m rounds counts m times).
-
-Three kernels compute the same thing (``kernel``; ``auto`` = ``triton`` on CUDA where Triton is
-installed and takes the shape, else ``sdpa`` on CUDA, ``torch`` elsewhere):
-
-- ``triton`` (``auto`` on CUDA): :mod:`attnbench.kernels.lsh_triton`, three launches and an argsort:
-  the hash with its argmax fused into the rotation product, the attention of every sorted chunk read
-  straight from q and v through the sorted order (self rule, causal test and -log N_ij computed in
-  the kernel from per-token tables, nothing score-sized or sorted stored), and the merge of the
-  rounds. Forward only (a call that needs gradients, or float64, runs the torch kernel;
-  ``stats()["ran"]`` and ``stats()["fallback"]`` say which ran and why); bucket_size and head_dim up
-  to 128. On an H100 (fp16, layer level, d_model 512, 8 heads, bucket 64, 4 rounds) it took 0.06 ms
-  at n = 1024, batch 1 and 0.48 ms at n = 16384, batch 1 in CUDA-graph replay, against the ``sdpa``
-  kernel's 0.22 and 2.43 ms. Its hash rounds in the input dtype (see that module).
-- ``torch``: gathers every round's sorted chunks and scores each chunk of ``bucket_size`` queries
-  against its 2·bucket_size candidate keys in one float32 (B, H, R, chunks, bucket_size,
-  2·bucket_size) tensor. It is the reference, the CPU path and the one float64 inputs always take.
-- ``sdpa`` (``auto`` on CUDA without Triton): the torch kernel's sorted chunks, handed to PyTorch's fused
-  memory-efficient attention kernel (the one SDPA takes with a mask) as (B·H·R, chunks, bucket_size,
-  D) queries over 2·bucket_size keys, which returns each query's log-sum-exp beside its output. The
-  self rule is an additive bias (-1e5, or fp16's lowest value), one (bucket_size, 2·bucket_size)
-  matrix broadcast to every chunk; the causal test and -log N_ij make that bias pair-sized. The kernel
-  gives no gradient for the log-sum-exp, so a call that needs gradients runs the torch kernel
-  (``stats()["ran"]`` says which ran); on CPU the same bias and log-sum-exp logic runs on plain ops.
-(A fourth, FlexAttention kernel was retired: it was explicit-only, its compiled non-causal
-deduplicated form disagreed with the torch kernel on an H200, and its compile took minutes.)
-
-``exact_reference`` is the same shared-QK attention over all keys (causal: all keys <= i) with the same
-self rule, so the error measures the hashing and chunking, not the change to shared QK.
-Needs n divisible by ``bucket_size`` (declared as a constraint).
-
-Decoding (causal): the causal candidates of token t in round r are the last ``bucket_size`` earlier
-tokens of t's bucket (same bucket, at most bucket_size slots back; sorted by position within a
-bucket, so no later token changes them) and t itself. The state keeps the shared keys and values of
-every token (a cache that grows with n, as exact attention's does) and, per round and bucket, a ring of
-the last ``bucket_size`` positions; a step hashes the new token, gathers its R·bucket_size candidates,
-scores them (each counted once under ``dedup``, as often as found without) and pushes its position into
-its buckets' rings: O(R·bucket_size·D) per token whatever n is. The buckets are those of the n the
-module was built for (n / bucket_size of them); tokens past n hash into the same buckets. Fixed shapes,
-positions on the device: a step replays in a CUDA graph.
+q, v (B, H, N, D) -> (B, H, N, D) (k is unused: shared QK). Each round's sorted order is cut into
+chunks of ``bucket_size``; a chunk's queries attend to 2·bucket_size candidate keys, (B, H, R, chunks,
+bucket_size, 2·bucket_size) scores in the torch kernel, and the rounds are merged by their
+log-sum-exps. Definitions and kernel choice: results/README.md, "Notes from the method modules".
 """
 from __future__ import annotations
 
@@ -72,11 +16,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from attnbench.decode_state import DeviceKVCache
+from attnbench.methods.lsh.decode import LSHDecode
+from attnbench.methods.lsh.reference import SELF_SCORE, shared_keys, shared_qk_attention
 from attnbench.params import Positive
-from attnbench.registry import BuildContext, Limit, register_method
+from attnbench.registry import BuildContext
 
-SELF_SCORE = -1e5  # Reformer's score for attending to oneself
 Kernel = Literal["auto", "triton", "sdpa", "torch"]
 
 
@@ -136,32 +80,7 @@ def padded_bias(shape, dtype, device):
     return torch.zeros(*lead, -(-s // 16) * 16, dtype=dtype, device=device)[..., :s]
 
 
-def shared_keys(q: torch.Tensor) -> torch.Tensor:
-    """Reformer's keys: each query scaled to unit length."""
-    return q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-6)
-
-
-def shared_qk_attention(q: torch.Tensor, v: torch.Tensor, *, causal: bool,
-                        chunk: int = 1024) -> torch.Tensor:
-    """Exact shared-QK attention with the self rule, in float64, a chunk of queries at a time."""
-    q64, v64 = q.double(), v.double()
-    key = shared_keys(q64)
-    n = q.shape[-2]
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    out = torch.empty_like(v64)
-    cols = torch.arange(n, device=q.device)[None, :]
-    for start in range(0, n, chunk):
-        rows = torch.arange(start, min(start + chunk, n), device=q.device)[:, None]
-        scores = (q64[..., rows[:, 0], :] @ key.transpose(-1, -2)) * scale  # (B, H, c, N)
-        alone = rows == 0 if causal else torch.full_like(rows, n == 1, dtype=torch.bool)
-        blocked = (cols == rows) & ~alone
-        if causal:
-            blocked |= cols > rows
-        out[..., rows[:, 0], :] = torch.softmax(scores.masked_fill(blocked, float("-inf")), -1) @ v64
-    return out
-
-
-class LSHAttention(nn.Module):
+class LSHAttention(LSHDecode, nn.Module):
     """LSH attention over ``n_hashes`` rounds of hashed, sorted and chunked shared-QK attention."""
 
     def __init__(self, p: LSHParams, ctx: BuildContext):
@@ -214,7 +133,7 @@ class LSHAttention(nn.Module):
         grad = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
         kernel = self.kernel
         if kernel == "triton":
-            from attnbench.kernels import lsh_triton
+            from attnbench.methods.lsh import lsh_triton
 
             why = "gradients needed: the Triton kernels are forward-only" if grad else \
                 lsh_triton.unsupported_reason(q, v, self.bucket_size)
@@ -359,65 +278,7 @@ class LSHAttention(nn.Module):
     def exact_reference(self, q, k, v):
         return shared_qk_attention(q, v, causal=self.causal)
 
-    # decode (module docstring, "Decoding")
-
-    decode_graphs = True
-
-    def _hash_chunked(self, key: torch.Tensor) -> torch.Tensor:
-        """``hash`` a chunk of tokens at a time: (B, H, N, D) -> (B, H, R, N)."""
-        b, h, n, _ = key.shape
-        chunk = max(1, 2**27 // max(1, b * h * self.n_hashes * max(self.n_buckets // 2, 1)))
-        return torch.cat([self.hash(key[:, :, s:s + chunk]) for s in range(0, n, chunk)], dim=-1)
-
-    def init_state(self, q, k, v, capacity=None):
-        b, h, n, _ = q.shape
-        rounds, c, nb = self.n_hashes, self.bucket_size, self.n_buckets
-        key = shared_keys(q.to(torch.promote_types(q.dtype, torch.float32)))
-        cache = DeviceKVCache(key.to(q.dtype), v, capacity, multiple=1)
-        buckets = self._hash_chunked(key)  # (B, H, R, N)
-        pos = torch.arange(n, device=q.device)
-        order = (buckets * n + pos).argsort(dim=-1)  # by bucket, then position
-        in_order = buckets.gather(-1, order)  # (B, H, R, N): bucket of each sorted slot
-        counts = torch.zeros(b, h, rounds, nb, dtype=torch.long, device=q.device)
-        counts.scatter_add_(-1, buckets, torch.ones_like(buckets))
-        first = counts.cumsum(-1) - counts  # (B, H, R, nb): first slot of each bucket
-        rank = pos - first.gather(-1, in_order)  # place of each sorted token within its bucket
-        keep = rank >= counts.gather(-1, in_order) - c  # the last c of every bucket
-        ring = torch.where(keep, in_order * c + rank % c, nb * c)  # past the end: discarded
-        table = torch.full((b, h, rounds, nb * c + 1), -1, dtype=torch.int32, device=q.device)
-        table.scatter_(-1, ring, order.int())
-        return {"cache": cache, "table": table[..., :-1].reshape(b, h, rounds, nb, c).contiguous(),
-                "counts": counts}
-
-    def step(self, q_t, k_t, v_t, state: dict):
-        b, h, _, d = q_t.shape
-        rounds, c = self.n_hashes, self.bucket_size
-        acc = torch.promote_types(q_t.dtype, torch.float32)
-        cache, table, counts = state["cache"], state["table"], state["counts"]
-        key_t = shared_keys(q_t.to(acc))  # (B, H, 1, D)
-        bucket = self.hash(key_t)  # (B, H, R, 1)
-        cand = table.gather(3, bucket[..., None].expand(b, h, rounds, 1, c)).view(b, h, rounds * c)
-        cand = cand.long()  # (B, H, R·c): earlier tokens of t's bucket in each round, -1 = none
-        valid = cand >= 0
-        at = cand.clamp_min(0)[..., None]
-        keys = cache.k.gather(2, at.expand(b, h, rounds * c, d))  # (B, H, R·c, D)
-        vals = cache.v.gather(2, at.expand(b, h, rounds * c, v_t.shape[-1]))
-        s = (q_t @ keys.transpose(-1, -2)).to(acc).mul_(1.0 / math.sqrt(d)).squeeze(-2)  # (B, H, R·c)
-        if self.dedup and rounds > 1:  # a key found in m rounds counts once: -log m on each copy
-            found = ((cand[..., :, None] == cand[..., None, :]) & valid[..., None, :]).sum(-1)
-            s = s - found.clamp_min(1).to(acc).log()
-        s = s.masked_fill(~valid, float("-inf"))
-        own = SELF_SCORE + (0.0 if self.dedup else math.log(rounds))  # itself, in every round
-        logits = torch.cat([s, torch.full_like(s[..., :1], own)], dim=-1)  # (B, H, R·c + 1)
-        probs = torch.softmax(logits, dim=-1)[..., None, :]  # (B, H, 1, R·c + 1)
-        out = (probs @ torch.cat([vals, v_t], dim=-2).to(acc)).to(v_t.dtype)  # (B, H, 1, D)
-        # push t into its bucket's ring in every round, then into the cache
-        slot = bucket * c + counts.gather(3, bucket) % c  # (B, H, R, 1)
-        flat = table.view(b, h, rounds, -1)
-        flat.scatter_(3, slot, cache.length.to(torch.int32).expand(b, h, rounds, 1))
-        counts.scatter_add_(3, bucket, torch.ones_like(bucket))
-        cache.append(key_t.to(q_t.dtype), v_t)
-        return out, state
+    # decode: init_state and step come from LSHDecode (attnbench.methods.lsh.decode)
 
     def stats(self) -> dict:
         return dict(self._stats)
@@ -428,19 +289,10 @@ class LSHAttention(nn.Module):
         return 4.0 * b * h * self.n_hashes * n * keys * d
 
 
-def _lsh_constraint(p: LSHParams, ctx: BuildContext) -> str | None:
-    if p.n_hashes < 1:
-        return f"n_hashes={p.n_hashes} must be >= 1"
-    if p.bucket_size < 1 or ctx.n % p.bucket_size:
-        return f"n={ctx.n} must be divisible by bucket_size={p.bucket_size}"
-    if p.kernel == "triton":
-        return _triton_reason(p, ctx)
-    return None
-
-
 def _triton_reason(p: LSHParams, ctx: BuildContext) -> str | None:
     """Why the Triton kernels cannot serve this cell (None: they can)."""
-    from attnbench.kernels import lsh_triton, triton_available, triton_interpreting
+    from attnbench.kernels import triton_available, triton_interpreting
+    from attnbench.methods.lsh import lsh_triton
 
     if not triton_available():
         return "unavailable: kernel='triton' needs triton (pip install triton)"
@@ -451,16 +303,3 @@ def _triton_reason(p: LSHParams, ctx: BuildContext) -> str | None:
         return (f"kernel='triton' takes bucket_size <= {lsh_triton.MAX_BUCKET} and head_dim <= "
                 f"{lsh_triton.MAX_HEAD_DIM}, not {p.bucket_size} and {ctx.head_dim}")
     return None
-
-
-# One bucket of n: no hashing, one chunk holding every token, exact shared-QK attention (the module's
-# exact_reference) whatever n_hashes is.
-LIMIT = Limit(params=lambda ctx: {"bucket_size": ctx.n},
-              note="bucket_size = n: one bucket, one chunk; exact against shared-QK attention")
-
-
-@register_method("lsh", family="lsh", exact=False, params=LSHParams, causal=True, backward=True,
-                 budget="n_hashes", constraints=(_lsh_constraint,), limit=LIMIT, decode=True)
-def build_lsh(p: LSHParams, ctx: BuildContext) -> nn.Module:
-    """Reformer LSH attention: shared-QK, hashed buckets, chunked sorted attention, n_hashes rounds."""
-    return LSHAttention(p, ctx)

@@ -1,17 +1,16 @@
-"""Attention of a few queries over many keys, with the keys split into ranges folded into the batch.
+"""Attention of a few queries over many keys, with the keys split into ranges folded into the batch:
+Nyströmformer's m landmark queries over all n keys (https://arxiv.org/abs/2102.03902).
 
 Fused attention kernels (SDPA's flash and memory-efficient ones) give each thread block a block of
-queries and walk it over every key. With few queries, such as Nyströmformer's m landmark queries
-(softmax(Q̃Kᵀ)V, m = 256), that is a handful of blocks a head: at batch 1 and 8 heads about 32 for the
-whole GPU, each walking all n keys alone. :func:`split_key_attention` cuts the keys into ``splits``
-equal ranges, runs one attention call over ``batch × splits`` (a free view when the keys' batch stride
-is ``splits`` times a range's, as for a layer's (B, N, H, D) storage), and merges the ranges with
-their log-sum-exps: the output is Σ_r softmax_r(lse_r)·out_r, exact up to rounding.
-
-Public SDPA does not return the log-sum-exp, so on CUDA the call goes to the op behind it,
-``aten._scaled_dot_product_efficient_attention`` (fp32) or ``aten._scaled_dot_product_flash_attention``
-(fp16/bf16), both of which return it; :func:`attend_with_lse` is that choice, and a test passes its own
-``attend`` (an explicit float64 one) to check the merging on the CPU.
+queries and walk it over every key. With few queries (softmax(Q̃Kᵀ)V, m = 256) that is a handful of
+blocks a head: at batch 1 and 8 heads about 32 for the whole GPU, each walking all n keys alone.
+:func:`split_key_attention` cuts the keys into ``splits`` equal ranges, runs one attention call over
+``batch × splits`` (a free view when the keys' batch stride is ``splits`` times a range's, as for a
+layer's (B, N, H, D) storage), and merges the ranges with their log-sum-exps: the output (B, H, m, D)
+is Σ_r softmax_r(lse_r)·out_r, exact up to rounding. Public SDPA does not return the log-sum-exp, so
+on CUDA the call goes to the op behind it (``aten._scaled_dot_product_efficient_attention`` for fp32,
+``aten._scaled_dot_product_flash_attention`` for fp16/bf16); :func:`attend_with_lse` is that choice,
+and a test passes its own ``attend`` (an explicit float64 one) to check the merging on the CPU.
 """
 from __future__ import annotations
 

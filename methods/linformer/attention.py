@@ -1,53 +1,11 @@
-"""Linformer: Self-Attention with Linear Complexity (Wang et al., 2020). https://arxiv.org/abs/2006.04768
+"""Linformer's module, params and constraints (Wang et al., 2020, https://arxiv.org/abs/2006.04768).
 
-Keys and values are projected along the sequence axis from n rows to k rows (K ↦ E·K, V ↦ F·V), and
-softmax attention then runs over those k rows, so cost and memory grow as n·k instead of n².
-
-Projections (``projection``):
-
-- ``linear``: learned E, F of shape (k, n), initialised xavier-uniform with gain 1/√2 as in the authors'
-  code; ``freeze=True`` keeps them fixed (``requires_grad=False``).
-- ``random``: a fixed Johnson–Lindenstrauss projection with N(0, 1/k) entries, never trained (a frozen
-  parameter rather than a buffer, so that ``Module.to`` keeps layerwise sharing intact).
-- ``mean_pool`` / ``max_pool``: windows of w = n/k consecutive positions, stride w; no parameters.
-- ``conv``: a learned 1-D convolution along the sequence, kernel = stride = w. One filter of length w is
-  shared by all head_dim channels (depthwise with tied weights): the projected rows stay in the key
-  space the queries live in, the filter is exactly a structured E = I_k ⊗ cᵀ (so ``conv`` is the
-  ``linear`` method with a block-diagonal E), and the filter [1] with k = n is the identity. A full
-  Conv1d over channels would also rotate the feature space, which an untrained q·k product cannot
-  follow. The filter starts as mean pooling (all 1/w), so an untrained ``conv`` equals ``mean_pool``.
-  ``freeze`` applies to it as to ``linear``.
-
-Sharing (``sharing``) of the projection parameters: ``none`` (E_i, F_i per head), ``headwise`` (one E and
-one F per layer), ``kv`` (one matrix per layer, E = F) and ``layerwise`` (one matrix for every layer,
-head, key and value, kept in the model's :class:`~attnbench.registry.SharedScope` and registered on each
-layer's module as the same Parameter). Pooling has nothing to share.
-
-Inputs shorter than the built length n' < n: ``linear``/``random`` use E[:, :n'] (the authors' code does
-the same), giving k rows still; pooling and ``conv`` keep the window w and give ceil(n'/w) rows, the last
-window covering only the positions that exist (its mean/max over those; for ``conv`` the filter's tail
-meets zeros, which is E[:, :n'] with the all-zero rows dropped). Longer inputs raise ``ValueError``.
-
-Linformer is not causal: every projected row mixes all positions, so masking after the projection does
-not hide the future. The registry says ``causal=False``; ``LinformerAttention(..., causal=True)`` builds
-the masked-after-projection variant only so tests can show that it leaks.
-
-Kernels (``kernel``): ``torch`` is the reference path above (strided matmuls for the projections, then
-SDPA over the k rows; where q, k, v are stored (B, N, H, D), as a layer's projection leaves them, a
-shared E or F projects all heads in one (k, n) @ (n, H·D) product). ``triton`` runs
-:mod:`attnbench.kernels.linformer_triton`: the projections (that same wide cuBLAS product where it
-applies, else one split-K launch projecting K and V together), then attention over the k rows (up to
-256 rows: one tile held by each program, no online rescaling). It covers the matrix projections
-(``linear``, ``random``) in every sharing mode, and is forward-only: a call that needs gradients
-(grad mode on and an input, E or F requiring grad) runs the torch path, as does a call the kernels
-cannot take (e.g. head_dim 48); ``stats()`` says which kernel the last call ran and why it fell back.
-``auto`` is ``torch``. On an H100 (fp16, n = 65536, k = 256, 12 heads, head_dim 64, CUDA-graph
-replay) the Triton path is the faster one, 0.239 against 0.275 ms with q, k, v stored (B, N, H, D)
-and 0.277 against 0.41 ms stored (B, H, N, D) (results/h100/roofline); but at layer sizes (8 heads,
-n ≤ 16k) its attention kernel was no faster than SDPA's in replay and about 0.05 ms slower in eager
-mode (a Triton launch costs more CPU than a torch op), it has no backward, and its projection
-accumulates with atomics (last bits vary between runs), so it stays an explicit choice.
-``triton`` on CPU needs Triton's interpreter (``TRITON_INTERPRET=1``; tests).
+``LinformerAttention``: q (B, H, N, D), k and v (B, H, m ≤ n, D) -> (B, H, N, D). Keys and values are
+projected along the sequence to (B, H, k, D) by E, F (k, n) (per head: (H, k, n)), by mean or max
+pooling over windows of n/k positions, or by a tied depthwise convolution (``conv``), shared as
+``sharing`` says; then SDPA runs over the k rows. ``kernel="triton"`` runs the forward in
+:mod:`attnbench.methods.linformer.linformer_triton` where it applies. The projections, sharing,
+shorter inputs and the kernel choice: results/README.md, "Notes from the method modules".
 """
 from __future__ import annotations
 
@@ -60,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.kernels import (merged_heads, project_merged, shared_bmm, triton_available,
-                               triton_interpreting)
+from attnbench.kernels import triton_available, triton_interpreting
+from attnbench.methods.linformer.layout import merged_heads, project_merged, shared_bmm
 from attnbench.params import Positive
-from attnbench.registry import BuildContext, Limit, Unsupported, register_method
+from attnbench.registry import BuildContext, Unsupported
 
 Projection = Literal["linear", "random", "mean_pool", "max_pool", "conv"]
 Sharing = Literal["none", "headwise", "kv", "layerwise"]
@@ -80,7 +38,7 @@ class LinformerParams:
     sharing: Sharing = "headwise"      # none | headwise | kv | layerwise
     freeze: bool = False               # linear/conv only: keep E, F fixed (requires_grad False)
     k_schedule: tuple[Positive, ...] = ()   # per-layer k (layer i uses k_schedule[i]); () = k everywhere
-    kernel: Kernel = "auto"            # auto = torch; triton wins only on large cores (see above)
+    kernel: Kernel = "auto"            # auto = torch; triton wins only on large cores (results/README.md)
 
 
 def layer_k(p: LinformerParams, layer: int) -> int:
@@ -132,7 +90,7 @@ def check_kernel(p: LinformerParams, ctx: BuildContext) -> str | None:
 
 def resolve_kernel(p: LinformerParams, ctx: BuildContext) -> str:
     """``triton`` or ``torch`` for ``p.kernel``; ``auto`` is ``torch``, measured the faster of the two
-    (module docstring)."""
+    (results/README.md, "Notes from the method modules")."""
     return "torch" if p.kernel == "auto" else p.kernel
 
 
@@ -182,7 +140,7 @@ class LinformerAttention(nn.Module):
     """forward(q, k, v): (B, H, N, D) -> (B, H, N, D), keys/values of length ≤ the built n.
 
     Built directly, it accepts k = n (the identity limits the tests need) and ``causal=True`` (which
-    masks after the projection and is therefore not causal; see the module docstring).
+    masks after the projection and is therefore not causal; results/README.md's notes).
     """
 
     def __init__(self, p: LinformerParams, ctx: BuildContext, *, causal: bool = False):
@@ -271,7 +229,7 @@ class LinformerAttention(nn.Module):
             why = self._triton_fallback(q, k, v, E, F_)
             self._ran = ("torch", why) if why else ("triton", None)
             if why is None:
-                from attnbench.kernels.linformer_triton import linformer_forward
+                from attnbench.methods.linformer.linformer_triton import linformer_forward
 
                 return linformer_forward(q, k, v, E, F_)  # (B, H, N, D)
         else:
@@ -286,7 +244,7 @@ class LinformerAttention(nn.Module):
             return "causal=True (masked after the projection) exists only on the torch path"
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, E, F_)):
             return "gradients needed: the Triton kernels are forward-only"
-        from attnbench.kernels.linformer_triton import unsupported_reason
+        from attnbench.methods.linformer.linformer_triton import unsupported_reason
 
         return unsupported_reason(q, k, v, E, F_)
 
@@ -331,21 +289,3 @@ def projection_matrices(*modules: nn.Module) -> list[torch.Tensor]:
                     key = (mat.untyped_storage().data_ptr(), mat.storage_offset(), tuple(mat.shape))
                     seen.setdefault(key, mat)
     return list(seen.values())
-
-
-def _rank(p: LinformerParams, stats: dict, head_dim: int) -> int:
-    """softmax(Q(EK)ᵀ) has k columns: rank at most k."""
-    return int(stats.get("k", layer_k(p, 0)))
-
-
-# k = n with mean pooling: windows of one position, E = F = I, softmax attention itself. The registry's
-# k < n constraint refuses it (it saves nothing in a sweep), so the limit builds the module directly.
-LIMIT = Limit(params=lambda ctx: {"k": ctx.n, "projection": "mean_pool"}, build=LinformerAttention,
-              note="k = n, mean pooling over windows of one position: E = F = I")
-
-
-@register_method("linformer", family="low_rank", exact=False, params=LinformerParams, causal=False,
-                 constraints=CONSTRAINTS, budget="k", limit=LIMIT, rank=_rank)
-def build_linformer(p: LinformerParams, ctx: BuildContext) -> nn.Module:
-    """Linformer: keys and values projected along the sequence from n to k rows."""
-    return LinformerAttention(p, ctx)  # the registry checks CONSTRAINTS before it calls this
