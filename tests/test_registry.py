@@ -12,6 +12,14 @@ from torch import nn
 from attnbench.cli import main
 from attnbench.registry import (REGISTRY, BuildContext, NoParams, Registry, RegistryError,
                                 SharedScope, load_plugin_file, register_method)
+from attnbench.registry import load_builtins
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _builtins_loaded():
+    """These tests speak of built-in methods (sdpa, xformers): load them, as any CLI verb does,
+    so the file passes on its own and not only after another test file loaded them."""
+    load_builtins()
 
 
 def test_duplicate_name_names_both_definitions():
