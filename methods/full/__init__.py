@@ -17,7 +17,7 @@ from attnbench.methods.full.dense import (NaiveAttention, SdpaAttention, SdpaPar
                                           exact_flops)
 from attnbench.methods.full.flex import FlexAttention
 from attnbench.methods.full.xformers_ops import (XformersAttention, _dispatched_name, _reasons,
-                                                 xformers_candidates)
+                                                 extension_failure, xformers_candidates)
 from attnbench.registry import BuildContext, NoParams, Unsupported, register_method
 
 __all__ = ["FlexAttention", "NaiveAttention", "SdpaAttention", "SdpaParams", "XformersAttention",
@@ -63,7 +63,9 @@ def build_xformers(p: NoParams, ctx: BuildContext) -> nn.Module:
             name = _dispatched_name(fmha, fmha.Inputs(query=probe, key=probe, value=probe,
                                                       attn_bias=bias), False)
         return XformersAttention(ctx.causal, op, name)
-    raise Unsupported("xformers has no working operator here: " + "; ".join(errors))
+    failure = extension_failure()
+    cause = f"its C++/CUDA extension did not load ({failure}); " if failure else ""
+    raise Unsupported("xformers has no working operator here: " + cause + "; ".join(errors))
 
 
 

@@ -71,3 +71,20 @@ def _reasons(op, fmha, probe, bias) -> str:
     except Exception:  # noqa: BLE001
         return ""
     return ", ".join(why)[:200]
+
+
+def extension_failure() -> str | None:
+    """xformers' own words, in one line, when its C++/CUDA extension did not load (built for another
+    torch, Python or CUDA runtime); without it every operator, the PyTorch-backed ``-pt`` ones too,
+    refuses CUDA inputs. None when it loaded or xformers says nothing."""
+    try:
+        from xformers import _cpp_lib
+    except Exception:  # noqa: BLE001 - a private module: only the message depends on it
+        return None
+    exc = getattr(_cpp_lib, "_cpp_library_load_exception", None)
+    if exc is None:
+        return None
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
+    kept = [line for line in lines if not line.lower().startswith(("please reinstall", "set "))]
+    return " ".join(kept[:3])[:300] or type(exc).__name__  # what failed, and the builds compared
+

@@ -150,9 +150,16 @@ class _KeyState(torch.autograd.Function):
     def backward(ctx, grad, _grad_log_sum):
         kf, vv, scale = ctx.saved_tensors
         acc = torch.promote_types(grad.dtype, torch.float32)
-        g = (grad.to(acc) * (ctx.alpha / scale.to(acc))).to(grad.dtype)  # (B, H, m, D'): grad/S_l
-        grad_kf = vv @ g.transpose(-1, -2) if ctx.needs_input_grad[0] else None  # (B, H, N, m)
-        grad_vv = kf @ g if ctx.needs_input_grad[1] else None  # (B, H, N, D')
+        # under autocast the forward's matmul ran in bf16/fp16 while log and exp made its output fp32:
+        # the gradient can arrive in fp32 beside half-precision kf and vv. The matmuls run in the
+        # operands' dtype and each gradient leaves in its input's dtype.
+        work = torch.promote_types(kf.dtype, vv.dtype)
+        g = (grad.to(acc) * (ctx.alpha / scale.to(acc))).to(work)  # (B, H, m, D'): grad/S_l
+        grad_kf = grad_vv = None
+        if ctx.needs_input_grad[0]:
+            grad_kf = (vv.to(work) @ g.transpose(-1, -2)).to(kf.dtype)  # (B, H, N, m)
+        if ctx.needs_input_grad[1]:
+            grad_vv = (kf.to(work) @ g).to(vv.dtype)  # (B, H, N, D')
         return grad_kf, grad_vv, None, None
 
 
