@@ -85,7 +85,7 @@ def _base_row(case: Case, suite: Suite, device: torch.device) -> dict:
     return row
 
 
-def _check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_noisy, plugins,
+def check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_noisy, plugins,
                    progress, on_row) -> None:
     """The API's arguments, checked as the CLI's are: one clear message instead of a TypeError
     somewhere inside the sweep."""
@@ -140,7 +140,7 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
     estimate or by the wall times of the run at ``costs_from``; ``attnbench merge`` joins shards.
     """
     out = "results" if out is None else out
-    _check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_noisy, plugins,
+    check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_noisy, plugins,
                    progress, on_row)
     executor = scaleout.check(executor, workers, scheduler, shard, costs_from)
     # the workers of a remote cluster have the GPUs: the driver may have none

@@ -442,3 +442,13 @@ def test_resume_without_plugin_names_the_plugin_files(tmp_path, write_suite, cap
                           text=True, timeout=300)
     assert proc.returncode == 2
     assert f"--plugin {FAULTY}" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.parametrize("flags,what", [(["--rounds", "0"], "--rounds 0"),
+                                        (["--timeout-s", "-1"], "--timeout-s -1"),
+                                        (["--retry-noisy", "500"], "--retry-noisy 500")])
+def test_dry_run_rejects_the_options_a_run_rejects(flags, what, capsys):
+    """A dry run answers "what would this command do": for options the run refuses, that is exit 2
+    with the same message, not a plan."""
+    assert main(["run", "quick", "--dry-run", *flags]) == 2
+    assert what in capsys.readouterr().err

@@ -132,7 +132,7 @@ def _plan_table(cells, title: str):
 
 def cmd_run(args, console) -> int:
     from attnbench.env import parse_device
-    from attnbench.runner import run_suite
+    from attnbench.runner import check_options, run_suite
 
     if not args.suite and not args.resume:
         raise BadInput("run: name a suite (built-in name or path) or --resume RUN_DIR")
@@ -142,7 +142,10 @@ def cmd_run(args, console) -> int:
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     if columns and table != "full":
         raise BadInput("--columns chooses the columns of --table full; add --table full")
-    if args.dry_run:
+    if args.dry_run:  # the options are checked as a real run checks them, then nothing runs
+        check_options(args.out, args.timeout_s, args.capacity_limit_mib,
+                      args.isolate_per or ("method" if args.isolate else None), args.rounds,
+                      args.retry_noisy, args.plugin or None, True, None)
         return _dry_run(args, console, parse_device(args.device, present=False))
     device = parse_device(args.device, present=args.scheduler is None)
     plugins = args.plugin  # main() merged those given before and after the verb
