@@ -119,18 +119,17 @@ def read_meta(run_dir: Path) -> dict:
     return meta
 
 
-class ResultWriter:
-    """Appends rows to ``results.jsonl``; each row is on disk (written unbuffered and fsynced)
-    before the next cell starts. A failed write raises OSError at once; at worst it leaves a torn
-    last line, which the next open sets aside."""
+class JsonlAppender:
+    """Appends JSON lines to a file; each line is on disk (written unbuffered and fsynced) when
+    ``append`` returns. A failed write raises OSError at once; at worst it leaves a torn last line.
+    Non-finite floats are written as null."""
 
-    def __init__(self, run_dir: Path):
-        self.path = results_path(Path(run_dir))
-        repair_torn_tail(self.path)
+    def __init__(self, path: Path):
+        self.path = Path(path)
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def append(self, row: dict) -> None:
-        data = (json.dumps(_clean(row), sort_keys=True, default=str) + "\n").encode()
+    def append(self, record: dict) -> None:
+        data = (json.dumps(_clean(record), sort_keys=True, default=str) + "\n").encode()
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]
@@ -142,7 +141,17 @@ class ResultWriter:
             try:
                 os.close(fd)
             except OSError:
-                pass  # nothing buffered: every row was written or reported as failed
+                pass  # nothing buffered: every line was written or reported as failed
+
+
+class ResultWriter(JsonlAppender):
+    """Appends rows to ``results.jsonl``; each row is on disk before the next cell starts. A torn
+    last line left by an earlier failure is set aside before the first append."""
+
+    def __init__(self, run_dir: Path):
+        path = results_path(Path(run_dir))
+        repair_torn_tail(path)
+        super().__init__(path)
 
 
 def repair_torn_tail(path: Path) -> bool:

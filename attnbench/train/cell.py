@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from attnbench.cell_build import module_stats
 from attnbench.errors import Interrupted, one_line
 from attnbench.measure import MIB, free_memory, is_oom, measure_memory
 from attnbench.methodspec import Unsupported
@@ -111,7 +112,7 @@ def run_train_cell(ctx: "CellContext", case: "Case") -> dict[str, Any]:
                                "elapsed_s": p.elapsed_s})
 
         result = train(model, task, schedule, device, amp, on_eval)
-        row[STATS] = _stats(model)  # the method's own columns, apart from the harness's
+        row[STATS] = module_stats(method_modules(model)[0])  # the method's own columns, apart from the harness's
         row.update(_timing(result.step_ms, case))
         row["train_wall_s"] = result.wall_s
         row["steps_run"] = len(result.step_ms)
@@ -147,15 +148,6 @@ def run_train_cell(ctx: "CellContext", case: "Case") -> dict[str, Any]:
             writer.close()
         model = task = None  # noqa: F841 - drop the references before freeing memory
         free_memory(device, collect=failed)
-
-
-def _stats(model: torch.nn.Module) -> dict:
-    """The method's own ``stats()`` columns from its first layer (k, kernel, ...), if it has them."""
-    hook = getattr(method_modules(model)[0], "stats", None)
-    try:
-        return dict(hook()) if hook else {}
-    except Exception:  # noqa: BLE001 - stats are optional
-        return {}
 
 
 def _timing(step_ms: list[float], case: "Case") -> dict:

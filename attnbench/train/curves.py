@@ -9,38 +9,19 @@ and readers keep only the attempt its row names.
 from __future__ import annotations
 
 import json
-import math
-import os
 from pathlib import Path
+
+from attnbench.store import JsonlAppender
 
 CURVES = "curves.jsonl"
 
 
-class CurveWriter:
+class CurveWriter(JsonlAppender):
     """Appends evaluation points to ``<run_dir>/curves.jsonl``; each is on disk when ``append``
     returns."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / CURVES
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def append(self, point: dict) -> None:
-        data = (json.dumps(clean(point), sort_keys=True) + "\n").encode()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        os.fsync(self._fd)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-
-def clean(point: dict) -> dict:
-    """Non-finite floats as null (JSON has no NaN)."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
-            for k, v in point.items()}
+        super().__init__(Path(run_dir) / CURVES)
 
 
 def read_curves(run_dir: str | Path) -> "pandas.DataFrame":  # noqa: F821
