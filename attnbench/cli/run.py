@@ -142,9 +142,9 @@ def cmd_run(args, console) -> int:
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     if columns and table != "full":
         raise BadInput("--columns chooses the columns of --table full; add --table full")
+    isolate = args.isolate_per or ("method" if args.isolate else None)
     if args.dry_run:  # the options are checked as a real run checks them, then nothing runs
-        check_options(args.out, args.timeout_s, args.capacity_limit_mib,
-                      args.isolate_per or ("method" if args.isolate else None), args.rounds,
+        check_options(args.out, args.timeout_s, args.capacity_limit_mib, isolate, args.rounds,
                       args.retry_noisy, args.plugin or None, True, None)
         return _dry_run(args, console, parse_device(args.device, present=False))
     device = parse_device(args.device, present=args.scheduler is None)
@@ -153,7 +153,7 @@ def cmd_run(args, console) -> int:
                         resume=args.resume, progress=not args.no_progress,
                         command=["attnbench", *sys.argv[1:]] if sys.argv else None,
                         cuda_graphs=args.cuda_graphs, capacity_limit_mib=args.capacity_limit_mib,
-                        isolate=args.isolate_per or ("method" if args.isolate else None),
+                        isolate=isolate,
                         timeout_s=args.timeout_s, rounds=args.rounds, retry_noisy=args.retry_noisy,
                         plugins=plugins or None, executor=args.executor, workers=args.workers,
                         scheduler=args.scheduler, shard=args.shard, costs_from=args.costs_from)
