@@ -31,14 +31,17 @@ def run_suite(suite: "Suite | dict | str | Path", device: "str | torch.device" =
               rounds: int | None = None, retry_noisy: int = 0, executor: str | None = None,
               workers: int | None = None, scheduler: str | None = None,
               shard: "str | tuple[int, int] | None" = None,
-              costs_from: str | Path | None = None) -> "RunOutcome":
+              costs_from: str | Path | None = None,
+              rerun: str | Iterable[str] | None = None) -> "RunOutcome":
     """Run a suite and return its :class:`~attnbench.runner.RunOutcome` (``run_dir``, ``counts``,
     ``exit_code``).
 
     ``suite``: a built-in name (``"quick"``), a path to a TOML file, a :class:`Suite`, or a dict of
     the same tables (``{"name": "mine", "sweep": {"n": [512]}, "methods": {"sdpa": {}}}``).
     ``only``/``skip``: method names or wildcards (a list, or one comma-separated string); a name
-    the suite lacks is added with its default params. ``resume``: a run directory to finish.
+    the suite lacks is added with its default params. ``resume``: a run directory to finish;
+    ``rerun`` (statuses, with ``resume``) runs its cells of those statuses again, the new row
+    superseding the old (kept in results.jsonl).
     ``isolate`` (``"method"`` or ``"cell"``) and ``timeout_s`` run cells in worker processes;
     ``rounds`` > 1 interleaves the timing of each shape's methods; ``retry_noisy`` re-times noisy
     cells. ``executor="dask"`` spreads the cells over ``workers`` local Dask worker processes (one
@@ -54,7 +57,7 @@ def run_suite(suite: "Suite | dict | str | Path", device: "str | torch.device" =
                 cuda_graphs=cuda_graphs, capacity_limit_mib=capacity_limit_mib, on_row=on_row,
                 isolate=isolate, timeout_s=timeout_s, plugins=plugins, rounds=rounds,
                 retry_noisy=retry_noisy, executor=executor, workers=workers, scheduler=scheduler,
-                shard=shard, costs_from=costs_from)
+                shard=shard, costs_from=costs_from, rerun=rerun)
 
 
 def load_results(run_dir: str | Path, baseline: str | None = None) -> "pandas.DataFrame":

@@ -39,7 +39,7 @@ from attnbench.plugins import loaded_plugins
 from attnbench.progress import Progress
 from attnbench.registry import REGISTRY, load_plugin_file
 from attnbench.resume import resumed_run
-from attnbench.schema import SCHEMA_VERSION
+from attnbench.schema import SCHEMA_VERSION, STATUSES
 from attnbench.store import (META, ResultWriter, RunDirError, RunLock, iter_rows, new_run_dir,
                              write_json_atomic)
 from attnbench.suite import load_suite
@@ -120,7 +120,8 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
               plugins: list[str | Path] | None = None, rounds: int | None = None,
               retry_noisy: int = 0, executor: str | None = None, workers: int | None = None,
               scheduler: str | None = None, shard: str | tuple[int, int] | None = None,
-              costs_from: str | Path | None = None) -> RunOutcome:
+              costs_from: str | Path | None = None,
+              rerun: str | Iterable[str] | None = None) -> RunOutcome:
     """Run a suite and return where its rows went (:class:`RunOutcome`: ``run_dir``, ``counts``,
     ``exit_code``).
 
@@ -132,7 +133,10 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
     (workers load them too; default: those already loaded here). ``rounds`` (default: the suite's
     ``[timing] rounds``) above 1 times the cells of each comparison group interleaved.
     ``retry_noisy`` re-times a noisy cell up to that many times and keeps the steadiest attempt.
-    ``on_row(row)`` is called after each row is on disk.
+    ``on_row(row)`` is called after each row is on disk. ``rerun`` (with ``resume``; statuses, a list
+    or one comma-separated string) also runs again the cells whose row has one of those statuses,
+    e.g. ``unsupported`` after the environment was fixed: the new row supersedes the old one, which
+    stays in results.jsonl (readers take a cell's latest row).
 
     ``executor="dask"`` spreads the cells over Dask workers (:mod:`attnbench.dask_executor`):
     ``workers`` local worker processes (one per GPU), or those of the cluster at ``scheduler``.
@@ -143,6 +147,7 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
     check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_noisy, plugins,
                    progress, on_row)
     executor = scaleout.check(executor, workers, scheduler, shard, costs_from)
+    rerun_statuses = check_rerun(rerun, resume)
     # the workers of a remote cluster have the GPUs: the driver may have none
     device = device if isinstance(device, torch.device) else parse_device(
         str(device), present=scheduler is None)
@@ -214,7 +219,21 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
         runner = make_executor(ctx, isolate=isolate, timeout_s=timeout_s, rounds=rounds,
                                retry_noisy=retry_noisy, worker_init=init, dask=dask)
         return _sweep(suite, cells, run_dir, meta, device, runner, progress, on_row,
-                      resumed=resume is not None)
+                      resumed=resume is not None, rerun=rerun_statuses)
+
+
+def check_rerun(rerun, resume) -> frozenset[str]:
+    """The statuses ``rerun`` names (none when None), each one a row status; only with ``resume``."""
+    if rerun is None:
+        return frozenset()
+    names = _listed(rerun)
+    if resume is None:
+        raise BadInput("--rerun runs cells of an existing run again: give it with --resume RUN_DIR")
+    bad = [n for n in names if n not in STATUSES]
+    if bad or not names:
+        raise BadInput(f"--rerun {','.join(names)!s}: {', '.join(bad) or 'nothing'} is not a row "
+                       f"status; expected one or more of {', '.join(STATUSES)}")
+    return frozenset(names)
 
 
 def _listed(names) -> list[str]:
@@ -281,13 +300,15 @@ def _oom_families(rows: list[dict]) -> dict[tuple, int]:
 
 
 def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
-           device: torch.device, executor, progress: bool, on_row, resumed: bool) -> RunOutcome:
+           device: torch.device, executor, progress: bool, on_row, resumed: bool,
+           rerun: frozenset[str] = frozenset()) -> RunOutcome:
     try:
         writer = ResultWriter(run_dir)  # sets a torn last line aside before the rows are read
     except OSError as exc:
         raise RunDirError(f"{run_dir}: cannot open its results: {exc.strerror or exc}") from None
-    existing = list(iter_rows(run_dir))
     planned_ids = {c.case.cell_id for c in cells}
+    rows = list(iter_rows(run_dir))  # the latest row of each cell
+    existing = [r for r in rows if r["status"] not in rerun or r["cell_id"] not in planned_ids]
     done = {r["cell_id"] for r in existing}
     oom_at = _oom_families(existing)
     by_id = {c.case.cell_id: c for c in cells}
@@ -297,6 +318,9 @@ def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
         outcome.counts[r["status"]] = outcome.counts.get(r["status"], 0) + 1
     meta.update(state="running", cells_planned=len(cells), host_load_before=host_load(device),
                 resumes=meta.get("resumes", 0) + (1 if resumed else 0))
+    if rerun:
+        meta.setdefault("reruns", []).append({"statuses": sorted(rerun), "at": _now(),
+                                              "cells": len(rows) - len(existing)})
     started: dict[str, str] = {}
     failure: BaseException | None = None
     tally = Tally()  # makespan, cell time and devices of this session

@@ -27,6 +27,11 @@ class Column:
     group: str
 
 
+# Every status a row can have (a cell's outcome); ``run --resume RUN --rerun`` takes a subset
+STATUSES = ("ok", "unsupported", "oom", "oom-pruned", "error", "nan", "crashed", "timeout",
+            "diverged")
+
+
 def _cols(group: str, *specs: tuple[str, str, str]) -> tuple[Column, ...]:
     return tuple(Column(name, unit, meaning, group) for name, unit, meaning in specs)
 
@@ -57,7 +62,7 @@ COLUMNS: list[Column] = [
            ("ffn_dim", "", "feed-forward width (model level)"),
            ("device", "", "torch device the cell ran on")),
     *_cols("outcome",
-           ("status", "", "ok, unsupported, oom, oom-pruned, error, nan, crashed, timeout, diverged"),
+           ("status", "", ", ".join(STATUSES)),
            ("reason", "", "why the status, in one line (empty when ok and steady)"),
            ("where", "", "file:line frames of an error, or the faulting frame of a crashed worker"),
            ("exit_code", "", "a crashed worker's exit code"),

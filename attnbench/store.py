@@ -220,10 +220,23 @@ def results_path(run_dir: Path) -> Path:
     return path
 
 
-def iter_rows(run_dir: Path) -> Iterator[dict]:
-    """Rows of a run. A torn or corrupt line, or valid JSON that is not a row (no cell_id, status,
-    method or n), is set aside with a warning naming the line, once per process; its cell is
-    re-run on resume."""
+def iter_rows(run_dir: Path, *, history: bool = False) -> Iterator[dict]:
+    """Rows of a run, one per cell: a cell run again (``run --resume RUN --rerun STATUS``) has its
+    earlier rows kept in results.jsonl, and only its latest is yielded, where that one stands in the
+    file (``history=True`` yields every row). A torn or corrupt line, or valid JSON that is not a row
+    (no cell_id, status, method or n), is set aside with a warning naming the line, once per process;
+    its cell is re-run on resume."""
+    rows = list(_read_rows(run_dir))
+    if history:
+        yield from rows
+        return
+    last = {r["cell_id"]: i for i, r in enumerate(rows)}
+    for i, row in enumerate(rows):
+        if last[row["cell_id"]] == i:
+            yield row
+
+
+def _read_rows(run_dir: Path) -> Iterator[dict]:
     path = results_path(run_dir)
     if not path.is_file():
         return

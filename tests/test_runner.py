@@ -202,3 +202,40 @@ def test_suite_timing_cuda_graphs_asks_for_the_mode_like_the_flag(tiny_suite, tm
                        "cpu", out=tmp_path / "b", progress=False).run_dir
     assert json.loads((plain / "meta.json").read_text())["cuda_graphs"] is False
     assert json.loads((graphs / "meta.json").read_text())["cuda_graphs"] is True
+
+
+def test_rerun_runs_again_the_cells_of_a_status_and_keeps_their_old_rows(tiny_suite, tmp_path,
+                                                                        faulty_plugin, monkeypatch):
+    monkeypatch.delenv("ATTNBENCH_T_ENV_READY", raising=False)
+    first = run_suite(str(tiny_suite("[methods.t_needs_env]\n[methods.sdpa]\n")), "cpu",
+                      out=tmp_path / "o", progress=False)
+    before = load_results(first.run_dir).set_index(["method", "n"]).status.to_dict()
+    assert before == {("t_needs_env", 64): "unsupported", ("t_needs_env", 128): "unsupported",
+                      ("sdpa", 64): "ok", ("sdpa", 128): "ok"}
+    monkeypatch.setenv("ATTNBENCH_T_ENV_READY", "1")  # the environment is fixed
+    again = run_suite(None, "cpu", resume=first.run_dir, rerun="unsupported", progress=False)
+    assert again.complete and again.counts == {"ok": 4}
+    df = load_results(first.run_dir)
+    assert len(df) == 4 and set(df.status) == {"ok"}  # one row per cell: the latest
+    assert (df[df.method == "t_needs_env"].rel_err < 1e-5).all()
+    history = list(iter_rows(first.run_dir, history=True))
+    assert [r["status"] for r in history if r["method"] == "t_needs_env"] == [
+        "unsupported", "unsupported", "ok", "ok"]  # nothing lost
+    assert sum(r["method"] == "sdpa" for r in history) == 2  # ok cells are not run again
+    meta = json.loads((first.run_dir / "meta.json").read_text())
+    assert meta["reruns"][0]["statuses"] == ["unsupported"] and meta["reruns"][0]["cells"] == 2
+    # a plain resume afterwards has nothing left to run
+    assert run_suite(None, "cpu", resume=first.run_dir, progress=False).counts == {"ok": 4}
+    assert len(list(iter_rows(first.run_dir, history=True))) == 6
+
+
+def test_rerun_needs_resume_and_a_known_status(tiny_suite, tmp_path, capsys):
+    suite = str(tiny_suite("[methods.sdpa]\n"))
+    assert main(["run", suite, "--rerun", "error", "--out", str(tmp_path / "o")]) == 2
+    assert "--rerun runs cells of an existing run again" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing written
+    outcome = run_suite(suite, "cpu", out=tmp_path / "o", progress=False)
+    assert main(["run", "--resume", str(outcome.run_dir), "--rerun", "ok,broken"]) == 2
+    err = capsys.readouterr().err
+    assert "broken is not a row status" in err and "unsupported" in err
+    assert len(list(iter_rows(outcome.run_dir, history=True))) == 2  # nothing was run

@@ -33,6 +33,10 @@ def add_cli(sub) -> None:
                    "(default results)")
     p.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: exactly the "
                    "cells without a row")
+    p.add_argument("--rerun", metavar="STATUS[,STATUS]",
+                   help="with --resume: also run again the cells whose row has one of these "
+                        "statuses (e.g. unsupported,error once the environment is fixed); the new "
+                        "row supersedes the old, which stays in results.jsonl")
     p.add_argument("--dry-run", action="store_true", help="print the plan, a preview of its cells "
                    "and an estimated run time; run nothing (works for a GPU suite without a GPU)")
     p.add_argument("--cuda-graphs", action="store_true", help="time CUDA-graph replays (rows keep "
@@ -132,7 +136,7 @@ def _plan_table(cells, title: str):
 
 def cmd_run(args, console) -> int:
     from attnbench.env import parse_device
-    from attnbench.runner import check_options, run_suite
+    from attnbench.runner import check_options, check_rerun, run_suite
 
     if not args.suite and not args.resume:
         raise BadInput("run: name a suite (built-in name or path) or --resume RUN_DIR")
@@ -144,6 +148,7 @@ def cmd_run(args, console) -> int:
         raise BadInput("--columns chooses the columns of --table full; add --table full")
     isolate = args.isolate_per or ("method" if args.isolate else None)
     if args.dry_run:  # the options are checked as a real run checks them, then nothing runs
+        check_rerun(args.rerun, args.resume)
         check_options(args.out, args.timeout_s, args.capacity_limit_mib, isolate, args.rounds,
                       args.retry_noisy, args.plugin or None, True, None)
         return _dry_run(args, console, parse_device(args.device, present=False))
@@ -156,7 +161,8 @@ def cmd_run(args, console) -> int:
                         isolate=isolate,
                         timeout_s=args.timeout_s, rounds=args.rounds, retry_noisy=args.retry_noisy,
                         plugins=plugins or None, executor=args.executor, workers=args.workers,
-                        scheduler=args.scheduler, shard=args.shard, costs_from=args.costs_from)
+                        scheduler=args.scheduler, shard=args.shard, costs_from=args.costs_from,
+                        rerun=args.rerun)
     if outcome.complete:
         _reports(outcome.run_dir, console, table, columns)
     console.print(f"results: {outcome.run_dir}/results.jsonl", highlight=False, soft_wrap=True)
@@ -164,7 +170,8 @@ def cmd_run(args, console) -> int:
         console.print(outcome.accounting.describe(), highlight=False, soft_wrap=True)
     if not outcome.complete:  # no report of a partial run: `attnbench report RUN_DIR` makes one
         extra = [a for flag, v in (("--executor", args.executor), ("--workers", args.workers),
-                                   ("--scheduler", args.scheduler)) if v for a in (flag, str(v))]
+                                   ("--scheduler", args.scheduler), ("--rerun", args.rerun))
+                 if v for a in (flag, str(v))]
         _resume_hint(console, outcome, plugins, args.device, extra)
     return outcome.exit_code
 

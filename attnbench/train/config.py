@@ -16,6 +16,7 @@ batch = 32                   # sequences per step (or batch_tokens = tokens per 
 lr = 1e-3
 eval_every = 100
 eval_batches = 4
+token_shift = false          # true: each position also sees the previous token (H3's shift)
 [train.mqar]                 # the task's knobs (see attnbench.train.tasks), and [train] keys
 num_kv_pairs = 16            # that differ for this task (steps = 600, ...)
 ```
@@ -41,6 +42,9 @@ NonNegativeFloat = Annotated[float, Range(0.0)]
 Fraction = Annotated[float, Range(0.0, 0.99)]
 # Case fields a train cell sets from [train]; the rest of [train] goes into the cell's ``train`` key
 CASE_KEYS = ("layers", "heads", "ffn_dim", "batch", "d_model")
+# Keys added after runs were committed: left out of a cell's identity at their default, so that the
+# cells of those runs keep their ids (and --resume finds them)
+LATER_KEYS = {"token_shift": False}
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class TrainParams:
     clip: NonNegativeFloat = 1.0     # gradient-norm clip
     eval_every: Positive = 50        # steps between evaluations (and one after the last step)
     eval_batches: Positive = 4       # held-out batches per evaluation
+    token_shift: bool = False        # add a learned projection of the previous token at each position
 
 
 def check_train(c, table: Any) -> list[dict[str, Any]]:
@@ -114,7 +119,8 @@ def case_fields(config: dict[str, Any], n: int) -> dict[str, Any]:
     """What a train cell of length ``n`` puts in its Case: the model's shape, the batch, and the rest
     of the configuration as its ``train`` key."""
     batch = max(1, config["batch_tokens"] // n) if config["batch_tokens"] else config["batch"]
-    rest = {k: v for k, v in config.items() if k not in CASE_KEYS}
+    rest = {k: v for k, v in config.items()
+            if k not in CASE_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
     return {"batch": batch, "heads": config["heads"], "head_dim": config["d_model"] // config["heads"],
             "layers": config["layers"], "ffn_dim": config["ffn_dim"],
             "train": tuple(sorted((k, tuple(v) if isinstance(v, list) else v)

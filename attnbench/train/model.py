@@ -1,7 +1,10 @@
 """The model a ``train`` cell trains: a small pre-LN Transformer encoder whose every layer's attention
 is the cell's method.
 
-Token and learned position embeddings, L layers of ``x + attn(LN(x))`` then ``x + FFN(LN(x))`` (GELU),
+Token and learned position embeddings (plus, with ``token_shift``, a learned projection of the previous
+token's embedding at each position: the one-step shift that H3, https://arxiv.org/abs/2212.14052, and
+Zoology's models put before attention so that a single attention layer can do associative recall; it
+looks only backwards, so a causal model stays causal), L layers of ``x + attn(LN(x))`` then ``x + FFN(LN(x))`` (GELU),
 a final LayerNorm and a task head: per position (token tasks) or on the mean over the non-padding
 positions (pooled tasks). Each layer builds its attention through the method's factory with its layer
 index and one :class:`~attnbench.registry.SharedScope` for the whole model, so Linformer's
@@ -44,10 +47,11 @@ class TrainModel(nn.Module):
     """forward(ids): (B, N) token ids -> logits (B, N, outputs), or (B, outputs) when ``pooled``."""
 
     def __init__(self, *, vocab: int, outputs: int, n: int, d_model: int, ffn_dim: int,
-                 attns: list[nn.Module], pooled: bool, pad: int | None):
+                 attns: list[nn.Module], pooled: bool, pad: int | None, token_shift: bool = False):
         super().__init__()
         self.tok = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(n, d_model)
+        self.shift = nn.Linear(d_model, d_model, bias=False) if token_shift else None
         self.layers = nn.ModuleList(PreLNLayer(d_model, ffn_dim, a) for a in attns)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, outputs)
@@ -57,7 +61,10 @@ class TrainModel(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         n = ids.shape[1]
-        x = self.tok(ids) + self.pos.weight[:n]  # (B, N, d_model)
+        tok = self.tok(ids)  # (B, N, d_model)
+        x = tok + self.pos.weight[:n]
+        if self.shift is not None:  # position i also gets token i-1 (nothing at position 0)
+            x = x + self.shift(F.pad(tok, (0, 0, 1, 0))[:, :n])
         for layer in self.layers:
             x = layer(x)
         x = self.norm(x)
@@ -71,7 +78,8 @@ class TrainModel(nn.Module):
 
 def build_model(spec: MethodSpec, params: Any, *, vocab: int, outputs: int, n: int, d_model: int,
                 heads: int, layers: int, ffn_dim: int, pooled: bool, pad: int | None,
-                device: torch.device, seed: int, batch: int, causal: bool = False) -> TrainModel:
+                device: torch.device, seed: int, batch: int, causal: bool = False,
+                token_shift: bool = False) -> TrainModel:
     """The model for one cell, in fp32 on ``device``; the same seed builds the same weights."""
     scope = SharedScope()
     head_dim = d_model // heads
@@ -86,7 +94,7 @@ def build_model(spec: MethodSpec, params: Any, *, vocab: int, outputs: int, n: i
             attns.append(method if spec.takes_hidden else
                          SelfAttention(d_model, heads, method))
         model = TrainModel(vocab=vocab, outputs=outputs, n=n, d_model=d_model, ffn_dim=ffn_dim,
-                           attns=attns, pooled=pooled, pad=pad)
+                           attns=attns, pooled=pooled, pad=pad, token_shift=token_shift)
     return model.to(device)
 
 

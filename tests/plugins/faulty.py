@@ -72,3 +72,13 @@ def build_nan(p: NoParams, ctx: BuildContext) -> nn.Module:
 @register_method("t_slow", family="other", exact=False, params=NoParams)
 def build_slow(p: NoParams, ctx: BuildContext) -> nn.Module:
     return Slow()
+
+
+@register_method("t_needs_env", family="other", exact=True, params=NoParams)
+def build_needs_env(p: NoParams, ctx: BuildContext) -> nn.Module:
+    """Unsupported until ATTNBENCH_T_ENV_READY=1: an environment fixed between a run and its rerun."""
+    from attnbench.methodspec import Unsupported
+
+    if os.environ.get("ATTNBENCH_T_ENV_READY") != "1":
+        raise Unsupported("t_needs_env: its library is not installed")
+    return Exact()
