@@ -293,7 +293,7 @@ def figure_legend(fig, axes, markers=(), order=()) -> None:
                       label=FAILED_NOTES[m], gid=f"failed:{m}") for m in sorted(markers)]
     if handles or proxies:
         fig.legend([handles[lab] for lab in labels] + proxies, labels + [p.get_label() for p in proxies],
-                   loc="outside right upper", fontsize=8, frameon=False)
+                   loc="outside right", fontsize=8, frameon=False)
 
 
 def panel_legend(ax) -> None:

@@ -55,7 +55,9 @@ def render(fig):
 
 def drawn(artist) -> bool:
     """Whether an artist leaves ink: a line needs two finite points or a marker, a collection some
-    offsets or segments."""
+    offsets or segments, an error-bar container one such child."""
+    if isinstance(artist, ErrorbarContainer):
+        return any(drawn(a) for a in artist.get_children())
     if not artist.get_visible():
         return False
     if isinstance(artist, Line2D):
@@ -91,9 +93,12 @@ def assert_legends_honest(fig):
 
 
 def assert_legends_clear(fig):
-    """No legend overlaps the data area of any panel (renderer extents, in pixels)."""
+    """No legend overlaps the data area of any panel or the figure's title (renderer extents, in
+    pixels)."""
     renderer = render(fig)
     boxes = [ax.get_window_extent(renderer) for ax in fig.axes if ax.get_visible()]
+    if fig._suptitle is not None and fig._suptitle.get_text():
+        boxes.append(fig._suptitle.get_window_extent(renderer))
     for leg in legends(fig):
         lb = leg.get_window_extent(renderer)
         for ab in boxes:
@@ -338,3 +343,18 @@ def test_entropy_draws_one_uniform_curve_per_exact_reference(tmp_path):
         [(0.8, pytest.approx(0.2)), (0.95, pytest.approx(0.05))], [(0.99, 0.05), (0.99, 0.1)]]
     assert [ln.get_label() for ln in black].count("uniform: every query returns mean(V)") == 1
     assert_legends_honest(fig)
+
+
+def test_quality_plot_of_a_committed_training_run_keeps_its_legend_clear_of_the_title():
+    """The lra_lite run on the H200 (ten methods, long labels, a long title): the legend beside the
+    panels must clear the figure's title as well as the data."""
+    from pathlib import Path
+
+    from attnbench.plot_train import plot_quality
+
+    run = Path(__file__).parent.parent / "results" / "h200" / "lra_lite" / "20261203-162021-h200-9c06"
+    figs = plot_quality(load_results(run), read_meta(run))
+    assert len(figs) == 2  # mqar and listops at n = 1024
+    for fig in figs.values():
+        assert_legends_honest(fig)
+        assert_legends_clear(fig)

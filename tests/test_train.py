@@ -46,6 +46,14 @@ def test_committed_runs_keep_their_cell_ids():
     assert all("train" not in c.identity() for c in expand(load_suite("quick"), "cpu"))
 
 
+def test_committed_train_runs_keep_their_cell_ids():
+    """Train keys added later (token_shift) stay out of the identity of cells at their default."""
+    run = REPO / "results" / "h200" / "linformer_quality" / "20261203-135304-h200-a553"
+    ids = {c.cell_id for c in expand(load_suite(str(run / "suite.toml")), "cuda")}
+    done = {json.loads(line)["cell_id"] for line in (run / "results.jsonl").open()}
+    assert done and done <= ids
+
+
 def test_train_cells_take_their_shape_from_the_train_table():
     s = suite_of(sweep={"n": [16, 32], "level": ["train"], "seed": [0, 1, 2], "heads": [8, 4],
                         "batch": [1, 2]})
@@ -97,7 +105,8 @@ def test_bad_train_suites_name_the_problem(changes, message, write_suite):
 
 def test_builtin_train_suites_validate():
     for name, device, cells in (("train_quick", "cpu", None), ("linformer_quality", "cuda", 54),
-                                ("lra_lite", "cuda", 120)):
+                                ("lra_lite", "cuda", 60), ("lra_lite_4k", "cuda", 60),
+                                ("lra_pilot", "cuda", 12)):
         cases = expand(load_suite(name), device)
         assert all(c.level == "train" for c in cases)
         if cells:
@@ -107,6 +116,10 @@ def test_builtin_train_suites_validate():
     assert {c.dtype for c in quality} == {"bf16"}
     assert {(c.n, c.params_dict["k"]) for c in quality if c.method == "linformer"} >= \
         {(512, 64), (512, 128), (512, 256), (1024, 128), (1024, 256), (4096, 256)}
+    for name, n, batch in (("lra_lite", 1024, 32), ("lra_lite_4k", 4096, 8)):
+        lra = expand(load_suite(name), "cuda")
+        assert {(c.n, c.batch, c.seed) for c in lra} == {(n, batch, s) for s in (0, 1, 2)}
+        assert all(dict(c.train)["token_shift"] is True for c in lra)
 
 
 def test_quality_vs_exact_is_oriented_so_one_is_as_good():
@@ -118,11 +131,51 @@ def test_quality_vs_exact_is_oriented_so_one_is_as_good():
 
 # --- the model ---------------------------------------------------------------------------------
 
-def _model(method, n=32, layers=3, **params):
+def _model(method, n=32, layers=3, causal=False, token_shift=False, **params):
     spec = REGISTRY.get(method)
     return build_model(spec, spec.params(**params), vocab=16, outputs=16, n=n, d_model=16, heads=2,
                        layers=layers, ffn_dim=32, pooled=False, pad=None,
-                       device=torch.device("cpu"), seed=0, batch=2)
+                       device=torch.device("cpu"), seed=0, batch=2, causal=causal,
+                       token_shift=token_shift)
+
+
+def test_token_shift_gives_each_position_the_previous_token_and_nothing_later():
+    """A causal model with token_shift: the output at position i depends on token i-1 (the shift;
+    the same model without it is checked to differ) and never on tokens after i."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 16, (2, 12))
+    later, earlier = ids.clone(), ids.clone()
+    later[:, 7:] = (later[:, 7:] + 5) % 16   # change tokens 7..11
+    earlier[:, 5] = (earlier[:, 5] + 5) % 16  # change token 5 only
+    for shift in (True, False):
+        model = _model("sdpa", n=12, layers=1, causal=True, token_shift=shift).eval()
+        with torch.no_grad():
+            out, out_later, out_earlier = model(ids), model(later), model(earlier)
+        assert torch.equal(out[:, :7], out_later[:, :7])  # no leak from the future
+        assert not torch.equal(out[:, 7:], out_later[:, 7:])
+    shifted = _model("sdpa", n=12, layers=1, causal=True, token_shift=True)
+    assert shifted.shift is not None and _model("sdpa", n=12).shift is None
+    # position 6 sees token 5 through attention as well; the shift alone: zero the attention path
+    for layer in shifted.layers:
+        layer.attn = _Zero()
+    with torch.no_grad():
+        a, b = shifted(ids), shifted(earlier)
+    assert not torch.equal(a[:, 6], b[:, 6])  # token 5 reaches position 6 by the shift
+    assert torch.equal(a[:, 7:], b[:, 7:]) and torch.equal(a[:, :5], b[:, :5])  # and no other
+
+
+class _Zero(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+def test_token_shift_is_a_train_key_left_out_of_identities_at_its_default():
+    from attnbench.train.config import case_fields
+
+    base = suite_of().train[0]
+    assert "token_shift" not in dict(case_fields(base, 16)["train"])
+    on = suite_of(train={"token_shift": True}).train[0]
+    assert dict(case_fields(on, 16)["train"])["token_shift"] is True
 
 
 def test_layerwise_linformer_holds_one_E_whose_gradient_is_the_sum_over_layers():
