@@ -32,7 +32,7 @@ def add_cli(sub) -> None:
     p.add_argument("--out", default="results", help="base directory for run directories "
                    "(default results)")
     p.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: exactly the "
-                   "cells without a row")
+                   "cells without a row (with --rerun, also those of the given statuses)")
     p.add_argument("--rerun", metavar="STATUS[,STATUS]",
                    help="with --resume: also run again the cells whose row has one of these "
                         "statuses (e.g. unsupported,error once the environment is fixed); the new "
