@@ -205,7 +205,8 @@ def test_suite_timing_cuda_graphs_asks_for_the_mode_like_the_flag(tiny_suite, tm
 
 
 def test_rerun_runs_again_the_cells_of_a_status_and_keeps_their_old_rows(tiny_suite, tmp_path,
-                                                                        faulty_plugin, monkeypatch):
+                                                                        faulty_plugin, monkeypatch,
+                                                                        capsys):
     monkeypatch.delenv("ATTNBENCH_T_ENV_READY", raising=False)
     first = run_suite(str(tiny_suite("[methods.t_needs_env]\n[methods.sdpa]\n")), "cpu",
                       out=tmp_path / "o", progress=False)
@@ -213,6 +214,12 @@ def test_rerun_runs_again_the_cells_of_a_status_and_keeps_their_old_rows(tiny_su
     assert before == {("t_needs_env", 64): "unsupported", ("t_needs_env", 128): "unsupported",
                       ("sdpa", 64): "ok", ("sdpa", 128): "ok"}
     monkeypatch.setenv("ATTNBENCH_T_ENV_READY", "1")  # the environment is fixed
+    capsys.readouterr()
+    assert main(["run", "--resume", str(first.run_dir), "--rerun", "unsupported", "--dry-run"]) == 0
+    assert "resumed: 2 of its 4 cells left, with --rerun" in " ".join(capsys.readouterr().out.split())
+    assert main(["run", "--resume", str(first.run_dir), "--dry-run"]) == 0
+    assert "resumed: 0 of its 4 cells left" in " ".join(capsys.readouterr().out.split())
+    assert len(list(iter_rows(first.run_dir, history=True))) == 4  # a dry run runs nothing
     again = run_suite(None, "cpu", resume=first.run_dir, rerun="unsupported", progress=False)
     assert again.complete and again.counts == {"ok": 4}
     df = load_results(first.run_dir)

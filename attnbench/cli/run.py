@@ -119,19 +119,37 @@ def _plan_table(cells, title: str):
         caption = (f"showing {2 * PREVIEW} of {len(cells)} cells: {len(cells) - 2 * PREVIEW} more "
                    f"cells between #{PREVIEW - 1} and #{len(cells) - PREVIEW}")
         shown = shown[:PREVIEW] + [None] + shown[-PREVIEW:]
-    table = Table("#", "method", "level", "n", "B", "H", "D", "dtype", "mode", "planned",
+    varying = _varying_train_keys(cells)  # train cells: the [train] settings that tell them apart
+    extra = ("train",) if varying else ()
+    table = Table("#", "method", "level", "n", "B", "H", "D", "dtype", "mode", *extra, "planned",
                   title=Text(title), title_justify="left", caption=caption, caption_justify="left")
     for item in shown:
         if item is None:
-            table.add_row("…", *[""] * 9)
+            table.add_row("…", *[""] * (9 + len(extra)))
             continue
         i, c = item
         k = c.case
+        train = {**dict(k.train or ()), "seed": k.seed}
+        setting = (" ".join(f"{key}={train[key]}" for key in varying if key in train),) if extra else ()
         table.add_row(*map(Text, (str(i), k.label(), k.level, str(k.n), str(k.batch), str(k.heads),
-                                  str(k.head_dim), k.dtype, k.mode,
+                                  str(k.head_dim), k.dtype, k.mode, *setting,
                                   "run" if c.skip_reason is None
                                   else f"unsupported: {c.skip_reason}")))
     return table
+
+
+def _varying_train_keys(cells) -> list[str]:
+    """The [train] keys (and the seed) whose value differs between the plan's train cells (task
+    always)."""
+    values: dict[str, set] = {}
+    for c in cells:
+        if c.case.train:
+            values.setdefault("seed", set()).add(c.case.seed)
+        for key, value in c.case.train or ():
+            values.setdefault(key, set()).add(value)
+    if not values:
+        return []
+    return [key for key in values if key == "task" or len(values[key]) > 1]
 
 
 def cmd_run(args, console) -> int:
@@ -215,12 +233,24 @@ def _dry_run(args, console, device) -> int:
     from attnbench.suite import load_suite
 
     if args.resume:
-        _, suite, meta = resumed_run(Path(args.resume), device)
+        run_dir, suite, meta = resumed_run(Path(args.resume), device)
         only, skip = meta.get("only"), meta.get("skip")
     else:
         suite, only, skip = load_suite(args.suite), args.only, args.skip
     cells = plan(suite, device, only, skip)
     which = ""
+    if args.resume:  # what a resume would run: cells without a row, and those --rerun names
+        from attnbench.runner import check_rerun
+        from attnbench.scaleout import resumed_shard
+        from attnbench.store import iter_rows
+
+        if meta.get("shard") is not None:
+            cells = resumed_shard(cells, run_dir, meta)
+        rerun = check_rerun(args.rerun, args.resume)
+        kept = {r["cell_id"] for r in iter_rows(run_dir) if r["status"] not in rerun}
+        planned = len(cells)
+        cells = [c for c in cells if c.case.cell_id not in kept]
+        which = f" (resumed: {len(cells)} of its {planned} cells left{', with --rerun' if rerun else ''})"
     if args.shard and not args.resume:  # the cells this shard of a job array would run
         from attnbench.scaleout import shard_of
 
@@ -233,6 +263,8 @@ def _dry_run(args, console, device) -> int:
                                      "dry run)"))
     if (note := added_note(suite, only, skip)) is not None:
         console.print(Text(note), soft_wrap=True)
-    est = estimate(cells, suite.timing, Path(args.out), suite.name, device.type)
+    # a resumed run's history is its own directory's and its siblings'
+    out = Path(args.resume).parent.parent if args.resume else Path(args.out)
+    est = estimate(cells, suite.timing, out, suite.name, device.type)
     console.print(Text(est.describe()), soft_wrap=True)
     return 0
