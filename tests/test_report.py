@@ -17,6 +17,11 @@ from attnbench.store import ResultWriter, load_results, write_json_atomic
 BUDGETS = {"linformer": "k", "performer": "nb_features", "nystrom": "num_landmarks", "local": "window"}
 
 
+# axes of a synthetic row beyond those its base cell id names, at their defaults
+IDENTITY_DEFAULTS = {"level": "core", "batch": 1, "heads": 2, "head_dim": 16, "causal": False,
+                     "batching": "fixed", "layers": 1, "ffn_dim": 0}
+
+
 def row(method, n, time_ms=1.0, mem=1.0, *, status="ok", exact=None, iqr=None, samples=None,
         **kw) -> dict:
     """A result row as the runner writes it; ``params`` may hold the method's knobs."""
@@ -32,6 +37,8 @@ def row(method, n, time_ms=1.0, mem=1.0, *, status="ok", exact=None, iqr=None, s
          "causal": False, "batching": "fixed", "input": {"regime": "gaussian", "qk_scale": 1.0},
          "seed": 0, "layers": 1, "ffn_dim": 0, "status": status, "reason": "", "n_samples": 5}
     r.update(kw)
+    if "cell_id" not in kw:  # as the runner's ids, every axis that differs tells cells apart
+        r["cell_id"] += "".join(f"-{k}={r[k]}" for k, v in IDENTITY_DEFAULTS.items() if r[k] != v)
     if status == "ok":
         r.setdefault("time_ms", time_ms)
         r.setdefault("peak_mem_mib", mem)
