@@ -89,6 +89,51 @@ def _cost(df: pd.DataFrame, metric: str) -> pd.Series:
     return peak
 
 
+@dataclass(frozen=True)
+class Pair:
+    """A method's rows on one setting of the other axes beside the baseline's: ``b`` and ``m`` are
+    their per-n medians, ``common`` the n both were measured at (ascending; index labels of ``b``
+    and ``m``) and ``ns`` the same as floats."""
+    key: tuple            # (label, *setting)
+    frame: pd.DataFrame   # the method's rows
+    base: pd.DataFrame    # the baseline's rows on the same setting
+    b: pd.DataFrame
+    m: pd.DataFrame
+    common: list
+
+    @property
+    def ns(self) -> list[float]:
+        return [float(n) for n in self.common]
+
+    def ratios(self, col: str) -> list[float]:
+        """The method's value over the baseline's at each common n."""
+        return [self.m.at[n, col] / self.b.at[n, col] for n in self.common]
+
+    def oom_beyond(self, verb: str) -> str | None:
+        """A note when the baseline failed for memory at an n beyond the common range where the
+        method still ran."""
+        failed = self.base[self.base["status"].isin(FAILED)]["n"]
+        ran = set(self.frame.loc[self.frame["status"] == "ok", "n"])
+        beyond = sorted(n for n in failed if n in ran and (not self.ns or n > self.ns[-1]))
+        return f"baseline OOM from n={fmt_n(beyond[0])}, where this method {verb}" if beyond else None
+
+
+def pairs(base_rows: pd.DataFrame, others: pd.DataFrame, keys: list[str], label: str, per_n,
+          dropna: bool = True):
+    """Each method label and setting of ``keys`` in ``others`` that the baseline also has, as a
+    :class:`Pair`; ``per_n(frame)`` gives a frame's per-n medians (indexed by n)."""
+    base_groups = {k if isinstance(k, tuple) else (k,): g
+                   for k, g in base_rows.groupby(keys, dropna=dropna)} if keys else {(): base_rows}
+    for key, frame in others.groupby([label, *keys], dropna=dropna):
+        key = key if isinstance(key, tuple) else (key,)
+        base = base_groups.get(tuple(key[1:]))
+        if base is None:
+            continue
+        b, m = per_n(base), per_n(frame)
+        common = b.index.intersection(m.index).sort_values()
+        yield Pair(key, frame, base, b, m, list(common))
+
+
 def crossover_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """One row per approximate method label and setting of the other axes: the time and memory
     crossovers against ``baseline``, the n range both were measured on, and the speed-up there."""
@@ -110,31 +155,19 @@ def crossover_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
         ok = frame.assign(_t=_cost(frame, "time"), _m=_cost(frame, "memory"), _q1=q1, _q3=q3)
         return ok[ok["status"] == "ok"].groupby("n")[["_t", "_m", "_q1", "_q3"]].median()
 
-    base_groups = {k if isinstance(k, tuple) else (k,): g
-                   for k, g in base_rows.groupby(keys, dropna=False)} if keys else {(): base_rows}
     out = []
-    groups = others.groupby([label, *keys], dropna=False) if keys else others.groupby([label])
-    for key, frame in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        base = base_groups.get(tuple(key[1:]))
-        if base is None:
-            continue
-        b, m = per_n(base), per_n(frame)
-        common = b.index.intersection(m.index).sort_values()
-        ns = [float(n) for n in common]
-        t = crossing(ns, [m.at[n, "_t"] / b.at[n, "_t"] for n in common])
-        mem = crossing(ns, [m.at[n, "_m"] / b.at[n, "_m"] for n in common])
+    for pair in pairs(base_rows, others, keys, label, per_n, dropna=False):
+        key, frame, b, m, ns, common = pair.key, pair.frame, pair.b, pair.m, pair.ns, pair.common
+        t = crossing(ns, pair.ratios("_t"))
+        mem = crossing(ns, pair.ratios("_m"))
         doubt = _noisy_bracket(t, m, b)
         if doubt:
             t = Crossing(t.kind, t.n, t.text + "?", "; ".join(filter(None, [doubt, t.note])),
                          t.bracket)
         notes = [f"time: {t.note}"] if t.note else []
         notes += [f"memory: {mem.note}"] if mem.note else []
-        base_failed = base[base["status"].isin(FAILED)]["n"]
-        ran = set(frame.loc[frame["status"] == "ok", "n"])
-        beyond = sorted(n for n in base_failed if n in ran and (not ns or n > ns[-1]))
-        if beyond:
-            notes.append(f"baseline OOM from n={fmt_n(beyond[0])}, where this method runs")
+        if beyond := pair.oom_beyond("runs"):
+            notes.append(beyond)
         if not ns and not notes:
             continue  # nothing measured on both sides: the method's own rows say why
         row = dict(zip([label, *keys], key))

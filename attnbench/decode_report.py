@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from attnbench.crossover import crossing
+from attnbench.crossover import crossing, pairs
 from attnbench.frame import baseline_mask, family_columns, fmt_n, fmt_value, varying
 from attnbench.plotstyle import (FAILED, Look, NothingToPlot, new_figure, method_label, figure_legend, log_axis,
                                  n_axis, facets, file_stem, constants, finish, mark_failed, never_ran,
@@ -85,29 +85,18 @@ def decode_crossover(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
         ok = frame[frame["status"] == "ok"]
         return ok.groupby("n")[["_t", "_s", "_g"]].median()
 
-    base_groups = {k if isinstance(k, tuple) else (k,): g for k, g in base.groupby(keys)} \
-        if keys else {(): base}
     out = []
-    for key, frame in others.groupby([label, *keys]):
-        key = key if isinstance(key, tuple) else (key,)
-        b = base_groups.get(tuple(key[1:]))
-        if b is None:
-            continue
-        bm, mm = per_n(b), per_n(frame)
-        common = bm.index.intersection(mm.index).sort_values()
-        ns = [float(n) for n in common]
-        t = crossing(ns, [mm.at[n, "_t"] / bm.at[n, "_t"] for n in common])
-        s = crossing(ns, [mm.at[n, "_s"] / bm.at[n, "_s"] for n in common])
+    for pair in pairs(base, others, keys, label, per_n):
+        key, bm, mm, ns = pair.key, pair.b, pair.m, pair.ns
+        t = crossing(ns, pair.ratios("_t"))
+        s = crossing(ns, pair.ratios("_s"))
         notes = [f"time: {t.note}"] if t.note else []
         notes += [f"state: {s.note}"] if s.note else []
-        failed = b[b["status"].isin(("oom", "oom-pruned"))]["n"]
-        ran = set(frame.loc[frame["status"] == "ok", "n"])
-        beyond = sorted(n for n in failed if n in ran and (not ns or n > ns[-1]))
-        if beyond:
-            notes.append(f"baseline OOM from n={fmt_n(beyond[0])}, where this method decodes")
+        if beyond := pair.oom_beyond("decodes"):
+            notes.append(beyond)
         if not ns and not notes:
             continue
-        last = common[-1] if ns else None
+        last = pair.common[-1] if ns else None
         row = dict(zip([label, *keys], key))
         row.update(method=key[0], faster_from_n=t.text, fits_more_from_n=s.text,
                    measured_n=f"{fmt_n(ns[0])}–{fmt_n(ns[-1])}" if ns else "—",
