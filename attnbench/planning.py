@@ -46,8 +46,11 @@ class Selection:
     added: tuple[str, ...] = ()
 
 
-def parse_names(value: str | Iterable[str] | None, flag: str) -> list[str] | None:
-    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``; None stays None. Empty names are bad input."""
+def parse_names(value: str | Iterable[str] | None, flag: str, what: str = "method name",
+                whats: str | None = None) -> list[str] | None:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``; None stays None. Empty names are bad input;
+    messages call one item ``what`` and several ``whats`` (default ``what`` + "s")."""
+    whats = whats or f"{what}s"
     if value is None:
         return None
     if isinstance(value, str):
@@ -55,13 +58,13 @@ def parse_names(value: str | Iterable[str] | None, flag: str) -> list[str] | Non
     elif isinstance(value, Iterable):
         items = list(value)
         if not all(isinstance(s, str) for s in items):
-            raise BadInput(f"{flag} {value!r}: expected method names (strings)")
+            raise BadInput(f"{flag} {value!r}: expected {whats} (strings)")
         items = [s.strip() for s in items]
     else:
-        raise BadInput(f"{flag} {value!r}: expected a comma-separated string or a list of method names")
+        raise BadInput(f"{flag} {value!r}: expected a comma-separated string or a list of {whats}")
     if not items or any(not s for s in items):
-        raise BadInput(f"{flag} {value!r}: an empty method name; give names separated by commas "
-                       "(wildcards allowed: 'linformer*')")
+        hint = " (wildcards allowed: 'linformer*')" if what == "method name" else ""
+        raise BadInput(f"{flag} {value!r}: an empty {what}; give {whats} separated by commas{hint}")
     return items
 
 

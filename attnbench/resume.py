@@ -1,7 +1,8 @@
 """Picking a run up again (``--resume RUN_DIR``, and ``merge``, which reads the suite of its shards):
 meta.json is data from disk, so every field a resume acts on is checked first; the saved suite.toml
 is loaded (with the plugin files the run loaded, or a message naming them) and must be the suite the
-run started with (its sha256 in meta.json); the device type must be the run's.
+run started with (its sha256 in meta.json); the device type must be the run's. ``--rerun STATUS``
+also runs again the planned cells whose latest row has one of those statuses.
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 import torch
 
 from attnbench.checks import ISOLATE_MODES, is_rounds, is_timeout, is_whole
-from attnbench.errors import RunDirError, SuiteError
+from attnbench.errors import BadInput, RunDirError, SuiteError
+from attnbench.planning import parse_names
 from attnbench.plugins import loaded_plugins
+from attnbench.schema import STATUSES
 from attnbench.store import META, read_meta
 from attnbench.suite import load_suite
 from attnbench.suite_parse import Suite
@@ -73,3 +76,23 @@ def check_meta(run_dir: Path, meta: dict) -> None:
             bad(key)
     if not isinstance(meta.get("suite_sha256", ""), str):
         bad("suite_sha256")
+
+
+def check_rerun(rerun, resume) -> frozenset[str]:
+    """The statuses ``rerun`` names (none when None), each one a row status; only with ``resume``."""
+    names = parse_names(rerun, "--rerun", what="status", whats="statuses")
+    if names is None:
+        return frozenset()
+    if resume is None:
+        raise BadInput("--rerun runs cells of an existing run again: give it with --resume RUN_DIR")
+    bad = [n for n in names if n not in STATUSES]
+    if bad:
+        raise BadInput(f"--rerun {','.join(names)}: {', '.join(bad)} is not a row status; expected "
+                       f"one or more of {', '.join(STATUSES)}")
+    return frozenset(names)
+
+
+def kept_rows(rows: list[dict], rerun: frozenset[str], planned_ids: set[str]) -> list[dict]:
+    """The rows a resume keeps (their cells count as done): all but the planned cells' rows whose
+    status ``rerun`` names."""
+    return [r for r in rows if r["status"] not in rerun or r["cell_id"] not in planned_ids]

@@ -38,8 +38,8 @@ from attnbench.planning import PlannedCell, plan
 from attnbench.plugins import loaded_plugins
 from attnbench.progress import Progress
 from attnbench.registry import REGISTRY, load_plugin_file
-from attnbench.resume import resumed_run
-from attnbench.schema import SCHEMA_VERSION, STATUSES
+from attnbench.resume import check_rerun, kept_rows, resumed_run
+from attnbench.schema import SCHEMA_VERSION
 from attnbench.store import (META, ResultWriter, RunDirError, RunLock, iter_rows, new_run_dir,
                              write_json_atomic)
 from attnbench.suite import load_suite
@@ -222,20 +222,6 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
                       resumed=resume is not None, rerun=rerun_statuses)
 
 
-def check_rerun(rerun, resume) -> frozenset[str]:
-    """The statuses ``rerun`` names (none when None), each one a row status; only with ``resume``."""
-    if rerun is None:
-        return frozenset()
-    names = _listed(rerun)
-    if resume is None:
-        raise BadInput("--rerun runs cells of an existing run again: give it with --resume RUN_DIR")
-    bad = [n for n in names if n not in STATUSES]
-    if bad or not names:
-        raise BadInput(f"--rerun {','.join(names)!s}: {', '.join(bad) or 'nothing'} is not a row "
-                       f"status; expected one or more of {', '.join(STATUSES)}")
-    return frozenset(names)
-
-
 def _listed(names) -> list[str]:
     return [s.strip() for s in names.split(",")] if isinstance(names, str) else list(names)
 
@@ -308,7 +294,7 @@ def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
         raise RunDirError(f"{run_dir}: cannot open its results: {exc.strerror or exc}") from None
     planned_ids = {c.case.cell_id for c in cells}
     rows = list(iter_rows(run_dir))  # the latest row of each cell
-    existing = [r for r in rows if r["status"] not in rerun or r["cell_id"] not in planned_ids]
+    existing = kept_rows(rows, rerun, planned_ids)
     done = {r["cell_id"] for r in existing}
     oom_at = _oom_families(existing)
     by_id = {c.case.cell_id: c for c in cells}

@@ -154,7 +154,8 @@ def _varying_train_keys(cells) -> list[str]:
 
 def cmd_run(args, console) -> int:
     from attnbench.env import parse_device
-    from attnbench.runner import check_options, check_rerun, run_suite
+    from attnbench.resume import check_rerun
+    from attnbench.runner import check_options, run_suite
 
     if not args.suite and not args.resume:
         raise BadInput("run: name a suite (built-in name or path) or --resume RUN_DIR")
@@ -166,10 +167,10 @@ def cmd_run(args, console) -> int:
         raise BadInput("--columns chooses the columns of --table full; add --table full")
     isolate = args.isolate_per or ("method" if args.isolate else None)
     if args.dry_run:  # the options are checked as a real run checks them, then nothing runs
-        check_rerun(args.rerun, args.resume)
+        rerun = check_rerun(args.rerun, args.resume)
         check_options(args.out, args.timeout_s, args.capacity_limit_mib, isolate, args.rounds,
                       args.retry_noisy, args.plugin or None, True, None)
-        return _dry_run(args, console, parse_device(args.device, present=False))
+        return _dry_run(args, console, parse_device(args.device, present=False), rerun)
     device = parse_device(args.device, present=args.scheduler is None)
     plugins = args.plugin  # main() merged those given before and after the verb
     outcome = run_suite(args.suite, device, out=args.out, only=args.only, skip=args.skip,
@@ -224,12 +225,12 @@ def _resume_hint(console, outcome, plugins, device: str, extra=()) -> None:
                   f"{escape(shlex.join(hint))}", highlight=False, soft_wrap=True)
 
 
-def _dry_run(args, console, device) -> int:
+def _dry_run(args, console, device, rerun: frozenset[str]) -> int:
     from rich.text import Text
 
     from attnbench.estimate import estimate
     from attnbench.planning import added_note, plan
-    from attnbench.resume import resumed_run
+    from attnbench.resume import kept_rows, resumed_run
     from attnbench.suite import load_suite
 
     if args.resume:
@@ -240,14 +241,13 @@ def _dry_run(args, console, device) -> int:
     cells = plan(suite, device, only, skip)
     which = ""
     if args.resume:  # what a resume would run: cells without a row, and those --rerun names
-        from attnbench.runner import check_rerun
         from attnbench.scaleout import resumed_shard
         from attnbench.store import iter_rows
 
         if meta.get("shard") is not None:
             cells = resumed_shard(cells, run_dir, meta)
-        rerun = check_rerun(args.rerun, args.resume)
-        kept = {r["cell_id"] for r in iter_rows(run_dir) if r["status"] not in rerun}
+        planned_ids = {c.case.cell_id for c in cells}
+        kept = {r["cell_id"] for r in kept_rows(list(iter_rows(run_dir)), rerun, planned_ids)}
         planned = len(cells)
         cells = [c for c in cells if c.case.cell_id not in kept]
         which = f" (resumed: {len(cells)} of its {planned} cells left{', with --rerun' if rerun else ''})"
