@@ -106,7 +106,7 @@ def test_bad_train_suites_name_the_problem(changes, message, write_suite):
 def test_builtin_train_suites_validate():
     for name, device, cells in (("train_quick", "cpu", None), ("linformer_quality", "cuda", 54),
                                 ("lra_lite", "cuda", 60), ("lra_lite_4k", "cuda", 60),
-                                ("lra_pilot", "cuda", 12)):
+                                ("lra_pilot", "cuda", 12), ("listops_long", "cuda", 10)):
         cases = expand(load_suite(name), device)
         assert all(c.level == "train" for c in cases)
         if cells:
