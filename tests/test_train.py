@@ -106,7 +106,8 @@ def test_bad_train_suites_name_the_problem(changes, message, write_suite):
 def test_builtin_train_suites_validate():
     for name, device, cells in (("train_quick", "cpu", None), ("linformer_quality", "cuda", 54),
                                 ("lra_lite", "cuda", 60), ("lra_lite_4k", "cuda", 60),
-                                ("lra_pilot", "cuda", 12), ("listops_long", "cuda", 10)):
+                                ("lra_pilot", "cuda", 12), ("listops_long", "cuda", 10),
+                                ("lra_causal", "cuda", 30)):
         cases = expand(load_suite(name), device)
         assert all(c.level == "train" for c in cases)
         if cells:
@@ -120,6 +121,10 @@ def test_builtin_train_suites_validate():
         lra = expand(load_suite(name), "cuda")
         assert {(c.n, c.batch, c.seed) for c in lra} == {(n, batch, s) for s in (0, 1, 2)}
         assert all(dict(c.train)["token_shift"] is True for c in lra)
+    # the recurrent family trains causally beside causal exact attention, with the same model
+    causal = expand(load_suite("lra_causal"), "cuda")
+    assert all(c.causal for c in causal)
+    assert {"sdpa", "uniform", "fla_linear", "gla_layer", "deltanet_layer", "retnet"} <= {c.method for c in causal}
 
 
 def test_quality_vs_exact_is_oriented_so_one_is_as_good():
