@@ -155,6 +155,8 @@ COLUMNS: list[Column] = [
            ("accuracy", "", "train level: held-out accuracy at the last evaluation (None if diverged)"),
            ("perplexity", "", "train level: held-out perplexity at the last evaluation"),
            ("chance", "", "train level: the metric a model that learned nothing reaches"),
+           ("eval_items", "", "train level: predictions the held-out set scores (query positions, "
+                              "expressions or masked tokens): an accuracy's sample size"),
            ("quality_vs_exact", "", "train level: the metric over exact attention's in the same "
                                     "setting (perplexity: exact's over this one), 1 = as good"),
            ("eval_best", "", "train level: the best held-out metric over the evaluations"),

@@ -24,7 +24,7 @@ QUALITY_GRIDS = ("accuracy", "perplexity", "quality_vs_exact")
 METRICS = ("accuracy", "perplexity")
 PUBLISHED = Path(__file__).parent / "data" / "lra_listops.csv"
 HEADERS = ["task", "n", "method", "metric", "mean ± std", "seeds", "vs exact", "best", "chance",
-           "step ms", "tok/s", "peak MiB", "attn params", "diverged", "published"]
+           "held-out", "vs chance", "step ms", "tok/s", "peak MiB", "attn params", "diverged", "published"]
 
 
 def train_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -65,6 +65,40 @@ def add_quality(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     ratio = (df["_value"] / ref).where(higher, ref / df["_value"])
     df["quality_vs_exact"] = ratio.where((df["_value"] > 0) & (ref > 0))
     return df
+
+
+def held_out_items(rows: pd.DataFrame) -> float:
+    """How many predictions one evaluation of these rows scores (their median ``eval_items``; for rows
+    written before that column, the count their task plans from the settings; NaN if unknown)."""
+    if "eval_items" in rows:
+        known = pd.to_numeric(rows["eval_items"], errors="coerce").dropna()
+        if not known.empty:
+            return float(known.median())
+    from attnbench.train.tasks import TASKS  # lazily: reading rows needs no task code otherwise
+
+    counts = []
+    for _, r in rows.iterrows():
+        task = TASKS.get(str(r.get("task", r.get("train.task"))))
+        settings = {k.removeprefix("train."): v for k, v in r.items() if str(k).startswith("train.")}
+        try:
+            counts.append(task[1].planned_eval_items(settings, int(r["batch"])) if task else None)
+        except (KeyError, TypeError, ValueError):
+            counts.append(None)
+    counts = [c for c in counts if c]
+    return float(np.median(counts)) if counts else math.nan
+
+
+def versus_chance(metric: str, mean: float, chance: float, items: float, seeds: int) -> str:
+    """Where a mean accuracy over ``seeds`` evaluations of ``items`` predictions each lies against
+    chance: "≈ chance" within two standard errors of a model answering right with probability
+    ``chance`` (binomial), "above" or "below" beyond them; "—" for other metrics or missing counts."""
+    values = (mean, chance, items)
+    if metric != "accuracy" or seeds < 1 or not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                    for v in values) or not 0 < chance < 1 or items < 1:
+        return "—"
+    se = math.sqrt(chance * (1 - chance) / (items * seeds))
+    z = (mean - chance) / se
+    return "above" if z >= 2 else "below" if z <= -2 else "≈ chance"
 
 
 def _setting_columns(df: pd.DataFrame) -> list[str]:
@@ -108,11 +142,16 @@ def quality_table(df: pd.DataFrame, baseline: str) -> tuple[list[str], list[list
         pub = published.get(str(g["method"].iloc[0])) if key["_task"] == "listops" else None
         setting = " ".join(f"{c.removeprefix('train.')}={key[c]}" for c in settings)
         num = lambda col: pd.to_numeric(ok[col], errors="coerce") if col in ok else pd.Series(dtype=float)  # noqa: E731
+        items = held_out_items(ok) if len(ok) else math.nan
+        chance = num("chance").mean()
+        mean = ok["_value"].dropna().mean() if len(ok) else math.nan
         rows.append([str(key["_task"]) + (f" ({setting})" if setting else ""), fmt_n(key["n"]),
                      str(key["_label"]), metric, _pm(ok["_value"]) if len(ok) else
                      ("/".join(other) if other else "—"), str(len(ok)),
                      _pm(num("quality_vs_exact")), _pm(num("eval_best")),
-                     _num(num("chance").mean()), _num(num("time_ms").median()),
+                     _num(chance), _num(items, "{:.0f}"),
+                     versus_chance(metric, mean, chance, items, int(ok["_value"].notna().sum())),
+                     _num(num("time_ms").median()),
                      _num(num("tokens_per_s").median(), "{:.3g}"),
                      _num(num("peak_mem_mib").median(), "{:.0f}"),
                      _num(num("n_attn_params").median(), "{:.0f}"),
@@ -127,8 +166,11 @@ def quality_table(df: pd.DataFrame, baseline: str) -> tuple[list[str], list[list
 
 
 QUALITY_NOTE = ("mean ± std over seeds (sample std) of the final held-out metric; vs exact: the metric "
-                "relative to exact attention's with the same seed, 1 = as good, < 1 worse; step ms: "
-                "median time of one training step")
+                "relative to exact attention's with the same seed, 1 = as good, < 1 worse; held-out: "
+                "predictions one evaluation scores (an accuracy's sample size); vs chance: the mean "
+                "against a model right with probability = chance over that many predictions and seeds "
+                "(≈ chance: within two binomial standard errors); step ms: median time of one "
+                "training step")
 PUBLISHED_NOTE = ("; published: LRA ListOps accuracy at n = 2000 after 5000 steps (for orientation: "
                   "our budgets are far smaller)")
 

@@ -275,6 +275,7 @@ def test_rows_curves_and_reports(tmp_path, capsys):
     for col in ("accuracy", "eval_best", "eval_last", "time_ms", "tokens_per_s",
                 "peak_mem_mib", "n_params", "n_attn_params", "chance", "curve_attempt"):
         assert r.get(col) is not None, col
+    assert r["eval_items"] == 4 * 1 * 2  # batch x eval_batches x one query per key-value pair
     exact = next(x for x in rows if x["method"] == "sdpa" and x["seed"] == r["seed"])
     assert r["quality_vs_exact"] == quality_vs_exact("accuracy", r["accuracy"], exact["accuracy"])
     curves = read_curves(outcome.run_dir)
@@ -293,6 +294,40 @@ def test_rows_curves_and_reports(tmp_path, capsys):
                  "--out", str(tmp_path / "p")]) == 0
     names = sorted(p.name for p in (tmp_path / "p").iterdir())
     assert names == ["curves-mqar-n16.png", "quality-mqar-n16.png"]
+
+
+def test_quality_table_places_each_accuracy_against_chance_with_its_sample_size():
+    import pandas as pd
+
+    from attnbench.train_report import quality_table, versus_chance
+
+    # binomial: chance 0.1 over 900 predictions has a standard error of 0.01
+    assert versus_chance("accuracy", 0.115, 0.1, 900, 1) == "≈ chance"
+    assert versus_chance("accuracy", 0.125, 0.1, 900, 1) == "above"
+    assert versus_chance("accuracy", 0.075, 0.1, 900, 1) == "below"
+    assert versus_chance("accuracy", 0.115, 0.1, 900, 4) == "above"  # seeds add predictions
+    assert versus_chance("perplexity", 20.0, 26.0, 900, 1) == "—"
+    assert versus_chance("accuracy", 0.5, 0.1, float("nan"), 1) == "—"
+
+    def rows(method, accuracy, **extra):  # MQAR rows: 8 pairs, batch 16, 2 evaluation batches
+        return [{"level": "train", "status": "ok", "method": method, "label": method, "n": 64,
+                 "seed": s, "batch": 16, "metric": "accuracy", "task": "mqar", "accuracy": a,
+                 "chance": 0.125, "train.task": "mqar", "train.eval_batches": 2,
+                 "train.num_kv_pairs": 8, **extra} for s, a in enumerate(accuracy)]
+    # rows written before eval_items: the count is planned from the settings (16 x 2 x 8 = 256)
+    old = pd.DataFrame(rows("sdpa", [0.9, 0.95]) + rows("uniform", [0.13, 0.12]) +
+                       rows("linear", [0.16, 0.17]))
+    heads, body, _ = quality_table(old, "sdpa")
+    table = {r[heads.index("method")]: r for r in body}
+    assert {r[heads.index("held-out")] for r in body} == {"256"}
+    verdict = {m: r[heads.index("vs chance")] for m, r in table.items()}
+    assert verdict == {"sdpa": "above", "uniform": "≈ chance", "linear": "above"}
+    # a row's own count wins: 16 predictions make 0.165 indistinguishable from chance
+    few = pd.DataFrame(rows("sdpa", [0.9, 0.95], eval_items=16) + rows("linear", [0.16, 0.17], eval_items=16))
+    heads, body, _ = quality_table(few, "sdpa")
+    table = {r[heads.index("method")]: r for r in body}
+    assert table["linear"][heads.index("held-out")] == "16"
+    assert table["linear"][heads.index("vs chance")] == "≈ chance"
 
 
 def test_resume_reruns_only_unfinished_train_cells_and_curves_follow_the_row(tmp_path):

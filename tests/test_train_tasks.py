@@ -102,3 +102,25 @@ def test_tally_metrics():
     t.add(logits, torch.tensor([[0, IGNORE]]))
     assert t.value("accuracy") == 1.0  # argmax of a tie is the first class
     assert t.value("perplexity") == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("name,knobs,batch,eval_batches", [
+    ("mqar", {"num_kv_pairs": 6, "vocab": 32}, 8, 3),
+    ("listops", {"max_depth": 3, "max_args": 3, "train_examples": 64, "min_length": 1}, 4, 2),
+])
+def test_eval_items_counts_the_scored_predictions_and_rows_before_it_can_plan_them(
+        name, knobs, batch, eval_batches):
+    from attnbench.train.tasks import TASKS
+
+    task = make_task(name, knobs, n=64, batch=batch, seed=0, eval_batches=eval_batches)
+    scored = sum(int(b.labels.numel()) if task.pooled else int((b.labels != IGNORE).sum())
+                 for b in task.eval_set())
+    assert task.eval_items() == scored > 0
+    settings = {**knobs, "eval_batches": eval_batches}
+    assert TASKS[name][1].planned_eval_items(settings, batch) == scored
+
+
+def test_mlm_has_no_planned_count_its_masks_are_drawn():
+    from attnbench.train.tasks import TASKS
+
+    assert TASKS["mlm"][1].planned_eval_items({"eval_batches": 2}, 4) is None

@@ -83,6 +83,7 @@ def run_train_cell(ctx: "CellContext", case: "Case") -> dict[str, Any]:
                          eval_batches=cfg["eval_batches"])
         row.update(task=task.name, metric=task.metric, chance=task.chance(), **task.info)
         row["data_s"] = time.perf_counter() - t0
+        row["eval_items"] = task.eval_items()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)

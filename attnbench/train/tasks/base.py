@@ -10,8 +10,9 @@ over the non-padding positions).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,18 @@ class Task:
     def chance(self) -> float:
         """The metric a model without content-based attention can reach (see each task)."""
         raise NotImplementedError
+
+    def eval_items(self) -> int:
+        """Predictions the held-out set scores: sequences for a pooled task, scored positions
+        otherwise. An accuracy on it is a mean of this many right-or-wrong answers."""
+        return sum(int(b.labels.numel()) if self.pooled else int((b.labels != IGNORE).sum())
+                   for b in self.eval_set())
+
+    @classmethod
+    def planned_eval_items(cls, settings: Mapping[str, Any], batch: int) -> int | None:
+        """:meth:`eval_items` from a row's resolved ``[train]`` settings and batch, for rows written
+        before rows carried it; None where the count depends on the drawn data."""
+        return None
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

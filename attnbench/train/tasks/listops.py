@@ -155,6 +155,10 @@ class ListOps(Task):
         return [Batch(d.eval_inputs[i:i + b].long(), d.eval_labels[i:i + b])
                 for i in range(0, len(d.eval_labels), b)]
 
+    @classmethod
+    def planned_eval_items(cls, settings, batch):  # one answer per held-out expression
+        return int(settings["eval_batches"]) * batch
+
     def chance(self) -> float:
         labels = self.data.eval_labels
         return float(torch.bincount(labels, minlength=10).max()) / len(labels)

@@ -84,3 +84,7 @@ class MQAR(Task):
 
     def chance(self) -> float:
         return 1.0 / self.p.num_kv_pairs
+
+    @classmethod
+    def planned_eval_items(cls, settings, batch):  # every key is asked once per sequence
+        return int(settings["eval_batches"]) * batch * int(settings["num_kv_pairs"])
