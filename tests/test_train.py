@@ -330,6 +330,27 @@ def test_quality_table_places_each_accuracy_against_chance_with_its_sample_size(
     assert table["linear"][heads.index("vs chance")] == "≈ chance"
 
 
+def test_validate_and_dry_run_say_when_a_held_out_set_is_too_small_to_read(write_suite, capsys):
+    from attnbench.tomlwrite import dumps
+    from attnbench.train.config import FEW_EVAL_ITEMS, small_eval_notes
+
+    few = write_suite(dumps(TINY))  # 4 sequences x 1 batch x 2 pairs = 8 predictions
+    for argv in (["validate", str(few)], ["run", str(few), "--dry-run"]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "mqar at n=16: an evaluation scores 8 held-out predictions" in out, argv
+        assert "standard error up to 0.177" in out
+    data = copy.deepcopy(TINY)
+    data["train"]["eval_batches"] = FEW_EVAL_ITEMS // 8  # exactly enough
+    enough = write_suite(dumps(data))
+    assert main(["validate", str(enough)]) == 0
+    assert "held-out predictions" not in capsys.readouterr().out
+    # perplexity has no binomial count: mlm cells are never flagged
+    data = copy.deepcopy(TINY)
+    data["train"] = {**{k: v for k, v in data["train"].items() if k != "mqar"}, "task": "mlm"}
+    assert small_eval_notes(expand(parse_suite(data, "<test>"), "cpu")) == []
+
+
 def test_resume_reruns_only_unfinished_train_cells_and_curves_follow_the_row(tmp_path):
     from attnbench import run_suite
     from attnbench.train.curves import read_curves

@@ -103,7 +103,17 @@ def cmd_validate(args, console) -> int:
                        f"baseline {suite.baseline}"), soft_wrap=True)
     if (note := added_note(suite, args.only, args.skip)) is not None:
         console.print(Text(note), soft_wrap=True)
+    _eval_size_notes(console, cells)
     return 0
+
+
+def _eval_size_notes(console, cells) -> None:
+    from rich.text import Text
+
+    from attnbench.train.config import small_eval_notes
+
+    for note in small_eval_notes(c.case for c in cells if c.skip_reason is None):
+        console.print(Text(f"note: {note}"), soft_wrap=True)
 
 
 PREVIEW = 12  # cells shown at each end of a dry run's plan
@@ -263,6 +273,7 @@ def _dry_run(args, console, device, rerun: frozenset[str]) -> int:
                                      "dry run)"))
     if (note := added_note(suite, only, skip)) is not None:
         console.print(Text(note), soft_wrap=True)
+    _eval_size_notes(console, cells)
     # a resumed run's history is its own directory's and its siblings'
     out = Path(args.resume).parent.parent if args.resume else Path(args.out)
     est = estimate(cells, suite.timing, out, suite.name, device.type)

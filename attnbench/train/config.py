@@ -125,3 +125,30 @@ def case_fields(config: dict[str, Any], n: int) -> dict[str, Any]:
             "layers": config["layers"], "ffn_dim": config["ffn_dim"],
             "train": tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                                   for k, v in rest.items()))}
+
+
+FEW_EVAL_ITEMS = 400  # below this an accuracy's binomial standard error can exceed 0.025
+
+
+def small_eval_notes(cases) -> list[str]:
+    """One line per (task, n) of train cells whose held-out set scores fewer than
+    :data:`FEW_EVAL_ITEMS` predictions per evaluation: an accuracy there cannot tell small
+    differences (or chance) apart. Shown by ``validate`` and ``run --dry-run`` before anything runs."""
+    notes, seen = [], set()
+    for case in cases:
+        if case.level != "train":
+            continue
+        cfg = case.train_dict
+        key = (cfg["task"], case.n, case.batch, cfg["eval_batches"])
+        if key in seen:
+            continue
+        seen.add(key)
+        task = TASKS[cfg["task"]][1]
+        items = task.planned_eval_items(cfg, case.batch) if task.metric == "accuracy" else None
+        if items is not None and items < FEW_EVAL_ITEMS:
+            notes.append(f"{cfg['task']} at n={case.n}: an evaluation scores {items} held-out "
+                         f"predictions (eval_batches {cfg['eval_batches']} x batch {case.batch}); an "
+                         f"accuracy on them has a standard error up to {0.5 / items ** 0.5:.3f}. "
+                         f"Raise eval_batches (in [train] or [train.{cfg['task']}]) to score at "
+                         f"least {FEW_EVAL_ITEMS}")
+    return notes
