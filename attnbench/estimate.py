@@ -1,6 +1,8 @@
 """How long a planned run will take, for ``run --dry-run``: from the cells' wall times in earlier runs
 of the same suite on the same kind of device, and for cells no earlier run has, from the suite's
-timing budget (warm-up and sampling; building, compiling and error references not counted)."""
+timing budget (warm-up and sampling; building, compiling and error references not counted). A train
+cell without history has no budget to go on (it runs its steps, however long they take): such cells
+are counted apart and named, never passed off as a few seconds."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -17,8 +19,21 @@ class Estimate:
     from_history: int    # cells timed in an earlier run
     from_budget: int     # cells counted at their timing budget
     source: Path | None  # the earlier run the history came from (the newest that had any)
+    train_unknown: int = 0         # train cells without history, in none of the sums above
+    train_steps: int = 0           # the optimizer steps those cells take, in all
 
     def describe(self) -> str:
+        if not self.from_history and not self.from_budget:
+            return (f"estimated run time unknown: {self._train_cells()}" if self.train_unknown
+                    else "estimated run time 0 s: nothing to run")
+        return self._timed() + (f"; plus {self._train_cells()}" if self.train_unknown else "")
+
+    def _train_cells(self) -> str:
+        return (f"{self.train_unknown} train cells that no earlier run of this suite has timed "
+                f"({self.train_steps} optimizer steps in all, with their evaluations): they take as "
+                "long as those steps do, which only a run can tell")
+
+    def _timed(self) -> str:
         total = _clock(self.seconds)
         if self.from_history and not self.from_budget:
             return f"estimated run time {total} (every cell's wall time in {self.source})"
@@ -78,8 +93,11 @@ def estimate(cells, timing: dict, out: Path, suite: str, device_type: str) -> Es
     past, source = history(out, suite, device_type)
     budget = float(timing["warmup_s"]) + float(timing["max_time_s"])
     known = [past[c.case.cell_id] for c in runnable if c.case.cell_id in past]
-    unknown = len(runnable) - len(known)
+    untimed_train = [c.case for c in runnable
+                     if c.case.cell_id not in past and c.case.level == "train"]
+    unknown = len(runnable) - len(known) - len(untimed_train)
     # a cell without history, in a run that has some: the median of the known ones is a better
     # guess than the budget alone, but never less than the budget
     fill = max(budget, statistics.median(known)) if known else budget
-    return Estimate(sum(known) + unknown * fill, len(known), unknown, source)
+    return Estimate(sum(known) + unknown * fill, len(known), unknown, source, len(untimed_train),
+                    sum(int(case.train_dict["steps"]) for case in untimed_train))

@@ -351,6 +351,23 @@ def test_validate_and_dry_run_say_when_a_held_out_set_is_too_small_to_read(write
     assert small_eval_notes(expand(parse_suite(data, "<test>"), "cpu")) == []
 
 
+def test_dry_run_never_passes_untimed_train_cells_off_as_seconds(tmp_path, write_suite, capsys):
+    from attnbench import run_suite
+    from attnbench.tomlwrite import dumps
+
+    data = copy.deepcopy(TINY)
+    data["methods"] = {"sdpa": {}, "uniform": {}}
+    path = write_suite(dumps(data))
+    assert main(["run", str(path), "--dry-run", "--out", str(tmp_path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "estimated run time unknown: 2 train cells that no earlier run of this suite has timed " \
+           "(12 optimizer steps in all" in out
+    run_suite(data, "cpu", out=tmp_path, progress=False)
+    assert main(["run", str(path), "--dry-run", "--out", str(tmp_path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "every cell's wall time in" in out and "train cells that no earlier run" not in out
+
+
 def test_resume_reruns_only_unfinished_train_cells_and_curves_follow_the_row(tmp_path):
     from attnbench import run_suite
     from attnbench.train.curves import read_curves
