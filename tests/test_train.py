@@ -136,12 +136,12 @@ def test_quality_vs_exact_is_oriented_so_one_is_as_good():
 
 # --- the model ---------------------------------------------------------------------------------
 
-def _model(method, n=32, layers=3, causal=False, token_shift=False, **params):
+def _model(method, n=32, layers=3, causal=False, token_shift=False, positions="learned", **params):
     spec = REGISTRY.get(method)
     return build_model(spec, spec.params(**params), vocab=16, outputs=16, n=n, d_model=16, heads=2,
                        layers=layers, ffn_dim=32, pooled=False, pad=None,
                        device=torch.device("cpu"), seed=0, batch=2, causal=causal,
-                       token_shift=token_shift)
+                       token_shift=token_shift, positions=positions)
 
 
 def test_token_shift_gives_each_position_the_previous_token_and_nothing_later():
@@ -181,6 +181,41 @@ def test_token_shift_is_a_train_key_left_out_of_identities_at_its_default():
     assert "token_shift" not in dict(case_fields(base, 16)["train"])
     on = suite_of(train={"token_shift": True}).train[0]
     assert dict(case_fields(on, 16)["train"])["token_shift"] is True
+
+
+def test_sinusoidal_positions_are_fixed_sin_cos_with_one_learned_gain():
+    import math
+
+    from attnbench.train.config import case_fields
+    from attnbench.train.model import sinusoids
+
+    table = sinusoids(50, 16)
+    pos, i = 7, 3  # feature pair i: sin and cos of pos / 10000^(2i/d)
+    angle = pos / 10000 ** (2 * i / 16)
+    assert table[pos, 2 * i] == pytest.approx(math.sin(angle), abs=1e-6)
+    assert table[pos, 2 * i + 1] == pytest.approx(math.cos(angle), abs=1e-6)
+    model = _model("sdpa", n=12, layers=1, positions="sinusoidal")
+    learned = _model("sdpa", n=12, layers=1)
+    names = {name for name, _ in model.named_parameters()}
+    assert "pos_gain" in names and not any(name.startswith("pos.") for name in names)
+    assert parameter_counts(learned)["n_params"] - parameter_counts(model)["n_params"] == 12 * 16 - 1
+    # the positions reach the output: the same token at two places gives two outputs
+    ids = torch.full((1, 12), 3)
+    with torch.no_grad():
+        out = model.eval()(ids)
+    assert not torch.allclose(out[0, 2], out[0, 9])
+    model.pos_gain.data.zero_()  # and only through the table: without it the places are alike
+    with torch.no_grad():
+        out = model(ids)
+    assert torch.allclose(out[0, 2], out[0, 9], atol=1e-6)
+    # a key added later: out of the identity at its default, in it otherwise; bad values named
+    assert "positions" not in dict(case_fields(suite_of().train[0], 16)["train"])
+    on = suite_of(train={"positions": "sinusoidal"}).train[0]
+    assert dict(case_fields(on, 16)["train"])["positions"] == "sinusoidal"
+    from attnbench.suite import SuiteError
+
+    with pytest.raises(SuiteError, match="sinusoidal"):
+        suite_of(train={"positions": "rope"})
 
 
 def test_layerwise_linformer_holds_one_E_whose_gradient_is_the_sum_over_layers():

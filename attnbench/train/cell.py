@@ -93,7 +93,8 @@ def run_train_cell(ctx: "CellContext", case: "Case") -> dict[str, Any]:
                             d_model=case.heads * case.head_dim, heads=case.heads, layers=case.layers,
                             ffn_dim=case.ffn_dim, pooled=task.pooled, pad=task.pad, device=device,
                             seed=case.seed, batch=case.batch, causal=case.causal,
-                            token_shift=cfg.get("token_shift", False))
+                            token_shift=cfg.get("token_shift", False),
+                            positions=cfg.get("positions", "learned"))
         row["build_s"] = time.perf_counter() - t0
         row.update(parameter_counts(model))
         if ctx.cuda_graphs:

@@ -17,6 +17,7 @@ lr = 1e-3
 eval_every = 100
 eval_batches = 4
 token_shift = false          # true: each position also sees the previous token (H3's shift)
+positions = "learned"        # or "sinusoidal": fixed sin/cos positions (Vaswani et al.) with a learned gain
 [train.mqar]                 # the task's knobs (see attnbench.train.tasks), and [train] keys
 num_kv_pairs = 16            # that differ for this task (steps = 600, ...)
 ```
@@ -44,7 +45,8 @@ Fraction = Annotated[float, Range(0.0, 0.99)]
 CASE_KEYS = ("layers", "heads", "ffn_dim", "batch", "d_model")
 # Keys added after runs were committed: left out of a cell's identity at their default, so that the
 # cells of those runs keep their ids (and --resume finds them)
-LATER_KEYS = {"token_shift": False}
+LATER_KEYS = {"token_shift": False, "positions": "learned"}
+Positions = Literal["learned", "sinusoidal"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class TrainParams:
     eval_every: Positive = 50        # steps between evaluations (and one after the last step)
     eval_batches: Positive = 4       # held-out batches per evaluation
     token_shift: bool = False        # add a learned projection of the previous token at each position
+    positions: Positions = "learned"  # learned absolute embeddings, or fixed sinusoids (learned gain)
 
 
 def check_train(c, table: Any) -> list[dict[str, Any]]:

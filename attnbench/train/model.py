@@ -1,7 +1,10 @@
 """The model a ``train`` cell trains: a small pre-LN Transformer encoder whose every layer's attention
 is the cell's method.
 
-Token and learned position embeddings (plus, with ``token_shift``, a learned projection of the previous
+Token and position embeddings (learned, or with ``positions = "sinusoidal"`` the fixed sin/cos table
+of Vaswani et al., https://arxiv.org/abs/1706.03762, times one learned gain: every position then has
+its place without needing gradient of its own, which learned positions get less of as n grows at a
+fixed number of tokens per step) (plus, with ``token_shift``, a learned projection of the previous
 token's embedding at each position: the one-step shift that H3, https://arxiv.org/abs/2212.14052, and
 Zoology's models put before attention so that a single attention layer can do associative recall; it
 looks only backwards, so a causal model stays causal), L layers of ``x + attn(LN(x))`` then ``x + FFN(LN(x))`` (GELU),
@@ -19,6 +22,7 @@ parameters are built in fp32 too, from the cell's seed, as at the ``model`` leve
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -43,26 +47,43 @@ class PreLNLayer(nn.Module):
         return x + self.ff2(F.gelu(self.ff1(self.norm2(x))))
 
 
+def sinusoids(n: int, d_model: int) -> torch.Tensor:
+    """(n, d_model) fixed positions: sin at even features, cos at odd, wavelengths 2π to 10000·2π."""
+    pos = torch.arange(n, dtype=torch.float64).unsqueeze(1)
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    table = torch.zeros(n, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : d_model // 2]
+    return table.float()
+
+
 class TrainModel(nn.Module):
     """forward(ids): (B, N) token ids -> logits (B, N, outputs), or (B, outputs) when ``pooled``."""
 
     def __init__(self, *, vocab: int, outputs: int, n: int, d_model: int, ffn_dim: int,
-                 attns: list[nn.Module], pooled: bool, pad: int | None, token_shift: bool = False):
+                 attns: list[nn.Module], pooled: bool, pad: int | None, token_shift: bool = False,
+                 positions: str = "learned"):
         super().__init__()
         self.tok = nn.Embedding(vocab, d_model)
-        self.pos = nn.Embedding(n, d_model)
+        if positions == "learned":
+            self.pos = nn.Embedding(n, d_model)
+        else:  # fixed table, scaled to the learned embeddings' initial size (RMS 0.02), gain learned
+            self.pos = None
+            self.register_buffer("pos_table", sinusoids(n, d_model), persistent=False)
+            self.pos_gain = nn.Parameter(torch.tensor(0.02 * math.sqrt(2.0)))
         self.shift = nn.Linear(d_model, d_model, bias=False) if token_shift else None
         self.layers = nn.ModuleList(PreLNLayer(d_model, ffn_dim, a) for a in attns)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, outputs)
         self.pooled, self.pad = pooled, pad
         for emb in (self.tok, self.pos):
-            nn.init.normal_(emb.weight, std=0.02)
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         n = ids.shape[1]
         tok = self.tok(ids)  # (B, N, d_model)
-        x = tok + self.pos.weight[:n]
+        x = tok + (self.pos.weight[:n] if self.pos is not None else self.pos_gain * self.pos_table[:n])
         if self.shift is not None:  # position i also gets token i-1 (nothing at position 0)
             x = x + self.shift(F.pad(tok, (0, 0, 1, 0))[:, :n])
         for layer in self.layers:
@@ -79,7 +100,7 @@ class TrainModel(nn.Module):
 def build_model(spec: MethodSpec, params: Any, *, vocab: int, outputs: int, n: int, d_model: int,
                 heads: int, layers: int, ffn_dim: int, pooled: bool, pad: int | None,
                 device: torch.device, seed: int, batch: int, causal: bool = False,
-                token_shift: bool = False) -> TrainModel:
+                token_shift: bool = False, positions: str = "learned") -> TrainModel:
     """The model for one cell, in fp32 on ``device``; the same seed builds the same weights."""
     scope = SharedScope()
     head_dim = d_model // heads
@@ -94,7 +115,8 @@ def build_model(spec: MethodSpec, params: Any, *, vocab: int, outputs: int, n: i
             attns.append(method if spec.takes_hidden else
                          SelfAttention(d_model, heads, method))
         model = TrainModel(vocab=vocab, outputs=outputs, n=n, d_model=d_model, ffn_dim=ffn_dim,
-                           attns=attns, pooled=pooled, pad=pad, token_shift=token_shift)
+                           attns=attns, pooled=pooled, pad=pad, token_shift=token_shift,
+                           positions=positions)
     return model.to(device)
 
 
