@@ -34,7 +34,7 @@ from attnbench.context import CellContext
 from attnbench.env import device_tag, host_load, parse_device, provenance
 from attnbench.errors import BadInput, Interrupted, WriteFailed
 from attnbench.executors import make_executor
-from attnbench.planning import PlannedCell, plan
+from attnbench.planning import PlannedCell, parse_names, plan
 from attnbench.plugins import loaded_plugins
 from attnbench.progress import Progress
 from attnbench.registry import REGISTRY, load_plugin_file
@@ -190,8 +190,9 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
         cells, shard_meta = scaleout.shard_of(cells, shard, rounds, suite, device.type, costs_from)
     elif resume is not None and meta.get("shard") is not None:
         cells = scaleout.resumed_shard(cells, run_dir, meta)
-    only_list = None if only is None else sorted(_listed(only))
-    skip_list = None if skip is None else sorted(_listed(skip))
+    # plan() has checked them: parse_names gives the names it selected by, for meta.json
+    only_list = None if only is None else sorted(parse_names(only, "--only"))
+    skip_list = None if skip is None else sorted(parse_names(skip, "--skip"))
     if resume is None:
         local = device.type != "cuda" or torch.cuda.is_available()
         run_dir = new_run_dir(Path(out), suite.name, device_tag(device) if local else "cuda")
@@ -220,10 +221,6 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
                                retry_noisy=retry_noisy, worker_init=init, dask=dask)
         return _sweep(suite, cells, run_dir, meta, device, runner, progress, on_row,
                       resumed=resume is not None, rerun=rerun_statuses)
-
-
-def _listed(names) -> list[str]:
-    return [s.strip() for s in names.split(",")] if isinstance(names, str) else list(names)
 
 
 def _start_run_dir(run_dir: Path, suite: Suite, meta: dict) -> None:
