@@ -95,32 +95,47 @@ def fla_assertion(exc: AssertionError) -> str:
     return f"fla: {str(exc).strip() or 'assertion failed'}"
 
 
+def autocast(ctx: BuildContext):
+    """The autocast the module will run under (``ctx.amp``), or none."""
+    return torch.autocast(ctx.device.type, dtype=ctx.amp or torch.float32, enabled=ctx.amp is not None)
+
+
 def prepare(module: torch.nn.Module, core, ctx: BuildContext, inputs) -> None:
     """Load fla's kernel into ``core``, gate it against fla's naive reference, probe the backward and
-    warm ``module`` up at the cell's shape (autotuning, untimed). ``inputs(b, n)`` draws its inputs."""
+    warm ``module`` up at the cell's shape (autotuning, untimed). ``inputs(b, n)`` draws its inputs.
+
+    Everything runs in the dtypes the cell will use: a train cell builds its model in fp32 and runs it
+    under bf16 autocast (``ctx.amp``), so the gate's inputs are bf16 and the warm-up runs under that
+    autocast. Triton's autotune key holds the dtypes: a warm-up in fp32 would tune kernels the cell
+    never calls, and the first training step would tune the bf16 ones again, inside the training loop
+    (on the H200, 165 s of build then 116 s more in the first steps of one fla_linear cell)."""
     op = core.op
     where = enable_autotune_cache()
+    work = ctx.work_dtype
     try:
         core.kernel = load(op.kernel_path)
         naive_fn = load(op.naive_path)
         gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 17)
         shape = (1, ctx.heads, min(ctx.n, op.gate_n()), ctx.head_dim)
-        q, k, v = (torch.randn(shape, generator=gen, device=ctx.device).to(ctx.dtype) for _ in range(3))
+        q, k, v = (torch.randn(shape, generator=gen, device=ctx.device).to(work) for _ in range(3))
         with torch.no_grad():
-            err = check_gate(op.name, core(q, k, v), core.naive(naive_fn, q, k, v), ctx.dtype)
+            err = check_gate(op.name, core(q, k, v), core.naive(naive_fn, q, k, v), work)
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         core.backward_status = backward_probe(lambda: core(*leaves))
         status, why = core.backward_status
         x = inputs(ctx.batch, ctx.n)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(ctx):
             module(*x)
         if status == "ok":
-            module(*(t.requires_grad_() for t in x)).float().square().mean().backward()
+            with autocast(ctx):
+                out = module(*(t.requires_grad_() for t in x))
+            out.float().square().mean().backward()
             module.zero_grad(set_to_none=True)
     except AssertionError as exc:
         raise Unsupported(fla_assertion(exc)) from exc
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
+    under = f" under {str(ctx.amp).removeprefix('torch.')} autocast" if ctx.amp is not None else ""
     core._stats.update(fla_gate_rel_err=err, fla_backward=status if why is None else f"{status}: {why}",
                        autotune="at build: forward" + (" and backward" if status == "ok" else "") +
-                       " at the cell's shape, untimed", autotune_cache=where)
+                       f" at the cell's shape{under}, untimed", autotune_cache=where)

@@ -68,6 +68,14 @@ class BuildContext:
     layer: int = 0
     num_layers: int = 1
     scope: SharedScope = field(default_factory=SharedScope, compare=False)
+    # the autocast dtype the module will run under (the train level's bf16 on GPU), None when it runs
+    # in ``dtype``: warm-ups that autotune kernels run under it, so they tune what the cell will call
+    amp: torch.dtype | None = None
+
+    @property
+    def work_dtype(self) -> torch.dtype:
+        """The dtype the module's matmuls and kernels see: ``amp`` where set, else ``dtype``."""
+        return self.amp or self.dtype
 
     def generator(self, salt: int = 0) -> torch.Generator:
         """A CPU generator seeded from the cell seed, the layer and ``salt``: reproducible setup."""

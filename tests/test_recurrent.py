@@ -409,3 +409,44 @@ def test_linear_runs_fla_chunked_kernel_from_4k_on_cuda_and_says_so(monkeypatch)
     assert ours.stats() == {"kernel": "torch chunked"}
     q, k, v = (rand(1, 2, 64, 8, seed=s) for s in range(3))
     assert torch.allclose(fla(q, k, v), ours(q, k, v), atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["gla", "gla_layer"])
+def test_a_train_model_warms_fla_kernels_in_the_dtype_training_calls_them_with(monkeypatch, method):
+    """A train cell builds its model in fp32 and trains it under bf16 autocast; Triton's autotune key
+    holds the dtypes, so a warm-up in fp32 would tune kernels training never calls and leave the bf16
+    ones to be tuned inside the first training step. The gate, the backward probe and the warm-up at
+    the cell's shape must all call fla's kernel with what training gives it: bf16 q, k, v."""
+    from attnbench.train.model import build_model, method_modules
+
+    calls = []
+
+    def kernel(q, k, v, g, scale):  # fla's chunk_gla signature, recording what it is called with
+        calls.append((tuple(q.shape), q.dtype, k.dtype, v.dtype))
+        out = step_gla(q.double(), k.double(), v.double(), g.double(), scale)
+        return out.to(q.dtype), None
+
+    monkeypatch.setattr(flaops, "load", fake_load({GlaOp.kernel_path: kernel}))
+    spec = REGISTRY.get(method)
+    n, batch, heads, d_model = 32, 2, 2, 16
+
+    def build(amp):
+        calls.clear()
+        model = build_model(spec, spec.params(), vocab=16, outputs=16, n=n, d_model=d_model,
+                            heads=heads, layers=1, ffn_dim=32, pooled=False, pad=None,
+                            device=torch.device("cpu"), seed=0, batch=batch, causal=True, amp=amp)
+        return model, list(calls)
+
+    model, seen = build(torch.bfloat16)
+    at_cell = [c for c in seen if c[0][0] == batch and c[0][1] == n]
+    assert at_cell, seen  # warmed at the cell's shape (B, N, H, D)
+    assert all(dt == torch.bfloat16 for c in seen for dt in c[1:]), seen
+    assert "under bfloat16 autocast" in method_modules(model)[0].stats()["autotune"]
+    # training runs under the autocast: the kernel sees the dtypes the warm-up tuned
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randint(0, 16, (batch, n)))
+    assert {c[1] for c in calls} == {torch.bfloat16}
+    # without autocast (fp32 training) everything stays fp32
+    _, seen = build(None)
+    assert all(dt == torch.float32 for c in seen for dt in c[1:]), seen

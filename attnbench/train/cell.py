@@ -94,7 +94,7 @@ def run_train_cell(ctx: "CellContext", case: "Case") -> dict[str, Any]:
                             ffn_dim=case.ffn_dim, pooled=task.pooled, pad=task.pad, device=device,
                             seed=case.seed, batch=case.batch, causal=case.causal,
                             token_shift=cfg.get("token_shift", False),
-                            positions=cfg.get("positions", "learned"))
+                            positions=cfg.get("positions", "learned"), amp=amp)
         row["build_s"] = time.perf_counter() - t0
         row.update(parameter_counts(model))
         if ctx.cuda_graphs:

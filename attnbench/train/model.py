@@ -100,8 +100,10 @@ class TrainModel(nn.Module):
 def build_model(spec: MethodSpec, params: Any, *, vocab: int, outputs: int, n: int, d_model: int,
                 heads: int, layers: int, ffn_dim: int, pooled: bool, pad: int | None,
                 device: torch.device, seed: int, batch: int, causal: bool = False,
-                token_shift: bool = False, positions: str = "learned") -> TrainModel:
-    """The model for one cell, in fp32 on ``device``; the same seed builds the same weights."""
+                token_shift: bool = False, positions: str = "learned",
+                amp: torch.dtype | None = None) -> TrainModel:
+    """The model for one cell, in fp32 on ``device``; the same seed builds the same weights. ``amp``:
+    the autocast dtype training runs it under (methods that warm kernels up at build warm those)."""
     scope = SharedScope()
     head_dim = d_model // heads
     with torch.random.fork_rng(devices=[]):
@@ -110,7 +112,7 @@ def build_model(spec: MethodSpec, params: Any, *, vocab: int, outputs: int, n: i
         for i in range(layers):
             ctx = BuildContext(n=n, heads=heads, head_dim=head_dim, dtype=torch.float32,
                                device=device, batch=batch, causal=causal, seed=seed, layer=i,
-                               num_layers=layers, scope=scope)
+                               num_layers=layers, scope=scope, amp=amp)
             method = spec.build(params, ctx)
             attns.append(method if spec.takes_hidden else
                          SelfAttention(d_model, heads, method))

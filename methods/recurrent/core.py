@@ -122,8 +122,9 @@ def build_core(op: Op, ctx: BuildContext) -> RecurrentCore:
 
     def inputs(b, n):
         g = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 29)
+        # q, k, v arrive from projections: in the autocast dtype where the cell runs under one
         return tuple(torch.randn((b, ctx.heads, n, ctx.head_dim), generator=g, device=ctx.device)
-                     .to(ctx.dtype) for _ in range(3))
+                     .to(ctx.work_dtype) for _ in range(3))
 
     flaops.prepare(module, module, ctx, inputs)
     return module
