@@ -1,88 +1,38 @@
-"""The sweep: plan the cells, hand them to an executor, append each row at once, never lose a result.
+"""A run: check the options, plan the cells, resume or start a run directory with its meta.json,
+choose the executor, then hand over to the sweep loop (:mod:`attnbench.sweep`), which appends each row
+at once and never loses a result.
 
-- Declared unsupported cases (capabilities, constraints, missing optional libraries) are written as
-  ``unsupported`` rows without running.
-- An out-of-memory at some n records ``oom``; larger n of the same method, params and other axes are
-  recorded as ``oom-pruned`` without running.
 - ``--resume RUN_DIR`` runs exactly the cells that have no row yet, of the very suite that was saved
-  (its hash is checked against meta.json; :mod:`attnbench.resume`).
-- Ctrl-C or SIGTERM abandons the current cell, records the run as interrupted and returns 130; more
-  signals during the clean-up change nothing. A failed write (disk full) stops the run the same way
-  and returns 3; the rows before it are safe.
-- meta.json says ``complete`` only when every planned cell has a row.
+  (its hash is checked against meta.json; :mod:`attnbench.resume`); ``--rerun STATUS`` runs again the
+  cells whose latest row has that status.
 - How a cell runs (in process, in a worker process, interleaved with its comparison group, re-timed
-  when noisy) is the executor's business (:mod:`attnbench.executors`).
+  when noisy, on Dask workers) is the executor's business (:mod:`attnbench.executors`).
 """
 from __future__ import annotations
 
-import datetime as _dt
 import shlex
 import shutil
-import signal
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 
 from attnbench import scaleout
-from attnbench.accounting import Accounting, Tally
-from attnbench.case import Case
 from attnbench.checks import ISOLATE_MODES, ROUNDS_MAX, is_number, is_rounds, is_timeout, is_whole
 from attnbench.context import CellContext
-from attnbench.env import device_tag, host_load, parse_device, provenance
-from attnbench.errors import BadInput, Interrupted, WriteFailed
+from attnbench.env import device_tag, parse_device, provenance
+from attnbench.errors import BadInput
 from attnbench.executors import make_executor
-from attnbench.planning import PlannedCell, parse_names, plan
+from attnbench.planning import parse_names, plan
 from attnbench.plugins import loaded_plugins
-from attnbench.progress import Progress
-from attnbench.registry import REGISTRY, load_plugin_file
-from attnbench.resume import check_rerun, kept_rows, resumed_run
+from attnbench.registry import load_plugin_file
+from attnbench.resume import check_rerun, resumed_run
 from attnbench.schema import SCHEMA_VERSION
-from attnbench.store import (META, ResultWriter, RunDirError, RunLock, iter_rows, new_run_dir,
-                             write_json_atomic)
+from attnbench.store import META, RunDirError, RunLock, new_run_dir, write_json_atomic
 from attnbench.suite import load_suite
 from attnbench.suite_parse import Suite, parse_suite
-
-FAILED = ("error", "crashed", "timeout")  # statuses that make the run exit 1
-EXIT_INTERRUPTED = 130
-EXIT_WRITE_FAILED = 3
-
-
-@dataclass
-class RunOutcome:
-    run_dir: Path
-    counts: dict[str, int] = field(default_factory=dict)
-    interrupted: bool = False  # by a signal
-    write_failed: str | None = None  # why rows or meta.json could not be written
-    planned: int = 0
-    accounting: Accounting | None = None  # makespan, cell time, parallel efficiency
-
-    @property
-    def complete(self) -> bool:
-        return not self.interrupted and self.write_failed is None
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        if self.write_failed is not None:
-            return EXIT_WRITE_FAILED
-        return 1 if any(self.counts.get(s, 0) for s in FAILED) else 0
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _base_row(case: Case, suite: Suite, device: torch.device) -> dict:
-    spec = REGISTRY.get(case.method)
-    row = case.identity()
-    row.update(cell_id=case.cell_id, suite=suite.name, label=case.label(), family=spec.family,
-               exact=spec.exact, device=str(device), budget=spec.budget,
-               budget_value=case.params_dict.get(spec.budget) if spec.budget else None)
-    return row
+from attnbench.sweep import EXIT_INTERRUPTED, EXIT_WRITE_FAILED, RunOutcome, now, sweep
 
 
 def check_options(out, timeout_s, capacity_limit_mib, isolate, rounds, retry_noisy, plugins,
@@ -202,7 +152,7 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
                 "device_type": device.type,
                 "command": shlex.join(command if command is not None else sys.argv),
                 "only": only_list, "skip": skip_list, "cuda_graphs": cuda_graphs,
-                "cells_planned": len(cells), "started": _now(),
+                "cells_planned": len(cells), "started": now(),
                 "provenance": provenance(device if local else torch.device("cpu")), **shard_meta}
         _start_run_dir(run_dir, suite, meta)
     meta.update(isolate=isolate, timeout_s=timeout_s, plugins=plugin_files, rounds=rounds,
@@ -219,7 +169,7 @@ def run_suite(suite: Suite | dict | str | Path, device: str | torch.device = "cp
     with RunLock(run_dir):  # workers start once the run directory is ours
         runner = make_executor(ctx, isolate=isolate, timeout_s=timeout_s, rounds=rounds,
                                retry_noisy=retry_noisy, worker_init=init, dask=dask)
-        return _sweep(suite, cells, run_dir, meta, device, runner, progress, on_row,
+        return sweep(suite, cells, run_dir, meta, device, runner, progress, on_row,
                       resumed=resume is not None, rerun=rerun_statuses)
 
 
@@ -233,168 +183,6 @@ def _start_run_dir(run_dir: Path, suite: Suite, meta: dict) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise RunDirError(f"cannot write the run directory {run_dir}: {exc.strerror or exc}; "
                           "nothing was run (free space or choose another --out)") from None
-
-
-INTERRUPTED_BY: str | None = None  # the signal that interrupted a sweep of this process, if any
-
-
-class _Signals:
-    """SIGINT and SIGTERM during the sweep: the first raises :class:`Interrupted` where the sweep is;
-    later ones, arriving while it cleans up, are noted and change nothing (any number of signals ends
-    as one interruption)."""
-
-    def __init__(self):
-        self.first: str | None = None
-        self.more = 0
-        self.deferred = False  # set once clean-up starts: signals are noted, never raised
-        self.old = {}
-
-    def _handle(self, signum, frame):
-        global INTERRUPTED_BY
-        if self.first is None:
-            self.first = INTERRUPTED_BY = signal.Signals(signum).name
-            if not self.deferred:
-                raise Interrupted(self.first)
-        else:
-            self.more += 1
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self.old[s] = signal.getsignal(s)
-            signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self.old.items():
-            signal.signal(s, h)
-        return False
-
-
-def _oom_families(rows: list[dict]) -> dict[tuple, int]:
-    oom_at: dict[tuple, int] = {}
-    for r in rows:
-        if r.get("status") == "oom":
-            try:
-                key = Case.from_identity(r).family_key()
-            except (KeyError, TypeError, ValueError):
-                continue
-            oom_at[key] = min(oom_at.get(key, r["n"]), r["n"])
-    return oom_at
-
-
-def _sweep(suite: Suite, cells: list[PlannedCell], run_dir: Path, meta: dict,
-           device: torch.device, executor, progress: bool, on_row, resumed: bool,
-           rerun: frozenset[str] = frozenset()) -> RunOutcome:
-    try:
-        writer = ResultWriter(run_dir)  # sets a torn last line aside before the rows are read
-    except OSError as exc:
-        raise RunDirError(f"{run_dir}: cannot open its results: {exc.strerror or exc}") from None
-    planned_ids = {c.case.cell_id for c in cells}
-    rows = list(iter_rows(run_dir))  # the latest row of each cell
-    existing = kept_rows(rows, rerun, planned_ids)
-    done = {r["cell_id"] for r in existing}
-    oom_at = _oom_families(existing)
-    by_id = {c.case.cell_id: c for c in cells}
-    todo = [c.case for c in cells if c.case.cell_id not in done]
-    outcome = RunOutcome(run_dir, planned=len(cells))
-    for r in existing:
-        outcome.counts[r["status"]] = outcome.counts.get(r["status"], 0) + 1
-    meta.update(state="running", cells_planned=len(cells), host_load_before=host_load(device),
-                resumes=meta.get("resumes", 0) + (1 if resumed else 0))
-    if rerun:
-        meta.setdefault("reruns", []).append({"statuses": sorted(rerun), "at": _now(),
-                                              "cells": len(rows) - len(existing)})
-    started: dict[str, str] = {}
-    failure: BaseException | None = None
-    tally = Tally()  # makespan, cell time and devices of this session
-
-    def gate(case: Case) -> dict | None:
-        started[case.cell_id] = _now()
-        tally.begin(case.cell_id)
-        planned = by_id[case.cell_id]
-        if planned.skip_reason is not None:
-            return {"status": "unsupported", "reason": planned.skip_reason}
-        fam = case.family_key()
-        if fam in oom_at and case.n > oom_at[fam]:
-            return {"status": "oom-pruned", "reason": f"out of memory at n={oom_at[fam]}; larger n not run"}
-        return None
-
-    bar = Progress(len(cells), len(cells) - len(todo), enabled=progress)
-
-    def on_start(case: Case) -> None:
-        started[case.cell_id] = _now()
-        tally.begin(case.cell_id)
-        bar.start(f"{case.label()} n={case.n} {case.mode} {case.dtype}")
-
-    def write(case: Case, fields: dict) -> None:
-        row = {**_base_row(case, suite, device), "started": started.get(case.cell_id, _now()),
-               **fields, "finished": _now()}
-        try:
-            writer.append(row)
-        except OSError as exc:
-            raise WriteFailed(f"could not write a row to {writer.path}: {exc.strerror or exc}") from None
-        done.add(case.cell_id)
-        outcome.counts[row["status"]] = outcome.counts.get(row["status"], 0) + 1
-        if row["status"] == "oom":
-            fam = case.family_key()
-            oom_at[fam] = min(oom_at.get(fam, case.n), case.n)
-        tally.add(case.cell_id, row)
-        bar.finish(f"{case.label()} n={case.n} {case.mode} {case.dtype}", row["status"],
-                   worker=row.get("worker"))
-        if on_row is not None:
-            on_row(row)
-
-    signals = _Signals()
-    try:
-        with signals, bar:
-            tally.restart()
-            try:
-                _write_meta(run_dir, meta)
-                for case, fields in executor.run(todo, gate, on_start):
-                    write(case, fields)
-            except (Interrupted, KeyboardInterrupt) as exc:
-                outcome.interrupted = True
-                meta["interrupted_by"] = str(exc) or type(exc).__name__
-            except WriteFailed as exc:
-                outcome.write_failed = str(exc)
-                meta["interrupted_by"] = str(exc)
-            except BaseException as exc:  # noqa: BLE001 - recorded in meta, then raised again
-                failure = exc
-                meta["interrupted_by"] = f"{type(exc).__name__}: {exc}"[:300]
-            finally:
-                signals.deferred = True  # the clean-up below runs to its end whatever arrives
-                executor.close()  # also on interruption: no worker outlives the run
-                writer.close()
-                if signals.first and not outcome.interrupted:  # arrived during the clean-up
-                    outcome.interrupted = True
-                    meta["interrupted_by"] = signals.first
-                missing = len(planned_ids - done)
-                outcome.accounting = tally.result(getattr(executor, "workers", 1))
-                meta["accounting"] = {**outcome.accounting.as_meta(),
-                                      "startup_s": getattr(executor, "startup_s", None)}
-                if (devices := tally.devices(meta.get("devices"))) is not None:
-                    meta["devices"] = devices
-                meta.update(state="complete" if not missing else "interrupted", finished=_now(),
-                            counts=outcome.counts, cells_missing=missing,
-                            host_load_after=host_load(device))
-                if signals.more:
-                    meta["signals_during_cleanup"] = signals.more
-                try:
-                    _write_meta(run_dir, meta)
-                except WriteFailed as exc:
-                    outcome.write_failed = outcome.write_failed or str(exc)
-    except (Interrupted, KeyboardInterrupt):  # a signal between the sweep's own handlers
-        outcome.interrupted = True
-    if failure is not None:
-        raise failure
-    return outcome
-
-
-def _write_meta(run_dir: Path, meta: dict) -> None:
-    try:
-        write_json_atomic(run_dir / META, meta)
-    except OSError as exc:
-        raise WriteFailed(f"could not write {run_dir / META}: {exc.strerror or exc}") from None
 
 
 __all__ = ["run_suite", "plan", "RunOutcome", "parse_device", "parse_suite", "loaded_plugins",

@@ -71,10 +71,10 @@ VERB_MODULES = ("attnbench.cli.listing", "attnbench.cli.run", "attnbench.cli.che
 def _signal_once(signum, frame):
     """SIGINT/SIGTERM outside a sweep: the first stops the command (exit 130); once a sweep was
     interrupted, more signals are ignored while the command prints its resume hint and exits."""
-    from attnbench import runner
+    from attnbench import sweep
 
-    if runner.INTERRUPTED_BY is None:
-        runner.INTERRUPTED_BY = signal.Signals(signum).name
+    if sweep.INTERRUPTED_BY is None:
+        sweep.INTERRUPTED_BY = signal.Signals(signum).name
         raise KeyboardInterrupt
 
 
@@ -114,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         err.print("[yellow]interrupted[/]", highlight=False)
         return 130
     finally:
-        from attnbench import runner
+        from attnbench import sweep
 
         warnings.showwarning = shown
         for s, h in old.items():
             if argv is not None:  # called from Python (tests, notebooks): handlers as they were
                 signal.signal(s, h)
-            elif runner.INTERRUPTED_BY is not None:  # the process ends now: late signals must not
+            elif sweep.INTERRUPTED_BY is not None:  # the process ends now: late signals must not
                 signal.signal(s, signal.SIG_IGN)     # kill it while the interpreter shuts down
 
 
