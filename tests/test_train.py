@@ -107,8 +107,9 @@ def test_builtin_train_suites_validate():
     for name, device, cells in (("train_quick", "cpu", None), ("linformer_quality", "cuda", 54),
                                 ("lra_lite", "cuda", 60), ("lra_lite_4k", "cuda", 60),
                                 ("lra_pilot", "cuda", 12), ("listops_long", "cuda", 10),
-                                ("lra_causal", "cuda", 30), ("mlm_plateau", "cuda", 3), ("linformer_quality2", "cuda", 4),
-                                ("linformer_n", "cpu", 8), ("linformer_k", "cpu", 4)):
+                                ("lra_causal", "cuda", 30), ("mlm_plateau", "cuda", 3),
+                                ("linformer_quality2", "cuda", 4), ("linformer_n", "cpu", 8),
+                                ("linformer_k", "cpu", 4)):
         cases = expand(load_suite(name), device)
         assert all(c.level == "train" for c in cases)
         if cells:
